@@ -1,0 +1,82 @@
+"""The config machinery: strict YAML -> dataclass loading, overrides and read tracking."""
+
+import dataclasses
+
+import pytest
+
+from jtd3.config import (
+    ConfigError,
+    ConfigNode,
+    apply_overrides,
+    check,
+    choice,
+    from_dict,
+    leaf_keys,
+    nested,
+    param,
+    to_dict,
+    track_reads,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner(ConfigNode):
+    lr: float = param(3e-4, "learning rate")
+    sizes: tuple[int, ...] = param((256, 256))
+
+    def __post_init__(self):
+        check(self.lr > 0, "inner.lr", self.lr, "> 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outer(ConfigNode):
+    norm: str = choice("layernorm", ("none", "layernorm", "batchnorm", "hybrid"))
+    steps: int = 10
+    flag: bool = False
+    maybe: float | None = None
+    inner: Inner = nested(Inner)
+
+
+def test_defaults_and_round_trip():
+    cfg = from_dict(Outer, {})
+    assert cfg == Outer()
+    assert from_dict(Outer, to_dict(cfg)) == cfg
+    assert to_dict(cfg)["inner"]["sizes"] == [256, 256]
+
+
+def test_types_are_converted_and_checked():
+    cfg = from_dict(Outer, {"inner": {"lr": "1e-4", "sizes": [64]}, "maybe": 2})
+    assert cfg.inner.lr == 1e-4 and cfg.inner.sizes == (64,) and cfg.maybe == 2.0
+    with pytest.raises(ConfigError, match=r"'steps' = 'ten'.*integer"):
+        from_dict(Outer, {"steps": "ten"})
+    with pytest.raises(ConfigError, match="'flag'"):
+        from_dict(Outer, {"flag": 1})
+    with pytest.raises(ConfigError, match=r"inner.lr.*> 0"):
+        from_dict(Outer, {"inner": {"lr": -1.0}})
+
+
+def test_unknown_key_and_bad_choice_are_named():
+    with pytest.raises(ConfigError, match=r"inner\.lrr.*valid keys: lr, sizes"):
+        from_dict(Outer, {"inner": {"lrr": 1.0}})
+    with pytest.raises(ConfigError, match=r"'norm' = 'groupnorm'.*'none', 'layernorm', 'batchnorm', 'hybrid'"):
+        from_dict(Outer, {"norm": "groupnorm"})
+
+
+def test_overrides():
+    d = apply_overrides({"inner": {"lr": 1.0}}, ["inner.sizes=[32, 32]", "steps=5", "norm=none"], Outer)
+    cfg = from_dict(Outer, d)
+    assert cfg.inner.sizes == (32, 32) and cfg.steps == 5 and cfg.norm == "none" and cfg.inner.lr == 1.0
+    with pytest.raises(ConfigError, match="unknown config key 'inner.lrr'"):
+        apply_overrides({}, ["inner.lrr=1"], Outer)
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        apply_overrides({}, ["steps"], Outer)
+
+
+def test_read_tracking_ignores_hash_and_repr():
+    cfg = Outer()
+    with track_reads() as reads:
+        hash(cfg), repr(cfg), cfg == Outer(), to_dict(cfg)
+        assert reads == set()
+        _ = cfg.inner.lr
+    assert reads == {("Outer", "inner"), ("Inner", "lr")}
+    assert set(leaf_keys(Outer)) == {"norm", "steps", "flag", "maybe", "inner.lr", "inner.sizes"}
