@@ -464,7 +464,8 @@ class FakeServer:
             self.log.append(("tick", frame))
             snapshot = WorldSnapshot(self, frame)
         for cb in list(self.on_tick.values()):
-            self._deliver("world", frame, lambda label, cb=cb: cb(snapshot if label == frame else WorldSnapshot(self, label)))
+            self._deliver("world", frame,
+                          lambda label, cb=cb: cb(snapshot if label == frame else WorldSnapshot(self, label)))
         for rec in [r for r in self.records.values() if r.alive and r.callback is not None]:
             if rec.type_id == "sensor.camera.rgb":
                 w, h, fov = int(rec.attrs["image_size_x"]), int(rec.attrs["image_size_y"]), float(rec.attrs["fov"])
@@ -490,7 +491,8 @@ class FakeServer:
         for event in self.events.get(frame, []):
             if event[0] == "collision" and rec.type_id == "sensor.other.collision":
                 other = Actor(self, event[1]) if event[1] is not None else None
-                rec.callback(CollisionEvent(frame, self.elapsed, Transform(), parent, other, Vector3D(300.0, 400.0, 0.0)))
+                impulse = Vector3D(300.0, 400.0, 0.0)
+                rec.callback(CollisionEvent(frame, self.elapsed, Transform(), parent, other, impulse))
             elif event[0] == "lane" and rec.type_id == "sensor.other.lane_invasion":
                 marks = [LaneMarking(LaneMarkingType[name]) for name in event[1]]
                 rec.callback(LaneInvasionEvent(frame, self.elapsed, Transform(), parent, marks))
@@ -723,7 +725,8 @@ class World:
         self._rpc("get_blueprint_library")
         return BlueprintLibrary(self._server.blueprints)
 
-    def try_spawn_actor(self, blueprint: ActorBlueprint, transform: Transform, attach_to: Actor | None = None) -> Actor | None:
+    def try_spawn_actor(self, blueprint: ActorBlueprint, transform: Transform,
+                        attach_to: Actor | None = None) -> Actor | None:
         self._rpc("spawn_actor")
         type_id, attrs = _description(blueprint)
         actor_id = self._server.spawn(type_id, attrs, transform, attach_to.id if attach_to is not None else None)

@@ -188,7 +188,8 @@ def test_reset_spawns_ego_npcs_sensors_and_ticks_after_spawning():
     # sensors on the ego
     cams = [r for r in server.records.values() if r.type_id == "sensor.camera.rgb"]
     assert len(cams) == 1 and cams[0].parent == ego.id
-    assert (cams[0].attrs["image_size_x"], cams[0].attrs["image_size_y"], cams[0].attrs["fov"]) == ("256", "144", "90.0")
+    attrs = cams[0].attrs
+    assert (attrs["image_size_x"], attrs["image_size_y"], attrs["fov"]) == ("256", "144", "90.0")
     assert {r.type_id for r in server.records.values() if r.parent == ego.id} == {
         "sensor.camera.rgb", "sensor.other.collision", "sensor.other.lane_invasion"}
     # the camera frame of exactly this tick, gray, output size
@@ -431,7 +432,8 @@ def test_collision_and_lane_invasion_events_reach_the_snapshot():
     b = s.step(VehicleControl())
     c = s.step(VehicleControl())
     assert len(a.collisions) == 1 and a.collisions[0].other_id == npc
-    assert a.collisions[0].other_type == server.record(npc).type_id and a.collisions[0].intensity == pytest.approx(500.0)
+    assert a.collisions[0].other_type == server.record(npc).type_id
+    assert a.collisions[0].intensity == pytest.approx(500.0)  # |(300, 400, 0)| N*s
     assert a.collisions[0].frame == a.frame
     assert a.lane_invasions[0].crossed_markings == ("Broken", "Solid")
     assert b.collisions[0].other_id == -1 and b.lane_invasions == ()

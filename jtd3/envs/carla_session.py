@@ -47,7 +47,6 @@ import re
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -122,7 +121,7 @@ class CarlaConfig(ConfigNode):
     tm_hybrid_physics: bool = param(False, "Traffic Manager hybrid physics mode (cheaper NPCs far from the ego)")
     ego_blueprint: str = param("vehicle.tesla.model3", "blueprint id of the ego vehicle")
     ego_role_name: str = param("hero", "role_name attribute of the ego (CARLA tools look for 'hero')")
-    spawn_lift_m: float = param(0.3, "height above the spawn pose of the first ego spawn attempt (m)")
+    spawn_lift_m: float = param(0.5, "height above the spawn pose of the first ego spawn attempt (m)")
     spawn_retries: int = param(
         4, "extra ego spawn attempts after the first (each one tick later and spawn_lift_m higher)"
     )
@@ -498,7 +497,10 @@ def _collision(event: Any) -> CollisionEvent:
     other_type = str(other.type_id) if other is not None else "static.unknown"
     other_id = -1 if other is None or other_type.startswith("static.") else int(other.id)
     return CollisionEvent(
-        frame=int(event.frame), other_id=other_id, other_type=other_type, intensity=float(np.linalg.norm(_vec(event.normal_impulse)))
+        frame=int(event.frame),
+        other_id=other_id,
+        other_type=other_type,
+        intensity=float(np.linalg.norm(_vec(event.normal_impulse))),
     )
 
 
@@ -524,8 +526,9 @@ class _Episode:
 
 
 # Sessions still open at interpreter exit are closed then (a synchronous-mode client that vanishes without
-# restoring the settings leaves the server frozen).
-_LIVE_SESSIONS: "weakref.WeakSet[CarlaSession]" = weakref.WeakSet()
+# restoring the settings leaves the server frozen). Strong references on purpose: a session dropped without
+# close() must still be cleaned up at exit, not silently garbage-collected with the server left synchronous.
+_LIVE_SESSIONS: set[CarlaSession] = set()
 
 
 @atexit.register
