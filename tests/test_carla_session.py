@@ -586,7 +586,7 @@ def _serve_once(reply: bytes | None, received: list[bytes]) -> tuple[int, thread
             if reply is not None:
                 conn.sendall(reply)
             else:
-                time.sleep(1.0)
+                time.sleep(0.5)  # say nothing for longer than the probe waits
         srv.close()
 
     t = threading.Thread(target=run, daemon=True)
