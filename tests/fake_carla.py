@@ -11,7 +11,8 @@ so the fake cannot drift into an API CARLA does not have). Fake-only controls li
 - ``server.violations``: things that crash or freeze a real server (a sensor destroyed while listening,
   a tick outside synchronous mode, a control applied to a dead actor ...). Tests assert it stays empty.
 - ``server.down`` (every RPC times out), ``server.fail[name] = n`` (the next n calls of RPC ``name`` time
-  out), ``server.refuse_spawns = n`` (the next n ``try_spawn_actor`` return None).
+  out), ``server.errors[name] = n`` (they raise another ``RuntimeError``), ``server.refuse_spawns = n`` (the
+  next n ``try_spawn_actor`` return None).
 - ``server.plans[kind]`` for kind in ``"camera"``, ``"world"``: ``plan(frame) -> [(delay_s, label), ...]``,
   the frames delivered after tick ``frame`` (delay 0: before ``tick`` returns; > 0: later, from a timer
   thread, as CARLA's streaming threads do). The default delivers ``[(0.0, frame)]``. Camera pixels encode
@@ -345,6 +346,7 @@ class _Record:
         self.control = VehicleControl()
         self.autopilot_port: int | None = None
         self.callback: Callable[[Any], None] | None = None
+        self.listener: object = None  # the client whose sensor handle listens (listening is client-side)
         self.alive = True
 
 
@@ -370,6 +372,7 @@ class FakeServer:
         self.violations: list[str] = []
         self.down = False
         self.fail: collections.Counter = collections.Counter()
+        self.errors: collections.Counter = collections.Counter()  # next n calls of a name raise a non-timeout error
         self.refuse_spawns = 0
         self.plans: dict[str, Callable[[int], list[tuple[float, int]]]] = {}
         self.events: dict[int, list[tuple]] = collections.defaultdict(list)
@@ -399,6 +402,9 @@ class FakeServer:
 
     def rpc(self, name: str, host: str, port: int, timeout_s: float) -> None:
         self.rpc_calls += 1
+        if self.errors[name] > 0:
+            self.errors[name] -= 1
+            raise RuntimeError(f"fake server error in {name}")
         if self.down or self.fail[name] > 0:
             if self.fail[name] > 0:
                 self.fail[name] -= 1
@@ -422,11 +428,12 @@ class FakeServer:
         self.log.append(("spawn", rec.id, type_id))
         return rec.id
 
-    def destroy(self, actor_id: int) -> bool:
+    def destroy(self, actor_id: int, via: object) -> bool:
+        """Destroy an actor through client ``via`` (destroying a sensor its own client listens to crashes)."""
         rec = self.records.get(actor_id)
         if rec is None or not rec.alive:
             return False
-        if rec.callback is not None:
+        if rec.callback is not None and rec.listener is via:
             self.violations.append(f"sensor {actor_id} destroyed while listening")
         for child in self.records.values():
             if child.parent == actor_id and child.alive:
@@ -506,8 +513,8 @@ class FakeServer:
 
 
 class Actor:
-    def __init__(self, server: FakeServer, actor_id: int) -> None:
-        self._server, self._id = server, actor_id
+    def __init__(self, server: FakeServer, actor_id: int, client: object = None) -> None:
+        self._server, self._id, self._client = server, actor_id, client
 
     @property
     def id(self) -> int:
@@ -535,7 +542,7 @@ class Actor:
 
     def destroy(self) -> bool:
         self._server.rpc("destroy", "fake", 2000, 5.0)
-        return self._server.destroy(self._id)
+        return self._server.destroy(self._id, via=self._client)
 
 
 class Vehicle(Actor):
@@ -554,10 +561,11 @@ class Vehicle(Actor):
 class Sensor(Actor):
     def listen(self, callback: Callable[[Any], Any]) -> None:
         rec = self._server.record(self._id)
-        rec.callback = callback
+        rec.callback, rec.listener = callback, self._client
         self._server.log.append(("listen", self._id))
 
     def stop(self) -> None:
+        self._server.rpc("stop", "fake", 2000, 5.0)
         rec = self._server.record(self._id)
         if rec.callback is None:
             self._server.violations.append(f"stop() on sensor {self._id} that was not listening")
@@ -568,10 +576,10 @@ class Sensor(Actor):
         return self._server.record(self._id).callback is not None
 
 
-def _handle(server: FakeServer, actor_id: int) -> Actor:
+def _handle(server: FakeServer, actor_id: int, client: object) -> Actor:
     type_id = server.record(actor_id).type_id
     cls = Vehicle if type_id.startswith("vehicle.") else Sensor if type_id.startswith("sensor.") else Actor
-    return cls(server, actor_id)
+    return cls(server, actor_id, client)
 
 
 class ActorList:
@@ -730,7 +738,7 @@ class World:
         self._rpc("spawn_actor")
         type_id, attrs = _description(blueprint)
         actor_id = self._server.spawn(type_id, attrs, transform, attach_to.id if attach_to is not None else None)
-        return _handle(self._server, actor_id) if actor_id is not None else None
+        return _handle(self._server, actor_id, self._client) if actor_id is not None else None
 
     def spawn_actor(self, blueprint: ActorBlueprint, transform: Transform, attach_to: Actor | None = None) -> Actor:
         actor = self.try_spawn_actor(blueprint, transform, attach_to)
@@ -741,7 +749,7 @@ class World:
     def get_actors(self, actor_ids: list[int] | None = None) -> ActorList:
         self._rpc("get_actors")
         ids = [i for i, r in self._server.records.items() if r.alive and (actor_ids is None or i in actor_ids)]
-        return ActorList([_handle(self._server, i) for i in ids])
+        return ActorList([_handle(self._server, i, self._client) for i in ids])
 
     def get_snapshot(self) -> WorldSnapshot:
         return WorldSnapshot(self._server, self._server.frame)
@@ -818,7 +826,7 @@ class Client:
                         raise TypeError(f"fake: unsupported chained command {then!r}")
                 out.append(Response(actor_id, ""))
             elif isinstance(cmd, DestroyActor):
-                ok = s.destroy(cmd.actor_id)
+                ok = s.destroy(cmd.actor_id, via=self)
                 out.append(Response(cmd.actor_id, "" if ok else f"actor {cmd.actor_id} not found"))
             else:
                 raise TypeError(f"fake: unsupported command {cmd!r}")

@@ -67,8 +67,8 @@ def assert_clean(server: FakeServer) -> None:
     assert server.alive() == []
     assert server.violations == []
     sensors, vehicles = sensors_and_vehicles(server)
-    for s in sensors:
-        if ("listen", s) in server.log:
+    for s in sensors:  # (a sensor left when its server died is destroyed by the next client: not listening there)
+        if ("stop", s) in server.log:
             assert server.index(("stop", s)) < server.index(("destroy", s))
 
 
@@ -499,6 +499,18 @@ def test_exception_in_the_middle_of_reset_leaves_no_actor():
     assert server.alive() == [] and server.violations == []
     s.close()
     assert_clean(server)
+
+
+def test_a_sensor_that_cannot_be_stopped_is_not_destroyed_nor_its_ego():
+    s, server = session()
+    snap = s.reset(START, 2, 0)
+    server.errors["stop"] = 1  # the first sensor's stop() fails (not a timeout)
+    s.close()
+    assert server.violations == []  # nothing destroyed while listening, no ego destroyed under its sensor
+    still_listening = [r.id for r in server.records.values() if r.callback is not None]
+    assert len(still_listening) == 1 and sorted(server.alive()) == sorted(still_listening + [snap.ego.id])
+    assert any("still listening" in p for p in s.cleanup_problems)
+    assert server.settings["synchronous_mode"] is False  # the settings are restored all the same
 
 
 def test_open_session_is_closed_at_interpreter_exit():

@@ -776,6 +776,11 @@ class CarlaSession:
             + unavailable_message(cfg.host, cfg.port, cfg.timeout_s, "reconnect failed")
         ) from last
 
+    def _add_orphans(self, world_id: int, ids: list[int]) -> None:
+        if self._orphans is not None and self._orphans[0] == world_id:
+            ids = self._orphans[1] + ids
+        self._orphans = (world_id, ids)
+
     def _destroy_orphans(self) -> None:
         """After a reconnect to the same world, destroy the actors a timeout kept us from destroying."""
         if self._orphans is None:
@@ -992,7 +997,7 @@ class CarlaSession:
         self.sensor_stats = {q.name: dict(q.stats) for q in (ep.world_queue, ep.camera_queue)}
         sensor_ids = [int(s.id) for s in ep.sensors]
         if self._world is None:  # connection already dropped: destroy them after the reconnect
-            self._orphans = (ep.world_id, sensor_ids + ep.vehicle_ids)
+            self._add_orphans(ep.world_id, sensor_ids + ep.vehicle_ids)
             return False
         world, client, carla, cfg = self._world, self._client, self._carla, self.config
         ok = True
@@ -1009,18 +1014,30 @@ class CarlaSession:
             run("remove the on_tick callback", lambda: world.remove_on_tick(ep.on_tick_id))
         for s in ep.sensors:  # stop every sensor before destroying any: never destroy a listening sensor
             run(f"stop sensor {s.id}", lambda s=s: s.stop() if s.is_listening() else None)
-        left = [i for s, i in zip(ep.sensors, sensor_ids) if not run(f"destroy sensor {i}", s.destroy)]
+
+        def destroy_sensor(sensor: Any) -> None:
+            if sensor.is_listening():  # its stop() failed: destroying it now can crash the server
+                raise CarlaError(f"sensor {sensor.id} is still listening; left for after a reconnect")
+            sensor.destroy()
+
+        left = [
+            i for s, i in zip(ep.sensors, sensor_ids) if not run(f"destroy sensor {i}", lambda s=s: destroy_sensor(s))
+        ]
+        vehicles = list(ep.vehicle_ids)
+        if left and ep.ego is not None:  # keep the ego while one of its sensors is still there
+            vehicles = [i for i in vehicles if i != int(ep.ego.id)]
+            left.append(int(ep.ego.id))
 
         def destroy_vehicles() -> None:
-            for r in client.apply_batch_sync(destroy_commands(carla, ep.vehicle_ids), False):
+            for r in client.apply_batch_sync(destroy_commands(carla, vehicles), False):
                 if r.has_error():
                     problems.append(f"destroying vehicle {r.actor_id}: {r.error}")
 
-        if ep.vehicle_ids and not run(f"destroy {len(ep.vehicle_ids)} vehicles", destroy_vehicles):
-            left += ep.vehicle_ids
+        if vehicles and not run(f"destroy {len(vehicles)} vehicles", destroy_vehicles):
+            left += vehicles
         run("tick after destroying the actors", lambda: world.tick(cfg.tick_timeout_s))
         if left:
-            self._orphans = (ep.world_id, left)
+            self._add_orphans(ep.world_id, left)
         if problems:
             log.warning("CARLA episode teardown: %s", "; ".join(problems))
         if raise_on_timeout and not ok:
