@@ -1,0 +1,112 @@
+"""PID speed control + pure-pursuit steering on a route polyline (a pure function of ego state and route).
+
+Frame: CARLA's (x east, y south, yaw degrees clockwise); positive steer turns right. The env wraps
+:class:`PurePursuit` as a policy; ``control(...)`` returns ``(steer, throttle, brake)`` in the
+``VehicleControl`` ranges, and ``action(...)`` the ``[steer, throttle_brake]`` action in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+__all__ = ["PurePursuit", "PurePursuitParams", "PidState"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PurePursuitParams:
+    wheelbase: float = 2.9  # m
+    max_steer: float = 35.0  # front wheel angle at steer = 1 (degrees)
+    lookahead_min: float = 4.0  # m
+    lookahead_gain: float = 0.6  # s: lookahead = min + gain * speed
+    target_speed: float = 8.0  # m/s cruise
+    curve_lateral_accel: float = 2.0  # m/s^2: slow down for curvature ahead
+    curve_preview: float = 25.0  # m of route checked for curvature
+    kp: float = 0.5  # 1/(m/s): throttle per speed error
+    ki: float = 0.05
+    kd: float = 0.0
+    brake_gain: float = 0.3  # brake per m/s of overspeed beyond brake_deadband
+    brake_deadband: float = 0.5  # m/s
+    stop_distance: float = 2.0  # m before the route end the controller brakes to a stop
+
+
+@dataclasses.dataclass(frozen=True)
+class PidState:
+    integral: float = 0.0
+    previous_error: float = 0.0
+
+
+class PurePursuit:
+    """Stateless apart from the PID integrator and the progress along the route (``s``)."""
+
+    def __init__(self, route_xy: np.ndarray, params: PurePursuitParams | None = None) -> None:
+        pts = np.asarray(route_xy, dtype=np.float64).reshape(-1, 2)
+        if len(pts) < 2:
+            raise ValueError(f"route needs at least 2 points, got {len(pts)}")
+        self.p = PurePursuitParams() if params is None else params
+        self.points = pts
+        seg = np.hypot(*np.diff(pts, axis=0).T)
+        self.s = np.concatenate([[0.0], np.cumsum(seg)])
+        heading = np.arctan2(np.diff(pts[:, 1]), np.diff(pts[:, 0]))
+        dh = np.abs((np.diff(heading) + np.pi) % (2 * np.pi) - np.pi)
+        curv = np.zeros(len(pts))
+        curv[1:-1] = dh / np.maximum(0.5 * (seg[1:] + seg[:-1]), 1e-6)
+        self.curvature = curv
+        self.progress = 0.0
+        self.pid = PidState()
+
+    def reset(self) -> None:
+        self.progress = 0.0
+        self.pid = PidState()
+
+    def _locate(self, x: float, y: float) -> float:
+        lo = max(int(np.searchsorted(self.s, self.progress - 5.0)) - 1, 0)
+        hi = min(int(np.searchsorted(self.s, self.progress + 30.0)) + 1, len(self.points) - 1)
+        p0, p1 = self.points[lo:hi], self.points[lo + 1 : hi + 1]
+        d = p1 - p0
+        t = np.clip(np.einsum("ij,ij->i", np.array([x, y]) - p0, d) / np.maximum(np.einsum("ij,ij->i", d, d), 1e-12), 0, 1)
+        foot = p0 + t[:, None] * d
+        k = int(np.argmin(np.hypot(foot[:, 0] - x, foot[:, 1] - y)))
+        return float(self.s[lo + k] + t[k] * np.hypot(*d[k]))
+
+    def control(self, x: float, y: float, yaw: float, speed: float, dt: float) -> tuple[float, float, float]:
+        """(steer, throttle, brake) for the ego at (x, y, yaw deg) moving at ``speed`` m/s."""
+        p = self.p
+        self.progress = max(self.progress, self._locate(x, y))
+        look = p.lookahead_min + p.lookahead_gain * max(speed, 0.0)
+        s_t = min(self.progress + look, self.s[-1])
+        tx = np.interp(s_t, self.s, self.points[:, 0])
+        ty = np.interp(s_t, self.s, self.points[:, 1])
+        c, sn = math.cos(math.radians(yaw)), math.sin(math.radians(yaw))
+        dx, dy = tx - x, ty - y
+        fwd, right = dx * c + dy * sn, -dx * sn + dy * c
+        ld2 = max(fwd * fwd + right * right, 1e-6)
+        delta = math.atan(2.0 * p.wheelbase * right / ld2)  # positive right -> positive steer
+        steer = max(min(math.degrees(delta) / p.max_steer, 1.0), -1.0)
+        # speed target: cruise, curvature ahead, stop at the end
+        ahead = (self.s >= self.progress) & (self.s <= self.progress + p.curve_preview)
+        kmax = float(self.curvature[ahead].max()) if ahead.any() else 0.0
+        v_target = min(p.target_speed, math.sqrt(p.curve_lateral_accel / max(kmax, 1e-6)))
+        remaining = self.s[-1] - self.progress - p.stop_distance
+        v_target = min(v_target, math.sqrt(max(2.0 * 2.0 * remaining, 0.0)))
+        err = v_target - speed
+        integral = min(max(self.pid.integral + err * dt, -10.0), 10.0)
+        deriv = (err - self.pid.previous_error) / dt
+        self.pid = PidState(integral, err)
+        u = p.kp * err + p.ki * integral + p.kd * deriv
+        throttle = min(max(u, 0.0), 1.0)
+        brake = min(max(-err - p.brake_deadband, 0.0) * p.brake_gain, 1.0) if err < -p.brake_deadband else 0.0
+        if brake > 0.0:
+            throttle = 0.0
+        return steer, throttle, brake
+
+    def action(self, x: float, y: float, yaw: float, speed: float, dt: float) -> np.ndarray:
+        """``[steer, throttle_brake]`` in [-1, 1] (the env's action space)."""
+        steer, throttle, brake = self.control(x, y, yaw, speed, dt)
+        return np.array([steer, throttle - brake], dtype=np.float32)
+
+    @property
+    def done(self) -> bool:
+        return self.progress >= self.s[-1] - self.p.stop_distance - 0.5
