@@ -1,0 +1,156 @@
+"""The reward: ``sum(weight_i * component_i)`` over the components below (pure functions).
+
+Every weight and constant comes from :class:`jtd3.envs.config.RewardConfig`; docs/env.md gives the design
+and measured returns. Units: metres, seconds, m/s inside (the config speaks km/h), degrees.
+
+==============  ===============================================================  ==============  ============
+component       raw value on one step                                            unit / range    default w
+==============  ===============================================================  ==============  ============
+progress        route arc length gained, s_new - s_old                           m (~0.42 @30)   1.0
+waypoint        route waypoints passed for the first time                       count (0 or 1)  0.5
+goal            1 on the step the route is completed                            {0, 1}          50
+efficiency      clip(1 - |v_route - v_target| / v_target, -1, 1)                [-1, 1]         0.2
+lane_keeping    -(min(|d| / lateral_scale, 1) + min(|psi| / heading_scale, 1))  [-2, 0]         0.2
+comfort         -min(|jerk| / jerk_scale, 1)                                     [-1, 0]         0.02
+collision       -(1 + v_impact / collision_speed_scale) on a collision step      <= -1           20
+off_road        -1 while the vehicle centre is outside every driving lane       {-1, 0}         1.0
+off_route       -1 on the step that ends the episode off the route              {-1, 0}         10
+lane_invasion   -(lane markings crossed this step)                              count           1.0
+proximity       -max(clip(1 - ttc / ttc_threshold), clip(1 - gap / min_gap))     [-1, 0]         0.5
+standstill      -1 when slower than standstill_speed and no vehicle close ahead  {-1, 0}         0.05
+==============  ===============================================================  ==============  ============
+
+``v_route`` is the velocity along the route tangent, ``d`` and ``psi`` the signed lateral offset and heading
+error relative to the route at the vehicle's foot point, ``jerk`` the change of the acceleration vector per
+second, ``v_impact`` the larger of the speeds before and after the collision step, ``ttc`` = gap / closing
+speed to the nearest vehicle ahead (inside the ego's lane corridor, see :func:`vehicle_ahead`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from jtd3.backend import ActorState, Vehicles
+from jtd3.envs.config import RewardConfig
+
+__all__ = ["Ahead", "RewardInputs", "components", "total", "vehicle_ahead", "COMPONENTS"]
+
+KMH = 1.0 / 3.6  # m/s per km/h
+
+COMPONENTS = (
+    "progress", "waypoint", "goal", "efficiency", "lane_keeping", "comfort",
+    "collision", "off_road", "off_route", "lane_invasion", "proximity", "standstill",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ahead:
+    """The nearest vehicle in the ego's corridor ahead."""
+
+    gap_m: float  # bumper-to-bumper distance along the ego heading (negative when the boxes overlap)
+    closing_speed: float  # ego forward speed - the other's speed along the ego heading (m/s, > 0 approaching)
+
+    @property
+    def ttc_s(self) -> float:
+        """Time to collision (s); inf when not closing."""
+        if self.closing_speed <= 0.0:
+            return math.inf
+        return max(self.gap_m, 0.0) / self.closing_speed
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardInputs:
+    """Everything one reward evaluation needs (plain numbers; SI units)."""
+
+    progress_m: float
+    waypoints_passed: int
+    goal_reached: bool
+    speed_along_route: float  # m/s, velocity . route tangent
+    speed: float  # m/s, |velocity|
+    route_lateral_m: float  # signed, positive right of the route
+    route_heading_deg: float  # vehicle yaw - route yaw, wrapped to [-180, 180)
+    jerk: float  # m/s^3, |a_t - a_{t-1}| / dt
+    collided: bool
+    impact_speed: float  # m/s
+    off_road: bool
+    off_route: bool  # this step ends the episode off the route
+    lane_invasions: int  # markings crossed this step
+    ahead: Ahead | None
+
+
+def vehicle_ahead(ego: ActorState, vehicles: Vehicles, cfg: RewardConfig) -> Ahead | None:
+    """The nearest vehicle whose centre is ahead of the ego (0 < x <= ``ahead_range_m``, vehicle frame) and
+    laterally within the two half widths plus ``ahead_lateral_margin_m``; ``None`` when there is none.
+
+    The corridor is straight along the ego heading (curves are approximated); the gap subtracts both
+    half lengths (the other's taken along its larger half size, so a crossing vehicle is not under-estimated).
+    """
+    range_m, margin_m = cfg.ahead_range_m, cfg.ahead_lateral_margin_m
+    if len(vehicles) == 0:
+        return None
+    r = math.radians(ego.yaw)
+    c, s = math.cos(r), math.sin(r)
+    d = vehicles.location[:, :2] - ego.location[:2]
+    lx = c * d[:, 0] + s * d[:, 1]
+    ly = -s * d[:, 0] + c * d[:, 1]
+    half_w = float(ego.extent[1]) + np.minimum(vehicles.extent[:, 0], vehicles.extent[:, 1])
+    mask = (lx > 0.0) & (lx <= range_m) & (np.abs(ly) <= half_w + margin_m)
+    if not np.any(mask):
+        return None
+    i = int(np.flatnonzero(mask)[np.argmin(lx[mask])])
+    gap = float(lx[i] - ego.extent[0] - max(vehicles.extent[i, 0], vehicles.extent[i, 1]))
+    ego_fwd = c * ego.velocity[0] + s * ego.velocity[1]
+    other_fwd = c * vehicles.velocity[i, 0] + s * vehicles.velocity[i, 1]
+    return Ahead(gap, float(ego_fwd - other_fwd))
+
+
+def components(inp: RewardInputs, cfg: RewardConfig) -> dict[str, float]:
+    """Weighted components, in :data:`COMPONENTS` order; the reward is their sum (:func:`total`)."""
+    w = cfg.weights
+    v_target = cfg.target_speed_kmh * KMH
+    v_collision = cfg.collision_speed_scale_kmh * KMH
+    raw = {
+        "progress": inp.progress_m,
+        "waypoint": float(inp.waypoints_passed),
+        "goal": 1.0 if inp.goal_reached else 0.0,
+        "efficiency": float(np.clip(1.0 - abs(inp.speed_along_route - v_target) / v_target, -1.0, 1.0)),
+        "lane_keeping": -(min(abs(inp.route_lateral_m) / cfg.lateral_scale_m, 1.0)
+                          + min(abs(inp.route_heading_deg) / cfg.heading_scale_deg, 1.0)),
+        "comfort": -min(abs(inp.jerk) / cfg.jerk_scale, 1.0),
+        "collision": -(1.0 + inp.impact_speed / v_collision) if inp.collided else 0.0,
+        "off_road": -1.0 if inp.off_road else 0.0,
+        "off_route": -1.0 if inp.off_route else 0.0,
+        "lane_invasion": -float(inp.lane_invasions),
+        "proximity": -_proximity(inp.ahead, cfg.ttc_threshold_s, cfg.min_gap_m),
+        "standstill": -1.0 if _standing(inp, cfg.standstill_speed_kmh * KMH, cfg.standstill_free_gap_m) else 0.0,
+    }
+    weights = {
+        "progress": w.progress, "waypoint": w.waypoint, "goal": w.goal, "efficiency": w.efficiency,
+        "lane_keeping": w.lane_keeping, "comfort": w.comfort, "collision": w.collision, "off_road": w.off_road,
+        "off_route": w.off_route, "lane_invasion": w.lane_invasion, "proximity": w.proximity,
+        "standstill": w.standstill,
+    }
+    return {k: float(weights[k] * raw[k]) for k in COMPONENTS}
+
+
+def total(weighted: dict[str, float]) -> float:
+    """The reward: the sum of the weighted components in :data:`COMPONENTS` order (exactly what ``info`` shows)."""
+    return float(sum(weighted[k] for k in COMPONENTS))
+
+
+def _proximity(ahead: Ahead | None, ttc_threshold_s: float, min_gap_m: float) -> float:
+    if ahead is None:
+        return 0.0
+    ttc_term = 0.0 if math.isinf(ahead.ttc_s) else min(max(1.0 - ahead.ttc_s / ttc_threshold_s, 0.0), 1.0)
+    gap_term = min(max(1.0 - ahead.gap_m / min_gap_m, 0.0), 1.0)
+    return max(ttc_term, gap_term)
+
+
+def _standing(inp: RewardInputs, standstill_speed: float, free_gap_m: float) -> bool:
+    if inp.speed >= standstill_speed:
+        return False
+    blocked = inp.ahead is not None and inp.ahead.gap_m < free_gap_m
+    return not blocked
