@@ -155,7 +155,9 @@ def build_town_raster(net: RoadNetwork, cfg: RenderConfig) -> TownRaster:
 
 
 def _mark_grey(color: str, cfg: RenderConfig) -> int:
-    return cfg.marking_yellow if color == "yellow" else cfg.marking_white
+    """Yellow markings get their own grey; white, "standard" and other colours the white grey."""
+    greys = {"yellow": cfg.marking_yellow, "white": cfg.marking_white}
+    return greys.get(color, greys["white"])
 
 
 def _draw_line(img: np.ndarray, pts: np.ndarray, origin, res: float, grey: int, width: float) -> None:
@@ -311,7 +313,8 @@ class FrontCamera:
         vy = -dx * s + dy * c
         radius = np.hypot(v.extent[:, 0], v.extent[:, 1])
         half_fov = math.atan2(self.W / 2.0, self.f) + 0.05
-        ahead = vx * math.cos(half_fov) - np.abs(vy) * math.sin(half_fov) > -radius  # inside the widened FOV wedge
+        # the bounding circle reaches into the horizontal field of view (distance to the wedge's side planes)
+        ahead = np.abs(vy) * math.cos(half_fov) - vx * math.sin(half_fov) < radius
         dist = np.hypot(vx, vy)
         sel = np.flatnonzero(ahead & (dist < cam.render_distance) & (vx > -radius))
         if sel.size == 0:

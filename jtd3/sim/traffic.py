@@ -199,9 +199,34 @@ class Traffic:
         self.hold = np.full(n, -1, dtype=np.int64)
         self.extent = np.array(exts)
         self.type_ids = types
-        self._update_pose(np.zeros(n))
+        self._update_pose()
 
-    def _update_pose(self, v_old: np.ndarray, dt: float | None = None) -> None:
+    def place(self, lanes: list[int], us: list[float], rng: np.random.Generator, first_id: int,
+              speeds: list[float] | None = None) -> None:
+        """Put NPCs at given (network lane index, arc length along travel) positions: constructed scenarios."""
+        g = self.g
+        local = {int(gl): i for i, gl in enumerate(g.lanes)}
+        for li in lanes:
+            if int(li) not in local:
+                raise ValueError(f"lane {li} is not a driving lane of the network")
+        self._empty()
+        self.rng = rng
+        n = len(lanes)
+        self.n = n
+        self.ids = first_id + np.arange(n, dtype=np.int64)
+        self.lane = np.array([local[int(li)] for li in lanes], dtype=np.int64)
+        self.u = np.array(us, dtype=np.float64)
+        self.v = np.zeros(n) if speeds is None else np.array(speeds, dtype=np.float64)
+        self.q = np.array([self._choose(int(p)) for p in self.lane], dtype=np.int64)
+        self.r = np.array([self._choose(int(q)) if q >= 0 else -1 for q in self.q], dtype=np.int64)
+        self.hold = np.full(n, -1, dtype=np.int64)
+        k = np.arange(n) % len(self.cfg.blueprints)
+        self.extent = np.array([self.cfg.extents[i] for i in k], dtype=np.float64).reshape(n, 3)
+        self.type_ids = [self.cfg.blueprints[i] for i in k]
+        self.vel = np.zeros((n, 3))
+        self._update_pose()
+
+    def _update_pose(self, dt: float | None = None) -> None:
         x, y, yaw = self.g.pose(self.lane, self.u)
         r = np.radians(yaw)
         vel = np.stack([self.v * np.cos(r), self.v * np.sin(r), np.zeros(self.n)], axis=1)
@@ -313,7 +338,7 @@ class Traffic:
         self.hold[inside] = self.lane[inside]
 
         self._grant(ext_x)
-        self._update_pose(v, dt)
+        self._update_pose(dt)
 
     def _grant(self, ext_x: np.ndarray) -> None:
         g, cfg = self.g, self.cfg
@@ -321,6 +346,10 @@ class Traffic:
         want = (q >= 0) & ~g.junction[self.lane]
         want &= g.junction[np.maximum(q, 0)] & (self.hold != q)
         want &= (g.length[self.lane] - self.u - ext_x) < cfg.junction_approach
+        # only the front-most vehicle of a lane may request (a follower's grant would block its own leader)
+        front_u = np.full(len(g.length), -np.inf)
+        np.maximum.at(front_u, self.lane, self.u)
+        want &= self.u >= front_u[self.lane]
         cands = np.flatnonzero(want)
         if cands.size == 0:
             return
