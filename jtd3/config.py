@@ -297,3 +297,31 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str], cls: type
             node = node[p]
         node[parts[-1]] = value
     return out
+
+
+def yaml_value(value: Any) -> str:
+    """One-line YAML for a scalar or a flat list (the form ``--set key=value`` accepts too)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text.removesuffix("...").strip()
+
+
+def commented_yaml(obj: Any, indent: int = 0) -> str:
+    """YAML text of config ``obj`` with each field's ``doc`` (and choices) as a comment above it."""
+    lines: list[str] = []
+    pad = " " * indent
+    for f in dataclasses.fields(obj):
+        value = object.__getattribute__(obj, f.name)
+        doc = f.metadata.get("doc", "")
+        choices = f.metadata.get("choices")
+        if choices:
+            doc = f"{doc} [{' | '.join(choices)}]".strip()
+        if dataclasses.is_dataclass(value):
+            if doc:
+                lines.append(f"{pad}# {doc}")
+            lines.append(f"{pad}{f.name}:")
+            lines.append(commented_yaml(value, indent + 2))
+            continue
+        if doc:
+            lines.append(f"{pad}# {doc}")
+        lines.append(f"{pad}{f.name}: {yaml_value(to_dict(value))}")
+    return "\n".join(lines)
