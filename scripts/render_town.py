@@ -92,7 +92,7 @@ def main() -> None:
     k = 0
     while not (pp.done and snap.ego.speed < 0.1) and k < 3000:
         e = snap.ego
-        steer, throttle, brake = pp.control(e.location[0], e.location[1], e.yaw, e.speed, cfg.dt)
+        steer, throttle, brake = pp.control(e.location[0], e.location[1], e.yaw, e.speed, cfg.dt, snap.vehicles.location[:, :2])
         snap = world.step(VehicleControl(throttle=throttle, steer=steer, brake=brake))
         steps.append(snap)
         k += 1
@@ -106,7 +106,7 @@ def main() -> None:
     cols = []
     for k in range(len(steps)):
         e = snap.ego
-        steer, throttle, brake = pp.control(e.location[0], e.location[1], e.yaw, e.speed, cfg.dt)
+        steer, throttle, brake = pp.control(e.location[0], e.location[1], e.yaw, e.speed, cfg.dt, snap.vehicles.location[:, :2])
         snap = world.step(VehicleControl(throttle=throttle, steer=steer, brake=brake))
         if k in set(picks.tolist()):
             small = cv2.resize(snap.camera, (252, 252), interpolation=cv2.INTER_NEAREST)

@@ -32,7 +32,8 @@ def test_reference_route_is_driven_end_to_end_in_scenario_0():
         ok = False
         for _ in range(1500):  # 75 s
             e = snap.ego
-            steer, throttle, brake = pp.control(e.location[0], e.location[1], e.yaw, e.speed, world.config.dt)
+            steer, throttle, brake = pp.control(e.location[0], e.location[1], e.yaw, e.speed, world.config.dt,
+                                                snap.vehicles.location[:, :2])
             snap = world.step(VehicleControl(throttle=throttle, steer=steer, brake=brake))
             if snap.collisions or world.offroad:
                 break
@@ -41,3 +42,13 @@ def test_reference_route_is_driven_end_to_end_in_scenario_0():
                 break
         successes += ok
     assert successes >= 4, f"{successes}/{len(seeds)} seeds completed the route without collision"
+
+
+def test_stops_behind_a_vehicle_on_the_route():
+    route = np.stack([np.linspace(0, 100, 101), np.zeros(101)], axis=1)
+    pp = PurePursuit(route)
+    blocker = np.array([[30.0, 0.3]])
+    _, throttle, brake = pp.control(23.0, 0.0, 0.0, 5.0, 0.05, blocker)  # 7 m behind it at 5 m/s
+    assert throttle == 0.0 and brake > 0.0
+    _, throttle, brake = pp.control(23.0, 0.0, 0.0, 5.0, 0.05, np.array([[30.0, 5.0]]))  # next lane: ignore
+    assert brake == 0.0

@@ -30,6 +30,10 @@ class PurePursuitParams:
     brake_gain: float = 0.3  # brake per m/s of overspeed beyond brake_deadband
     brake_deadband: float = 0.5  # m/s
     stop_distance: float = 2.0  # m before the route end the controller brakes to a stop
+    follow_preview: float = 40.0  # m of route watched for other vehicles
+    follow_decel: float = 3.0  # m/s^2: speed target sqrt(2 * decel * (gap - standstill)) behind a vehicle
+    follow_standstill: float = 4.0  # m kept to a vehicle on the route (centre to bumper margin included)
+    follow_clearance: float = 2.2  # m: a vehicle whose centre is this close to the route blocks it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +75,26 @@ class PurePursuit:
         k = int(np.argmin(np.hypot(foot[:, 0] - x, foot[:, 1] - y)))
         return float(self.s[lo + k] + t[k] * np.hypot(*d[k]))
 
-    def control(self, x: float, y: float, yaw: float, speed: float, dt: float) -> tuple[float, float, float]:
-        """(steer, throttle, brake) for the ego at (x, y, yaw deg) moving at ``speed`` m/s."""
+    def _gap_to_vehicles(self, vehicles_xy: np.ndarray) -> float:
+        """Arc length from the ego's progress to the first route point another vehicle blocks (inf if none)."""
+        p = self.p
+        if vehicles_xy is None or len(vehicles_xy) == 0:
+            return math.inf
+        ahead = (self.s > self.progress) & (self.s <= self.progress + p.follow_preview)
+        pts = self.points[ahead]
+        if len(pts) == 0:
+            return math.inf
+        d = np.hypot(pts[:, None, 0] - vehicles_xy[None, :, 0], pts[:, None, 1] - vehicles_xy[None, :, 1])
+        blocked = np.flatnonzero((d < p.follow_clearance).any(axis=1))
+        return math.inf if blocked.size == 0 else float(self.s[ahead][blocked[0]] - self.progress)
+
+    def control(self, x: float, y: float, yaw: float, speed: float, dt: float,
+                vehicles_xy: np.ndarray | None = None) -> tuple[float, float, float]:
+        """(steer, throttle, brake) for the ego at (x, y, yaw deg) moving at ``speed`` m/s.
+
+        ``vehicles_xy`` (N, 2): other vehicles' positions; the speed target drops so as to stop
+        ``follow_standstill`` metres before the first one on the route ahead (simple adaptive cruise).
+        """
         p = self.p
         self.progress = max(self.progress, self._locate(x, y))
         look = p.lookahead_min + p.lookahead_gain * max(speed, 0.0)
@@ -91,6 +113,9 @@ class PurePursuit:
         v_target = min(p.target_speed, math.sqrt(p.curve_lateral_accel / max(kmax, 1e-6)))
         remaining = self.s[-1] - self.progress - p.stop_distance
         v_target = min(v_target, math.sqrt(max(2.0 * 2.0 * remaining, 0.0)))
+        gap = self._gap_to_vehicles(None if vehicles_xy is None else np.asarray(vehicles_xy, dtype=np.float64).reshape(-1, 2))
+        if math.isfinite(gap):
+            v_target = min(v_target, math.sqrt(max(2.0 * p.follow_decel * (gap - p.follow_standstill), 0.0)))
         err = v_target - speed
         integral = min(max(self.pid.integral + err * dt, -10.0), 10.0)
         deriv = (err - self.pid.previous_error) / dt
@@ -98,13 +123,16 @@ class PurePursuit:
         u = p.kp * err + p.ki * integral + p.kd * deriv
         throttle = min(max(u, 0.0), 1.0)
         brake = min(max(-err - p.brake_deadband, 0.0) * p.brake_gain, 1.0) if err < -p.brake_deadband else 0.0
+        if v_target < 0.1:  # hold the car at a standstill (end of route, vehicle ahead)
+            brake = 1.0
         if brake > 0.0:
             throttle = 0.0
         return steer, throttle, brake
 
-    def action(self, x: float, y: float, yaw: float, speed: float, dt: float) -> np.ndarray:
+    def action(self, x: float, y: float, yaw: float, speed: float, dt: float,
+               vehicles_xy: np.ndarray | None = None) -> np.ndarray:
         """``[steer, throttle_brake]`` in [-1, 1] (the env's action space)."""
-        steer, throttle, brake = self.control(x, y, yaw, speed, dt)
+        steer, throttle, brake = self.control(x, y, yaw, speed, dt, vehicles_xy)
         return np.array([steer, throttle - brake], dtype=np.float32)
 
     @property

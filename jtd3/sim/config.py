@@ -132,6 +132,7 @@ class NpcConfig(ConfigNode):
     conflict_distance: float = param(3.0, "junction lanes closer than this (m) conflict and are reserved exclusively")
     junction_approach: float = param(15.0, "an NPC requests its junction lane this far before the junction (m)")
     ego_margin: float = param(0.6, "lateral clearance (m) beyond half widths at which the ego blocks an NPC's path")
+    ego_yield_time: float = param(5.0, "NPCs do not enter a junction lane the ego will reach within this time (s)")
     mass: float = param(1500.0, "NPC mass (kg), for collision intensities")
 
     def __post_init__(self) -> None:
@@ -144,6 +145,7 @@ class NpcConfig(ConfigNode):
             check(v > 0, f"npc.{name}", v, "> 0")
         check(self.spawn_min_distance >= 0 and self.spawn_min_gap > 0, "npc.spawn_min_gap", self.spawn_min_gap, "> 0")
         check(self.junction_approach > 0 and self.ego_margin >= 0, "npc.junction_approach", self.junction_approach, "> 0")
+        check(self.ego_yield_time >= 0, "npc.ego_yield_time", self.ego_yield_time, ">= 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -371,6 +371,18 @@ class RoadNetwork:
         self._lane_s0 = np.array([info.s0 for info in self.lanes])
         self._lane_s1 = np.array([info.s1 for info in self.lanes])
         self._lane_forward = np.array([info.forward for info in self.lanes])
+        # increments to the next sample of the same lane (0 at a lane's last sample), for interpolation
+        nxt = np.minimum(np.arange(len(self.sample_lane)) + 1, len(self.sample_lane) - 1)
+        last = np.ones(len(self.sample_lane), dtype=bool)
+        last[:-1] = self.sample_lane[1:] != self.sample_lane[:-1]
+        keep = ~last
+        self._d_x = np.where(keep, self.sample_xy[nxt, 0] - self.sample_xy[:, 0], 0.0)
+        self._d_y = np.where(keep, self.sample_xy[nxt, 1] - self.sample_xy[:, 1], 0.0)
+        self._d_yaw = np.where(keep, (self.sample_yaw[nxt] - self.sample_yaw + 180.0) % 360.0 - 180.0, 0.0)
+        self._d_w = np.where(keep, self.sample_width[nxt] - self.sample_width, 0.0)
+        counts = self._sample_start[1:] - self._sample_start[:-1]
+        self._inv_step = 1.0 / np.maximum(self._sample_step, 1e-12)
+        self._last_step = np.maximum(counts - 2, 0)
         self._build_carla_segments()
 
     def _build_carla_segments(self) -> None:
@@ -436,22 +448,38 @@ class RoadNetwork:
             idx = np.searchsorted(tb[s0:s1], self.sample_arc[a:b], side="left")
             out[a:b] = s0 + np.clip(idx, 0, s1 - s0 - 1)
         self.sample_seg = out
+        # Hot-path tables: per dense sample its chord and the neighbouring chords of the same lane (a dummy
+        # chord far away stands for "none"), and per chord its start, direction, 1/|d|^2, |d| and lane.
+        n_seg = len(self.seg_lane)
+        dummy = n_seg
+        cand = np.stack([out - 1, out, out + 1], axis=1)
+        same = (cand >= 0) & (cand < n_seg)
+        same &= self.seg_lane[np.clip(cand, 0, n_seg - 1)] == self.sample_lane[:, None]
+        self._cand = np.where(same, cand, dummy)
+        d = p1 - p0
+        len2 = np.maximum(d[:, 0] ** 2 + d[:, 1] ** 2, 1e-18)
+        far = 1e12
+        self._c_x = np.append(p0[:, 0], far)
+        self._c_y = np.append(p0[:, 1], far)
+        self._c_dx = np.append(d[:, 0], 0.0)
+        self._c_dy = np.append(d[:, 1], 0.0)
+        self._c_il2 = np.append(1.0 / len2, 0.0)
+        self._c_len = np.append(np.sqrt(len2), 0.0)
+        self._c_lane = np.append(self.seg_lane, 0)
+        self._c_ta = np.append(ta, 0.0)
+        self._c_tb = np.append(tb, 0.0)
+        self._c_yaw = np.append(np.degrees(np.arctan2(d[:, 1], d[:, 0])), 0.0)
 
     def _interp_lane(self, li: np.ndarray, travel: np.ndarray) -> tuple[np.ndarray, ...]:
         """Interpolate the dense samples of lanes ``li`` at travel distances ``travel``: x, y, yaw, width."""
-        step = self._sample_step[li]
-        n = self._sample_start[li + 1] - self._sample_start[li]
-        f = np.clip(travel / np.maximum(step, 1e-12), 0.0, (n - 1).astype(np.float64))
-        i0 = np.minimum(np.floor(f).astype(np.int64), n - 2)
-        i0 = np.maximum(i0, 0)
-        u = np.clip(f - i0, 0.0, 1.0)
+        f = np.maximum(travel, 0.0) * self._inv_step[li]
+        i0 = f.astype(np.int64)
+        np.minimum(i0, self._last_step[li], out=i0)
+        u = np.minimum(f - i0, 1.0)
         a = self._sample_start[li] + i0
-        b = np.minimum(a + 1, self._sample_start[li + 1] - 1)
-        x = self.sample_xy[a, 0] + u * (self.sample_xy[b, 0] - self.sample_xy[a, 0])
-        y = self.sample_xy[a, 1] + u * (self.sample_xy[b, 1] - self.sample_xy[a, 1])
-        yaw = self.sample_yaw[a] + u * _wrap_deg(self.sample_yaw[b] - self.sample_yaw[a])
-        w = self.sample_width[a] + u * (self.sample_width[b] - self.sample_width[a])
-        return x, y, _wrap_deg(yaw), w
+        yaw = self.sample_yaw[a] + u * self._d_yaw[a]
+        return (self.sample_xy[a, 0] + u * self._d_x[a], self.sample_xy[a, 1] + u * self._d_y[a],
+                (yaw + 180.0) % 360.0 - 180.0, self.sample_width[a] + u * self._d_w[a])
 
     def _tree(self, lane_types: frozenset[str]) -> tuple[cKDTree, np.ndarray]:
         if lane_types not in self._trees:
@@ -485,46 +513,37 @@ class RoadNetwork:
         nearest distance, which resolves overlapping junction lanes in favour of the vehicle's direction.
         """
         xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        n = len(xy)
         tree, idx_map = self._tree(frozenset(lane_types))
         k = min(_K_NEAREST if yaw is None else _K_NEAREST_YAW, len(idx_map))
         _, nn = tree.query(xy, k=k)
-        nn = idx_map[nn.reshape(len(xy), k)]  # dense sample indices (N, k)
-        seg = self.sample_seg[nn]
-        lane_of = self.sample_lane[nn]
-        c = np.concatenate([seg - 1, seg, seg + 1], axis=1)
-        lane3 = np.concatenate([lane_of, lane_of, lane_of], axis=1)
-        c = np.clip(c, 0, len(self.seg_lane) - 1)
-        valid = self.seg_lane[c] == lane3
-        p0 = self.seg_p0[c]
-        d01 = self.seg_p1[c] - p0
-        q = xy[:, None, :]
-        len2 = np.maximum(d01[..., 0] ** 2 + d01[..., 1] ** 2, 1e-18)
-        t = np.clip(((q[..., 0] - p0[..., 0]) * d01[..., 0] + (q[..., 1] - p0[..., 1]) * d01[..., 1]) / len2, 0.0, 1.0)
-        fx = p0[..., 0] + t * d01[..., 0] - q[..., 0]
-        fy = p0[..., 1] + t * d01[..., 1] - q[..., 1]
-        dist = np.where(valid, np.hypot(fx, fy), np.inf)
+        nn = idx_map[nn.reshape(n, k)]  # dense sample indices (N, k)
+        c = self._cand[nn].reshape(n, 3 * k)  # candidate CARLA chords (N, 3k)
+        dx, dy = self._c_dx[c], self._c_dy[c]
+        rx = xy[:, :1] - self._c_x[c]
+        ry = xy[:, 1:] - self._c_y[c]
+        t = (rx * dx + ry * dy) * self._c_il2[c]
+        np.clip(t, 0.0, 1.0, out=t)
+        ex = rx - t * dx
+        ey = ry - t * dy
+        d2 = ex * ex + ey * ey
         if yaw is not None:
             yaw = np.asarray(yaw, dtype=np.float64).reshape(-1)
-            seg_yaw = np.degrees(np.arctan2(d01[..., 1], d01[..., 0]))
-            wrong = np.abs(_wrap_deg(seg_yaw - yaw[:, None])) > 90.0
-            dmin = dist.min(axis=1, keepdims=True)
-            half = 0.5 * self.sample_width[nn]
-            half = np.concatenate([half, half, half], axis=1)
-            ok = (~wrong) & (dist <= dmin + half)
-            any_ok = ok.any(axis=1, keepdims=True)
-            dist = np.where(any_ok & ~ok, np.inf, dist)
-        best = np.argmin(dist, axis=1)
-        rows = np.arange(len(xy))
+            wrong = np.abs((self._c_yaw[c] - yaw[:, None] + 180.0) % 360.0 - 180.0) > 90.0
+            dist = np.sqrt(d2)
+            half = 0.5 * np.repeat(self.sample_width[nn], 3, axis=1)
+            ok = ~wrong & (dist <= dist.min(axis=1, keepdims=True) + half)
+            d2 = np.where(ok.any(axis=1, keepdims=True) & ~ok, np.inf, d2)
+        rows = np.arange(n)
+        best = np.argmin(d2, axis=1)
         cb = c[rows, best]
-        li = self.seg_lane[cb]
-        delta = t[rows, best] * np.sqrt(len2[rows, best])
-        travel = np.minimum(self.seg_ta[cb] + delta, self.seg_tb[cb])
-        fwd = self._lane_forward[li]
-        s = np.where(fwd, self._lane_s0[li] + travel, self._lane_s1[li] - travel)
+        li = self._c_lane[cb]
+        travel = np.minimum(self._c_ta[cb] + t[rows, best] * self._c_len[cb], self._c_tb[cb])
+        s = np.where(self._lane_forward[li], self._lane_s0[li] + travel, self._lane_s1[li] - travel)
         cx, cy, lane_yaw, width = self._interp_lane(li, travel)
         r = np.radians(lane_yaw)
-        dx, dy = xy[:, 0] - cx, xy[:, 1] - cy
-        lateral = -np.sin(r) * dx + np.cos(r) * dy
+        ox, oy = xy[:, 0] - cx, xy[:, 1] - cy
+        lateral = np.cos(r) * oy - np.sin(r) * ox
         return ProjectionBatch(
             lane_index=li,
             road_id=self._lane_road[li],
@@ -535,7 +554,7 @@ class RoadNetwork:
             yaw=lane_yaw,
             lane_width=width,
             lateral_offset=lateral,
-            distance=np.hypot(dx, dy),
+            distance=np.hypot(ox, oy),
             is_junction=self._lane_junction[li],
         )
 

@@ -15,7 +15,9 @@ NPC enters a lane. Each step:
 3. Junctions: lanes of one junction that come closer than ``conflict_distance`` conflict. An NPC within
    ``junction_approach`` of a junction requests its junction lane; it is granted when no other NPC holds a
    conflicting lane and the exit lane has room (no blocking the box). A hold is released when the NPC's rear
-   has left the junction. Same-lane followers share a hold (IDM keeps them apart).
+   has left the junction. Same-lane followers share a hold (IDM keeps them apart). NPCs also yield to the ego:
+   no grant while the ego, or where it will be within ``ego_yield_time`` seconds at its current velocity, is
+   near the junction lane.
 
 Deterministic for a seed. Frame: CARLA's.
 """
@@ -79,8 +81,10 @@ class LaneGraph:
             j = net.lanes[g].junction_id
             if j >= 0:
                 by_junction.setdefault(j, []).append(i)
+        self.trees: dict[int, cKDTree] = {}
         for members in by_junction.values():
             trees = {i: cKDTree(net.lane_polyline(lanes[i])[0]) for i in members}
+            self.trees.update(trees)
             for a in members:
                 for b in members:
                     if a < b:
@@ -337,11 +341,16 @@ class Traffic:
         inside = g.junction[self.lane] & (self.hold < 0)
         self.hold[inside] = self.lane[inside]
 
-        self._grant(ext_x)
+        self._grant(ext_x, ego)
         self._update_pose(dt)
 
-    def _grant(self, ext_x: np.ndarray) -> None:
+    def _grant(self, ext_x: np.ndarray, ego) -> None:
         g, cfg = self.g, self.cfg
+        ex, ey, eyaw, espeed, ehl, ehw = ego
+        # where the ego will be over the next ego_yield_time seconds at its current velocity (straight line)
+        horizon = np.linspace(0.0, cfg.ego_yield_time, 7) * max(espeed, 0.0)
+        c, sn = math.cos(math.radians(eyaw)), math.sin(math.radians(eyaw))
+        ego_path = np.stack([ex + horizon * c, ey + horizon * sn], axis=1)
         q = self.q
         want = (q >= 0) & ~g.junction[self.lane]
         want &= g.junction[np.maximum(q, 0)] & (self.hold != q)
@@ -362,6 +371,10 @@ class Traffic:
             hl = self.hold[holders]
             qi = q[i]
             if np.any(g.conflict[qi, hl] & (hl != qi)):
+                continue
+            # yield to the ego when it is in, or about to enter, the junction lane's area
+            d, _ = g.trees[int(qi)].query(ego_path, k=1)
+            if np.min(d) < ehl + ehw + cfg.conflict_distance:
                 continue
             exit_lane = self.r[i]
             if exit_lane >= 0:
