@@ -78,10 +78,10 @@ class RewardWeights(ConfigNode):
     comfort: float = param(0.02, "per step, jerk, component in [-1, 0]")
     collision: float = param(20.0, "on a collision step: component -(1 + speed / collision_speed_scale_kmh)")
     off_road: float = param(1.0, "per step with the vehicle centre outside every driving lane, component -1")
-    off_route: float = param(10.0, "on the step the vehicle ends the episode off the route, component -1")
-    lane_invasion: float = param(1.0, "per lane marking crossed (lane-invasion events), component -count")
+    off_route: float = param(20.0, "on the step the vehicle ends the episode off the route, component -1")
+    lane_invasion: float = param(1.0, "per lane-invasion event (a marking crossed), component -count")
     proximity: float = param(0.5, "per step, time-to-collision / gap to the vehicle ahead, component in [-1, 0]")
-    standstill: float = param(0.05, "per step standing still with the road ahead free, component -1")
+    standstill: float = param(0.02, "per step standing still with the road ahead free, component -1")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,10 +14,10 @@ lane_keeping    -(min(|d| / lateral_scale, 1) + min(|psi| / heading_scale, 1))  
 comfort         -min(|jerk| / jerk_scale, 1)                                     [-1, 0]         0.02
 collision       -(1 + v_impact / collision_speed_scale) on a collision step      <= -1           20
 off_road        -1 while the vehicle centre is outside every driving lane       {-1, 0}         1.0
-off_route       -1 on the step that ends the episode off the route              {-1, 0}         10
-lane_invasion   -(lane markings crossed this step)                              count           1.0
+off_route       -1 on the step that ends the episode off the route              {-1, 0}         20
+lane_invasion   -(lane-invasion events this step)                               count           1.0
 proximity       -max(clip(1 - ttc / ttc_threshold), clip(1 - gap / min_gap))     [-1, 0]         0.5
-standstill      -1 when slower than standstill_speed and no vehicle close ahead  {-1, 0}         0.05
+standstill      -1 when slower than standstill_speed and no vehicle close ahead  {-1, 0}         0.02
 ==============  ===============================================================  ==============  ============
 
 ``v_route`` is the velocity along the route tangent, ``d`` and ``psi`` the signed lateral offset and heading
