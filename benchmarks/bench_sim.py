@@ -57,6 +57,27 @@ def bench_world(cfg: SimConfig, scenario: int, steps: int, seed: int = 0) -> flo
     return steps / spent
 
 
+def route_successes(scenario: int, seeds: range) -> int:
+    """Seeds on which pure pursuit + PID (with its vehicle-following) completes the reference route cleanly."""
+    world = SimWorld(SimConfig())
+    route = load_reference_route()
+    ok = 0
+    for seed in seeds:
+        snap = world.reset(reference_spawn(route), world.config.vehicles_for_scenario(scenario), seed)
+        pp = PurePursuit(route.points)
+        for _ in range(3000):
+            e = snap.ego
+            steer, throttle, brake = pp.control(e.location[0], e.location[1], e.yaw, e.speed, world.config.dt,
+                                                snap.vehicles.location[:, :2])
+            snap = world.step(VehicleControl(throttle=throttle, steer=steer, brake=brake))
+            if snap.collisions or world.offroad:
+                break
+            if pp.done:
+                ok += 1
+                break
+    return ok
+
+
 def timeit(fn, repeat: int) -> float:
     fn()
     t0 = time.perf_counter()
@@ -68,7 +89,11 @@ def timeit(fn, repeat: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--seeds", type=int, default=10, help="seeds for the reference-route success count")
     args = ap.parse_args()
+    for scenario in (0, 2):
+        emit(bench="reference_route_pure_pursuit", scenario=scenario, seeds=args.seeds,
+             successes=route_successes(scenario, range(args.seeds)))
     front = SimConfig()
     bird = from_dict(SimConfig, {"camera": {"kind": "birdeye"}})
     for scenario in (0, 1, 2):
