@@ -638,9 +638,6 @@ class RoadNetwork:
         change = (c_right & 1) | (c_left & 2)
         return conv(inner), conv(outer), _LANE_CHANGE_NAMES[change]
 
-    def _lane_index_of(self, wp: Waypoint) -> int:
-        return wp.lane_index
-
     def next(self, wp: Waypoint, distance: float) -> list[Waypoint]:
         """Waypoints ``distance`` metres ahead along the travel direction, one per branch (``waypoint.next``)."""
         if not distance > 0.0:
@@ -887,7 +884,3 @@ def load_town(name: str, seed: int = 0) -> RoadNetwork:
     if name in PROCEDURAL_TOWNS:
         return RoadNetwork.from_opendrive(procedural_town_xodr(name, seed), name=f"{name}-seed{seed}")
     raise ValueError(f"unknown town {name!r}; choices: {', '.join(available_towns())}")
-
-
-def route_lanes(route: Route) -> Iterable[int]:
-    return (li for li, _a, _b in route.lanes)
