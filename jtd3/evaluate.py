@@ -5,7 +5,7 @@ the world state (the pure-pursuit baseline) read ``env.ground_truth()`` themselv
 evaluation is reset with seed ``seed + i``, so two evaluations with the same seed see the same episodes.
 
 Report (:class:`EvalReport`, JSON via :meth:`EvalReport.to_dict`, Markdown via :meth:`EvalReport.to_markdown`):
-success rate, route completion, mean/std return, collisions/km, lane invasions/km, average speed (km/h,
+success rate, route completion, mean/std return, mean discounted return, collisions/km, lane invasions/km, average speed (km/h,
 distance over simulated time, over all episodes), episode length, the per-step reward range, the return per
 reward component, termination reasons, and one row per episode.
 """
@@ -34,6 +34,7 @@ class EpisodeResult:
     seed: int
     steps: int
     episode_return: float
+    discounted_return: float  # sum of gamma^t * r_t (what a TD learner's value estimates)
     success: bool
     termination_reason: str
     route_completion: float  # 0..1
@@ -60,6 +61,8 @@ class EvalReport:
     route_completion_mean: float
     return_mean: float
     return_std: float  # population standard deviation over episodes
+    discounted_return_mean: float  # mean of sum(gamma^t r_t), gamma as passed to evaluate()
+    gamma: float
     collisions_per_km: float | None
     lane_invasions_per_km: float | None
     avg_speed_kmh: float  # total distance / total simulated time
@@ -90,6 +93,7 @@ class EvalReport:
             f"| success rate | {self.success_rate:.2f} |",
             f"| route completion (mean) | {self.route_completion_mean:.3f} |",
             f"| return (mean ± std) | {self.return_mean:.1f} ± {self.return_std:.1f} |",
+            f"| discounted return (gamma {self.gamma}) | {self.discounted_return_mean:.2f} |",
             f"| per-step reward range | [{self.reward_min:.3f}, {self.reward_max:.3f}] |",
             f"| collisions / km | {num(self.collisions_per_km, '.2f')} |",
             f"| lane invasions / km | {num(self.lane_invasions_per_km, '.2f')} |",
@@ -116,7 +120,9 @@ class EvalReport:
         return "\n".join(lines) + "\n"
 
 
-def run_episode(env, policy: Policy, seed: int, frames: list[np.ndarray] | None = None, frame_every: int = 1) -> EpisodeResult:
+def run_episode(
+    env, policy: Policy, seed: int, frames: list[np.ndarray] | None = None, frame_every: int = 1, gamma: float = 0.99
+) -> EpisodeResult:
     """Run one episode (reset with ``seed``) to termination or truncation.
 
     With ``frames`` (a list), ``env.render()`` is appended at reset and every ``frame_every`` steps (the env
@@ -128,7 +134,7 @@ def run_episode(env, policy: Policy, seed: int, frames: list[np.ndarray] | None 
     if frames is not None:
         frames.append(env.render())
     dt = env.unwrapped.dt
-    total = 0.0
+    total, discounted, weight = 0.0, 0.0, 1.0
     r_min, r_max = math.inf, -math.inf
     comps = dict.fromkeys(COMPONENTS, 0.0)
     steps = 0
@@ -136,6 +142,8 @@ def run_episode(env, policy: Policy, seed: int, frames: list[np.ndarray] | None 
         obs, reward, terminated, truncated, info = env.step(policy(obs))
         steps += 1
         total += reward
+        discounted += weight * reward
+        weight *= gamma
         r_min, r_max = min(r_min, reward), max(r_max, reward)
         for k, v in info["reward_components"].items():
             comps[k] += v
@@ -147,6 +155,7 @@ def run_episode(env, policy: Policy, seed: int, frames: list[np.ndarray] | None 
         seed=int(seed),
         steps=steps,
         episode_return=float(total),
+        discounted_return=float(discounted),
         success=bool(info["success"]),
         termination_reason=str(info["termination_reason"]),
         route_completion=float(info["route_completion"]),
@@ -160,7 +169,9 @@ def run_episode(env, policy: Policy, seed: int, frames: list[np.ndarray] | None 
     )
 
 
-def summarise(results: list[EpisodeResult] | tuple[EpisodeResult, ...], policy: str = "policy") -> EvalReport:
+def summarise(
+    results: list[EpisodeResult] | tuple[EpisodeResult, ...], policy: str = "policy", gamma: float = 0.99
+) -> EvalReport:
     """Aggregate episode results into a report."""
     if not results:
         raise ValueError("no episodes to summarise")
@@ -175,6 +186,8 @@ def summarise(results: list[EpisodeResult] | tuple[EpisodeResult, ...], policy: 
         route_completion_mean=float(np.mean([r.route_completion for r in results])),
         return_mean=float(returns.mean()),
         return_std=float(returns.std()),
+        discounted_return_mean=float(np.mean([r.discounted_return for r in results])),
+        gamma=float(gamma),
         collisions_per_km=per_km(sum(r.collisions for r in results)),
         lane_invasions_per_km=per_km(sum(r.lane_invasions for r in results)),
         avg_speed_kmh=float(3.6 * km * 1000.0 / seconds) if seconds > 0 else 0.0,
@@ -196,6 +209,7 @@ def evaluate(
     policy_name: str = "policy",
     record: int = 0,
     frame_every: int = 1,
+    gamma: float = 0.99,
 ) -> tuple[EvalReport, list[list[np.ndarray]]]:
     """Run ``episodes`` episodes (seeds ``seed``, ``seed + 1``, ...) and summarise them.
 
@@ -207,7 +221,7 @@ def evaluate(
     results, recordings = [], []
     for i in range(episodes):
         frames: list[np.ndarray] | None = [] if i < record else None
-        results.append(run_episode(env, policy, seed + i, frames, frame_every))
+        results.append(run_episode(env, policy, seed + i, frames, frame_every, gamma))
         if frames is not None:
             recordings.append(frames)
-    return summarise(results, policy_name), recordings
+    return summarise(results, policy_name, gamma), recordings

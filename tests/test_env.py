@@ -269,7 +269,7 @@ def test_random_routes_come_from_the_episode_seed():
     r3 = env.ground_truth().route
     np.testing.assert_array_equal(r1.points, r3.points)
     assert r1.points.shape != r2.points.shape or not np.allclose(r1.points, r2.points)
-    assert 150.0 <= r1.length <= 400.0 + 1e-6
+    assert 150.0 <= r1.length <= 300.0 + 1e-6
     assert np.all(np.diff(r1.waypoint_s) <= 3.0 + 1e-6)
     spawn = be.resets[-1][0]
     assert (spawn.x, spawn.y) == pytest.approx(tuple(r3.points[0]))

@@ -35,6 +35,10 @@ class PurePursuitConfig(ConfigNode):
     target_speed_kmh: float = param(30.0, "cruise speed (km/h); the controller slows for curves and the route end")
     lookahead_min_m: float = param(4.0, "minimum lookahead distance (m)")
     lookahead_gain_s: float = param(0.6, "lookahead = lookahead_min_m + lookahead_gain_s * speed (s)")
+    follow_standstill_m: float = param(
+        7.0, "stop this far (arc length from the ego centre) before the first route point another vehicle's centre "
+        "is within 2.2 m of; the controller's own 4 m rear-ends slow vehicles (docs/env.md)"
+    )
     wheelbase_m: float | None = param(
         None, "wheelbase of the bicycle model (m); None: sim.vehicle.wheelbase (sim backend; required for carla)"
     )
@@ -46,6 +50,7 @@ class PurePursuitConfig(ConfigNode):
         check(self.target_speed_kmh > 0, "target_speed_kmh", self.target_speed_kmh, "> 0")
         check(self.lookahead_min_m > 0, "lookahead_min_m", self.lookahead_min_m, "> 0")
         check(self.lookahead_gain_s >= 0, "lookahead_gain_s", self.lookahead_gain_s, ">= 0")
+        check(self.follow_standstill_m >= 0, "follow_standstill_m", self.follow_standstill_m, ">= 0")
         check(self.wheelbase_m is None or self.wheelbase_m > 0, "wheelbase_m", self.wheelbase_m, "> 0 or null")
         check(self.max_steer_deg is None or 0 < self.max_steer_deg < 90, "max_steer_deg", self.max_steer_deg,
               "in (0, 90) or null")
@@ -53,7 +58,9 @@ class PurePursuitConfig(ConfigNode):
 
 class PurePursuitPolicy:
     """PID + pure pursuit on ``env``'s route, as a policy ``obs -> action`` (ignores ``obs``; reads
-    ``env.ground_truth()``). Works with a ``DrivingEnv`` or a gymnasium wrapper around one."""
+    ``env.ground_truth()``: ego pose and forward speed, route waypoints, step length, and the other vehicles'
+    positions, for which the controller stops on the route ahead). Works with a ``DrivingEnv`` or a gymnasium
+    wrapper around one."""
 
     def __init__(self, env, config: PurePursuitConfig | None = None) -> None:
         self.env = env.unwrapped
@@ -76,6 +83,7 @@ class PurePursuitPolicy:
             lookahead_min=cfg.lookahead_min_m,
             lookahead_gain=cfg.lookahead_gain_s,
             target_speed=cfg.target_speed_kmh / 3.6,
+            follow_standstill=cfg.follow_standstill_m,
         )
         self._controller: PurePursuit | None = None
         self._episode = -1
@@ -87,7 +95,7 @@ class PurePursuitPolicy:
             self._episode = gt.episode
         ego = gt.ego
         return self._controller.action(float(ego.location[0]), float(ego.location[1]), ego.yaw, gt.forward_speed,
-                                       gt.dt)
+                                       gt.dt, gt.vehicles.location[:, :2])
 
 
 class RandomPolicy:

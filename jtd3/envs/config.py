@@ -131,7 +131,7 @@ class EnvConfig(ConfigNode):
         "loaded town's driving lanes every episode, drawn from the episode seed",
     )
     route_min_length_m: float = param(150.0, "random routes: shortest length (m)")
-    route_max_length_m: float = param(400.0, "random routes: longest length (m)")
+    route_max_length_m: float = param(300.0, "random routes: longest length (m); ~860 steps at 25 km/h")
     route_waypoint_spacing_m: float = param(3.0, "random routes: spacing of the route waypoints (m; reference: ~3.1)")
     route_search_window_m: float = param(
         30.0, "route tracking searches this arc length (m) around the previous position, so progress cannot jump"

@@ -1,0 +1,69 @@
+"""The classical baseline as a policy on DrivingEnv: PID + pure pursuit on the route (jtd3.baselines.policy)."""
+
+import numpy as np
+import pytest
+
+from env_double import ScriptedBackend
+from jtd3.baselines.policy import PRESET_ACTIONS, ConstantPolicy, PurePursuitConfig, PurePursuitPolicy, RandomPolicy
+from jtd3.config import ConfigError, from_dict
+from jtd3.envs import DrivingEnv, EnvConfig, make_env
+
+
+def drive(env, policy, seed):
+    obs, _ = env.reset(seed=seed)
+    off_road, max_lat = 0, 0.0
+    while True:
+        obs, _, terminated, truncated, info = env.step(policy(obs))
+        off_road += info["off_road"]
+        max_lat = max(max_lat, abs(info["route_lateral_m"]))
+        if terminated or truncated:
+            return info, off_road, max_lat
+
+
+def test_completes_the_reference_route_on_the_road():
+    env = make_env(EnvConfig())
+    policy = PurePursuitPolicy(env)
+    try:
+        for seed in (0, 1):
+            info, off_road, max_lat = drive(env, policy, seed)
+            assert info["termination_reason"] == "route_completed", info
+            assert off_road == 0 and max_lat < 1.2  # the route itself is ~1 m inside the lane in the right turn
+            assert info["collisions"] == 0 and info["lane_invasions"] == 0
+            assert 20.0 < 3.6 * info["distance_m"] / (info["step"] * env.dt) < 32.0
+    finally:
+        env.close()
+
+
+def test_follows_a_new_random_route_every_episode():
+    env = make_env(from_dict(EnvConfig, {"route": "random", "scenario_vehicles": [0, 0, 0], "sim": {"town": "grid3"}}))
+    policy = PurePursuitPolicy(env)
+    try:
+        lengths = []
+        for seed in (0, 1):
+            info, off_road, _ = drive(env, policy, seed)
+            assert info["termination_reason"] == "route_completed" and off_road == 0, info
+            lengths.append(info["route_length_m"])
+        assert lengths[0] != lengths[1]
+    finally:
+        env.close()
+
+
+def test_vehicle_parameters_are_required_off_the_simulator():
+    env = DrivingEnv(from_dict(EnvConfig, {"backend": "carla"}), backend=ScriptedBackend())
+    with pytest.raises(ValueError, match="wheelbase_m and max_steer_deg"):
+        PurePursuitPolicy(env)
+    p = PurePursuitPolicy(env, PurePursuitConfig(wheelbase_m=2.875, max_steer_deg=70.0))
+    assert p.params.wheelbase == 2.875 and p.params.max_steer == 70.0
+    with pytest.raises(ConfigError, match="lookahead_min_m"):
+        PurePursuitConfig(lookahead_min_m=0.0)
+
+
+def test_simple_policies():
+    a = RandomPolicy(3)
+    b = RandomPolicy(3)
+    xs = np.array([a(None) for _ in range(100)])
+    np.testing.assert_array_equal(xs, np.array([b(None) for _ in range(100)]))
+    assert xs.dtype == np.float32 and xs.min() >= -1 and xs.max() <= 1 and xs.std() > 0.4
+    np.testing.assert_array_equal(ConstantPolicy(PRESET_ACTIONS["still"])(None), [0.0, -1.0])
+    with pytest.raises(ValueError):
+        ConstantPolicy((0.0, 2.0))
