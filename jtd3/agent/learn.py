@@ -1,0 +1,375 @@
+"""TD3 as pure jitted functions: :func:`act`, :func:`update`, :func:`update_many`.
+
+One update (critic step ``t = state.step``, 0-based):
+
+1. TD target with the target networks (BatchNorm running averages, no gradients), target policy smoothing
+   and clipped double Q: ``y = r + gamma * (1 - terminated) * min_i Q'_i(s', clip(pi'(s') + clip(eps, -c, c),
+   -1, 1))``, ``eps ~ N(0, policy_noise^2)``. Truncation is not in the batch: a truncated transition
+   bootstraps like any other; only ``terminated`` stops the bootstrap.
+2. Critic step: ``L = sum_i mean_B (Q_i(s, a) - y)^2`` through the critic encoder (BatchNorm in train mode,
+   running stats updated). Gradients reach critic parameters only.
+3. On policy steps (``(t + 1) % policy_delay == 0``): actor step, then Polyak target updates (params, and
+   BatchNorm stats by ``target_bn_stats``). The actor loss is
+   ``-mean Q1(stop_gradient(critic_features), pi(actor_features))`` with the critic's *updated* heads and the
+   critic features computed in step 2 (DrQ-v2 style reuse; the critic encoder's update of step 2 is not
+   re-run on them). ``separate``: ``actor_features`` come from the actor's own encoder, which learns only
+   through the action. ``shared``: ``actor_features = stop_gradient(critic_features)``. In both topologies Q
+   is never evaluated on actor-encoder features, and the actor gradient is taken with respect to actor
+   parameters only, so the actor loss cannot move any critic parameter.
+
+Metrics are a flat dict of float32 scalars; see :func:`update` and docs/agent.md for the names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from jtd3.agent.state import AgentSpec, TrainState, make_optimizer, modules
+from jtd3.diagnostics import feature_stats, global_norm
+
+__all__ = [
+    "act",
+    "encode",
+    "polyak",
+    "smoothed_target_action",
+    "td_target",
+    "train_step",
+    "update",
+    "update_many",
+    "validate_batch",
+    "validate_obs",
+]
+
+Batch = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pure TD3 math
+
+
+def polyak(online: Any, target: Any, tau: float) -> Any:
+    """``tau * online + (1 - tau) * target`` leaf by leaf."""
+    return jax.tree.map(lambda o, t: tau * o + (1.0 - tau) * t, online, target)
+
+
+def smoothed_target_action(action: jax.Array, key: jax.Array, policy_noise: float, noise_clip: float) -> jax.Array:
+    """Target policy smoothing: ``clip(action + clip(N(0, policy_noise^2), -noise_clip, noise_clip), -1, 1)``."""
+    noise = jnp.clip(jax.random.normal(key, action.shape, action.dtype) * policy_noise, -noise_clip, noise_clip)
+    return jnp.clip(action + noise, -1.0, 1.0)
+
+
+def td_target(reward: jax.Array, terminated: jax.Array, next_q: jax.Array, gamma: float) -> jax.Array:
+    """Clipped double-Q target ``r + gamma * (1 - terminated) * min(next_q)``; ``next_q`` is (heads, B)."""
+    return reward + gamma * (1.0 - terminated) * jnp.min(next_q, axis=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Validation (runs at trace time: shapes and dtypes are static)
+
+
+def validate_obs(spec: AgentSpec, obs: Any, name: str = "obs") -> int:
+    """Check ``obs`` = {"camera": uint8 (B, *camera_shape), "kinematics": (B, K)}; return B."""
+    if not isinstance(obs, dict) or set(obs) != {"camera", "kinematics"}:
+        keys = sorted(obs) if isinstance(obs, dict) else type(obs).__name__
+        raise ValueError(f"{name} must be a dict with keys 'camera' and 'kinematics', got {keys}")
+    cam, kin = obs["camera"], obs["kinematics"]
+    if cam.ndim != 4 or tuple(cam.shape[1:]) != spec.camera_shape or cam.dtype != jnp.uint8:
+        raise ValueError(
+            f"{name}['camera'] must be uint8 of shape (B, {', '.join(map(str, spec.camera_shape))}), "
+            f"got {cam.dtype} {tuple(cam.shape)}"
+        )
+    b = cam.shape[0]
+    if tuple(kin.shape) != (b, spec.kinematics_dim):
+        raise ValueError(f"{name}['kinematics'] must have shape ({b}, {spec.kinematics_dim}), got {tuple(kin.shape)}")
+    return b
+
+
+def validate_batch(spec: AgentSpec, batch: Batch) -> int:
+    """Check a replay batch (see :func:`update`) against ``spec``; return the batch size B."""
+    expected = {"obs", "action", "reward", "next_obs", "terminated"}
+    if not isinstance(batch, dict) or set(batch) != expected:
+        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise ValueError(f"batch must be a dict with keys {sorted(expected)}, got {keys}")
+    b = validate_obs(spec, batch["obs"], "batch['obs']")
+    nb = validate_obs(spec, batch["next_obs"], "batch['next_obs']")
+    if nb != b:
+        raise ValueError(f"batch['next_obs'] has batch size {nb}, batch['obs'] has {b}")
+    shapes = {"action": (b, spec.action_dim), "reward": (b,), "terminated": (b,)}
+    for key, shape in shapes.items():
+        if tuple(batch[key].shape) != shape:
+            raise ValueError(f"batch[{key!r}] must have shape {shape}, got {tuple(batch[key].shape)}")
+    return b
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Network application
+
+
+def encode(
+    spec: AgentSpec, params: Any, stats: Any, camera: jax.Array, train: bool, layers: bool = False
+) -> tuple[jax.Array, Any, dict[str, jax.Array]]:
+    """Run the NatureCNN: ``(features, new_batch_stats, {"conv1": act1, ...})``.
+
+    ``train=True`` uses batch statistics and returns updated running stats for BatchNorm;
+    ``train=False`` uses ``stats`` as running averages (and returns them unchanged). The per-layer
+    activations are collected only when ``layers`` is true (else ``{}``).
+    """
+    encoder = modules(spec).encoder
+    variables = {"params": params}
+    if spec.uses_batchnorm:
+        variables["batch_stats"] = stats
+    mutable = []
+    if train and spec.uses_batchnorm:
+        mutable.append("batch_stats")
+    if layers:
+        mutable.append("intermediates")
+    if not mutable:
+        return encoder.apply(variables, camera, train=train), stats, {}
+    features, updated = encoder.apply(variables, camera, train=train, mutable=mutable)
+    new_stats = updated["batch_stats"] if "batch_stats" in updated else stats
+    acts = {name.removesuffix("_out"): value[0] for name, value in updated.get("intermediates", {}).items()}
+    return features, new_stats, acts
+
+
+def _stats_metrics(prefix: str, features: jax.Array, layers: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    out = feature_stats(features, f"debug/{prefix}_cnn_features_")
+    for name, value in layers.items():
+        out.update(feature_stats(value, f"debug/{prefix}_{name}_"))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One update
+
+
+def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One TD3 update (not jitted; :func:`update` is the jitted entry point). See the module docstring."""
+    spec = state.spec
+    cfg = spec.config
+    mods = modules(spec)
+    per_layer = cfg.per_layer_stats
+    validate_batch(spec, batch)
+    obs, next_obs = batch["obs"], batch["next_obs"]
+    kin = obs["kinematics"].astype(jnp.float32)
+    next_kin = next_obs["kinematics"].astype(jnp.float32)
+    action = batch["action"].astype(jnp.float32)
+    reward = batch["reward"].astype(jnp.float32)
+    terminated = batch["terminated"].astype(jnp.float32)
+    key = jax.random.wrap_key_data(state.key)
+    key, k_noise = jax.random.split(key)
+
+    # 1. TD target: target networks, running averages, no gradients. In `shared` mode one target-encoder
+    #    pass over next_obs feeds both the target actor and the target critic.
+    ct, at = state.critic_target_params, state.actor_target_params
+    c_next, _, _ = encode(spec, ct["encoder"], state.critic_target_stats.get("encoder"), next_obs["camera"], False)
+    if spec.separate:
+        a_next, _, _ = encode(spec, at["encoder"], state.actor_target_stats.get("encoder"), next_obs["camera"], False)
+    else:
+        a_next = c_next
+    next_action = mods.actor_head.apply({"params": at["head"]}, a_next, next_kin)
+    next_action = smoothed_target_action(next_action, k_noise, cfg.policy_noise, cfg.noise_clip)
+    next_q = mods.critic_head.apply({"params": ct["head"]}, c_next, next_kin, next_action)
+    target_q = lax.stop_gradient(td_target(reward, terminated, next_q, cfg.gamma))
+
+    # 2. Critic step (gradients w.r.t. critic parameters only).
+    def critic_loss_fn(cp):
+        feats, new_stats, layers = encode(
+            spec, cp["encoder"], state.critic_stats.get("encoder"), obs["camera"], True, per_layer
+        )
+        q = mods.critic_head.apply({"params": cp["head"]}, feats, kin, action)
+        loss = jnp.sum(jnp.mean(jnp.square(q - target_q[None]), axis=1))
+        return loss, (q, feats, new_stats, layers)
+
+    (critic_loss, (q, c_feats, c_stats, c_layers)), c_grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
+        state.critic_params
+    )
+    critic_opt = make_optimizer(cfg, state.critic_params)
+    c_updates, critic_opt_state = critic_opt.update(c_grads, state.critic_opt_state, state.critic_params)
+    critic_params = optax.apply_updates(state.critic_params, c_updates)
+    critic_stats = {"encoder": c_stats} if "encoder" in state.critic_stats else state.critic_stats
+    c_feats_ng = lax.stop_gradient(c_feats)
+
+    metrics = {
+        "losses/critic_loss": critic_loss,
+        "losses/q1_mean": jnp.mean(q[0]),
+        "losses/q2_mean": jnp.mean(q[1]),
+        "losses/target_q_mean": jnp.mean(target_q),
+        "losses/td_error": jnp.mean(jnp.abs(q - target_q[None])),
+        "grad_norm/critic_cnn": global_norm(c_grads["encoder"]),
+        "grad_norm/critic_mlp": global_norm(c_grads["head"]),
+    }
+    metrics.update(_stats_metrics("critic", c_feats, c_layers))
+
+    # 3. Actor step and target updates (policy steps only).
+    def policy_branch(_):
+        def actor_loss_fn(ap):
+            if spec.separate:
+                a_feats, a_stats, a_layers = encode(
+                    spec, ap["encoder"], state.actor_stats.get("encoder"), obs["camera"], True, per_layer
+                )
+            else:
+                a_feats, a_stats, a_layers = c_feats_ng, None, {}
+            pi = mods.actor_head.apply({"params": ap["head"]}, a_feats, kin)
+            q1 = mods.critic_head.apply({"params": critic_params["head"]}, c_feats_ng, kin, pi)[0]
+            return -jnp.mean(q1), (q1, a_feats, a_stats, a_layers)
+
+        (actor_loss, (q1, a_feats, a_stats, a_layers)), a_grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(
+            state.actor_params
+        )
+        actor_opt = make_optimizer(cfg, state.actor_params)
+        a_updates, actor_opt_state = actor_opt.update(a_grads, state.actor_opt_state, state.actor_params)
+        actor_params = optax.apply_updates(state.actor_params, a_updates)
+        actor_stats = {"encoder": a_stats} if spec.separate else state.actor_stats
+        new = dict(
+            actor_params=actor_params,
+            actor_opt_state=actor_opt_state,
+            actor_stats=actor_stats,
+            actor_target_params=polyak(actor_params, state.actor_target_params, cfg.tau),
+            critic_target_params=polyak(critic_params, state.critic_target_params, cfg.tau),
+            actor_target_stats=_follow_stats(cfg.target_bn_stats, actor_stats, state.actor_target_stats, cfg.tau),
+            critic_target_stats=_follow_stats(cfg.target_bn_stats, critic_stats, state.critic_target_stats, cfg.tau),
+        )
+        m = {"losses/actor_loss": actor_loss, "losses/actor_q": jnp.mean(q1), "grad_norm/actor_mlp": global_norm(a_grads["head"])}
+        if spec.separate:
+            m["grad_norm/actor_cnn"] = global_norm(a_grads["encoder"])
+            m.update(_stats_metrics("actor", a_feats, a_layers))
+        return new, {k: v.astype(jnp.float32) for k, v in m.items()}
+
+    def skip_branch(_):
+        new = dict(
+            actor_params=state.actor_params,
+            actor_opt_state=state.actor_opt_state,
+            actor_stats=state.actor_stats,
+            actor_target_params=state.actor_target_params,
+            critic_target_params=state.critic_target_params,
+            actor_target_stats=state.actor_target_stats,
+            critic_target_stats=state.critic_target_stats,
+        )
+        shapes = jax.eval_shape(policy_branch, None)[1]
+        return new, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    is_policy = (state.step + 1) % cfg.policy_delay == 0
+    if cfg.policy_delay == 1:
+        new, actor_metrics = policy_branch(None)
+    else:
+        new, actor_metrics = lax.cond(is_policy, policy_branch, skip_branch, None)
+    metrics.update(actor_metrics)
+    metrics["losses/actor_updates"] = is_policy.astype(jnp.float32)
+    metrics["param_norm/critic_cnn"] = global_norm(critic_params["encoder"])
+    metrics["param_norm/critic_mlp"] = global_norm(critic_params["head"])
+    metrics["param_norm/actor_mlp"] = global_norm(new["actor_params"]["head"])
+    if spec.separate:
+        metrics["param_norm/actor_cnn"] = global_norm(new["actor_params"]["encoder"])
+
+    new_state = state.replace(
+        step=state.step + 1,
+        critic_params=critic_params,
+        critic_opt_state=critic_opt_state,
+        critic_stats=critic_stats,
+        key=jax.random.key_data(key),
+        **new,
+    )
+    return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
+def _follow_stats(mode: str, online: Any, target: Any, tau: float) -> Any:
+    """Target BatchNorm stats after a target update: ``copy`` the online ones or ``polyak`` towards them."""
+    if mode == "copy":
+        return jax.tree.map(jnp.copy, online)
+    if mode == "polyak":
+        return polyak(online, target, tau)
+    raise ValueError(f"unknown target_bn_stats {mode!r}; valid choices: 'polyak', 'copy'")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public jitted entry points
+
+
+@jax.jit
+def update(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One TD3 update (jitted). Returns the new state and a flat dict of float32 scalar metrics.
+
+    ``batch``: ``{"obs": {"camera": uint8 (B, *camera), "kinematics": (B, K)}, "action": (B, A),
+    "reward": (B,), "next_obs": {...}, "terminated": (B,) float or bool}``.
+
+    Metrics: ``losses/{critic_loss, q1_mean, q2_mean, target_q_mean, td_error, actor_loss, actor_q,
+    actor_updates}``, ``grad_norm/{critic_cnn, critic_mlp, actor_mlp[, actor_cnn]}``,
+    ``param_norm/{...}``, ``debug/{critic,actor}_cnn_features_{l2_norm, l2_norm_max, mean, std, min, max,
+    dead_fraction}`` (``actor`` and ``actor_cnn`` only with separate encoders) and, with
+    ``per_layer_stats``, ``debug/{critic,actor}_conv{1,2,3}_{...}``. Actor-side metrics (actor_loss,
+    actor_q, grad_norm/actor_*, debug/actor_*) describe this step's actor update and are 0.0 when
+    ``losses/actor_updates`` is 0 (a non-policy step); skip them then.
+    """
+    return train_step(state, batch)
+
+
+def _actor_side(name: str) -> bool:
+    return name in ("losses/actor_loss", "losses/actor_q") or name.startswith(("grad_norm/actor", "debug/actor"))
+
+
+@jax.jit
+def update_many(state: TrainState, batches: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    """K TD3 updates in one call (``lax.scan``); every leaf of ``batches`` has a leading K axis.
+
+    Policy delay and target updates run inside the loop exactly as K calls of :func:`update` would
+    (bit-for-bit the same state). Metrics have the same names, reduced over the K steps: names ending in
+    ``_max``/``_min`` take the max/min, ``losses/actor_updates`` is the count of actor updates, everything
+    else the mean. Actor-side metrics (see :func:`update`) are reduced over the policy steps only (0.0 when
+    there were none).
+    """
+    leaves = jax.tree.leaves(batches)
+    if not leaves or any(leaf.ndim < 1 for leaf in leaves) or len({leaf.shape[0] for leaf in leaves}) != 1:
+        raise ValueError("update_many: every leaf of batches needs the same leading K axis")
+
+    state, per_step = lax.scan(train_step, state, batches)
+    policy = per_step["losses/actor_updates"]
+    count = jnp.sum(policy)
+    out = {}
+    for name, values in per_step.items():
+        if name == "losses/actor_updates":
+            out[name] = count
+            continue
+        if _actor_side(name):
+            mask = policy > 0
+            if name.endswith("_max"):
+                red = jnp.max(jnp.where(mask, values, -jnp.inf))
+            elif name.endswith("_min"):
+                red = jnp.min(jnp.where(mask, values, jnp.inf))
+            else:
+                red = jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(count, 1.0)
+            out[name] = jnp.where(count > 0, red, 0.0)
+        elif name.endswith("_max"):
+            out[name] = jnp.max(values)
+        elif name.endswith("_min"):
+            out[name] = jnp.min(values)
+        else:
+            out[name] = jnp.mean(values)
+    return state, out
+
+
+@jax.jit
+def act(state: TrainState, obs: dict[str, jax.Array], key: jax.Array, noise_scale: float | jax.Array) -> jax.Array:
+    """Actions ``clip(pi(obs) + noise_scale * N(0, 1), -1, 1)``, shape (B, A); jitted.
+
+    Uses the online actor (and in ``shared`` mode the online critic encoder) with BatchNorm running
+    averages, so it is deterministic per sample for ``noise_scale = 0``. ``key``: a JAX PRNG key, typed or
+    raw uint32 key data (unused when ``noise_scale`` is 0, but always required).
+    """
+    spec = state.spec
+    validate_obs(spec, obs)
+    mods = modules(spec)
+    if spec.separate:
+        enc_params, enc_stats = state.actor_params["encoder"], state.actor_stats.get("encoder")
+    else:
+        enc_params, enc_stats = state.critic_params["encoder"], state.critic_stats.get("encoder")
+    feats, _, _ = encode(spec, enc_params, enc_stats, obs["camera"], False)
+    action = mods.actor_head.apply({"params": state.actor_params["head"]}, feats, obs["kinematics"].astype(jnp.float32))
+    if key.dtype == jnp.uint32:
+        key = jax.random.wrap_key_data(key)
+    noise = jax.random.normal(key, action.shape, action.dtype) * noise_scale
+    return jnp.clip(action + noise, -1.0, 1.0)

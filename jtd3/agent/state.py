@@ -1,0 +1,230 @@
+"""The TD3 train state and its construction (:func:`create`).
+
+Layout of the parameter trees (``encoder`` = NatureCNN, ``head`` = MLP):
+
+============================  ==================================  ==================================
+tree                          ``encoder: separate``               ``encoder: shared``
+============================  ==================================  ==================================
+``actor_params``              ``{"encoder", "head"}``             ``{"head"}``
+``critic_params``             ``{"encoder", "head"}``             ``{"encoder", "head"}`` (the one encoder)
+``*_target_params``           same structure as the online tree   same structure as the online tree
+``actor_stats``               ``{"encoder": batch_stats}``        ``{}``
+``critic_stats``              ``{"encoder": batch_stats}``        ``{"encoder": batch_stats}``
+============================  ==================================  ==================================
+
+``*_stats`` hold BatchNorm running averages (``{}`` inside when the norm has no BatchNorm). The state's
+array leaves form a plain pytree (dicts, optax named tuples, arrays) that orbax saves and restores exactly;
+the configuration and sizes are a static (non-pytree) field, so ``jax.jit`` recompiles when they change
+and a checkpoint restores into any freshly :func:`create` d state of the same configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from gymnasium import spaces
+
+from jtd3.agent.config import AgentConfig
+from jtd3.networks import ActorHead, NatureCNN, TwinCriticHead
+
+__all__ = ["AgentSpec", "Modules", "TrainState", "create", "make_optimizer", "modules", "resolve_conv_impl"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentSpec:
+    """Static description of an agent: config plus the sizes derived from the spaces (hashable)."""
+
+    config: AgentConfig
+    camera_shape: tuple[int, int, int]
+    """(frames, H, W) of the uint8 camera stack."""
+    kinematics_dim: int
+    action_dim: int
+    conv_impl: str
+    """Resolved convolution implementation ('im2col' or 'xla'; config 'auto' resolved at create time)."""
+
+    @property
+    def uses_batchnorm(self) -> bool:
+        return self.config.norm in ("batchnorm", "hybrid")
+
+    @property
+    def separate(self) -> bool:
+        return self.config.encoder == "separate"
+
+
+@struct.dataclass
+class TrainState:
+    """Everything TD3 learns or counts. See the module docstring for the tree layout."""
+
+    step: jax.Array
+    """int32 scalar: critic updates done so far. The update with index ``step`` (0-based) is a policy
+    step (actor + targets) when ``(step + 1) % policy_delay == 0``."""
+    actor_params: Any
+    critic_params: Any
+    actor_target_params: Any
+    critic_target_params: Any
+    actor_stats: Any
+    critic_stats: Any
+    actor_target_stats: Any
+    critic_target_stats: Any
+    actor_opt_state: Any
+    critic_opt_state: Any
+    key: jax.Array
+    """uint32 raw PRNG key data (``jax.random.key_data``); wrap with ``jax.random.wrap_key_data``."""
+    spec: AgentSpec = struct.field(pytree_node=False)
+
+
+class Modules(NamedTuple):
+    """The Flax modules of an agent (stateless descriptions; parameters live in the train state)."""
+
+    encoder: NatureCNN
+    actor_head: ActorHead
+    critic_head: TwinCriticHead
+
+
+@functools.lru_cache(maxsize=None)
+def modules(spec: AgentSpec) -> Modules:
+    """Build the Flax modules for ``spec`` (actor and critic encoders share the architecture)."""
+    c = spec.config
+    encoder = NatureCNN(
+        norm=c.norm,
+        activation=c.activation,
+        features=c.features_dim,
+        conv_impl=spec.conv_impl,
+        conv_chunk=c.conv_chunk,
+        bn_momentum=c.bn_momentum,
+    )
+    actor_head = ActorHead(action_dim=spec.action_dim, hidden=tuple(c.actor_hidden), activation=c.activation)
+    critic_head = TwinCriticHead(hidden=tuple(c.critic_hidden), activation=c.activation)
+    return Modules(encoder, actor_head, critic_head)
+
+
+def resolve_conv_impl(conv_impl: str, backend: str | None = None) -> str:
+    """'auto' -> 'xla' on GPU/TPU (cuDNN convolutions), 'im2col' on CPU; other values pass through."""
+    if conv_impl != "auto":
+        return conv_impl
+    backend = jax.default_backend() if backend is None else backend
+    return "im2col" if backend == "cpu" else "xla"
+
+
+def _space_sizes(observation_space: spaces.Space, action_space: spaces.Space) -> tuple[tuple[int, ...], int, int]:
+    if not isinstance(observation_space, spaces.Dict):
+        raise ValueError(
+            f"observation_space must be a gymnasium spaces.Dict with 'camera' and 'kinematics', "
+            f"got {observation_space!r}"
+        )
+    missing = {"camera", "kinematics"} - set(observation_space.spaces)
+    if missing:
+        raise ValueError(
+            f"observation_space lacks {sorted(missing)}; expected keys 'camera' (uint8 (frames, H, W)) and "
+            f"'kinematics' (float32 (K,)), got {sorted(observation_space.spaces)}"
+        )
+    cam, kin = observation_space["camera"], observation_space["kinematics"]
+    if not isinstance(cam, spaces.Box) or cam.dtype != np.uint8 or len(cam.shape) != 3:
+        raise ValueError(f"observation_space['camera'] must be a uint8 Box of shape (frames, H, W), got {cam!r}")
+    if not isinstance(kin, spaces.Box) or len(kin.shape) != 1:
+        raise ValueError(f"observation_space['kinematics'] must be a Box of shape (K,), got {kin!r}")
+    if not isinstance(action_space, spaces.Box) or len(action_space.shape) != 1:
+        raise ValueError(f"action_space must be a Box of shape (A,), got {action_space!r}")
+    if not (np.all(action_space.low == -1.0) and np.all(action_space.high == 1.0)):
+        raise ValueError(
+            f"action_space must be bounded by [-1, 1] (the actor ends in tanh), got low={action_space.low}, "
+            f"high={action_space.high}"
+        )
+    return tuple(int(s) for s in cam.shape), int(kin.shape[0]), int(action_space.shape[0])
+
+
+def _label(path: tuple[Any, ...]) -> str:
+    return "cnn" if getattr(path[0], "key", None) == "encoder" else "mlp"
+
+
+def _kernel_mask(params: Any) -> Any:
+    return jax.tree_util.tree_map_with_path(lambda p, _: getattr(p[-1], "key", None) == "kernel", params)
+
+
+def make_optimizer(config: AgentConfig, params: Any) -> optax.GradientTransformation:
+    """Adam(W) with ``cnn_lr`` for the ``encoder`` subtree and ``mlp_lr`` for the rest of ``params``.
+
+    Each side optionally clips its own gradients to a global norm first (``cnn_grad_clip``,
+    ``mlp_grad_clip``); ``weight_decay > 0`` switches to AdamW with decay on conv/dense kernels only.
+    """
+    labels = jax.tree_util.tree_map_with_path(lambda p, _: _label(p), params)
+    present = set(jax.tree.leaves(labels))
+    settings = {"cnn": (config.cnn_lr, config.cnn_grad_clip), "mlp": (config.mlp_lr, config.mlp_grad_clip)}
+    weight_decay = config.weight_decay
+    transforms = {}
+    for name, (lr, clip) in settings.items():
+        if name not in present:
+            continue
+        if weight_decay > 0.0:
+            opt = optax.adamw(lr, weight_decay=weight_decay, mask=_kernel_mask)
+        else:
+            opt = optax.adam(lr)
+        transforms[name] = opt if clip is None else optax.chain(optax.clip_by_global_norm(clip), opt)
+    return optax.multi_transform(transforms, labels)
+
+
+def create(config: AgentConfig, observation_space: spaces.Space, action_space: spaces.Space, seed: int) -> TrainState:
+    """A fresh train state: He-initialised networks, targets equal to the online networks, Adam states.
+
+    ``observation_space``: ``spaces.Dict(camera=Box(uint8, (frames, H, W)), kinematics=Box((K,)))``;
+    ``action_space``: ``Box(-1, 1, (A,))``. All input sizes are taken from the spaces.
+    """
+    if not isinstance(config, AgentConfig):
+        raise ValueError(f"config must be an AgentConfig, got {type(config).__name__}")
+    camera_shape, kin_dim, action_dim = _space_sizes(observation_space, action_space)
+    spec = AgentSpec(
+        config=config,
+        camera_shape=camera_shape,
+        kinematics_dim=kin_dim,
+        action_dim=action_dim,
+        conv_impl=resolve_conv_impl(config.conv_impl),
+    )
+    mods = modules(spec)
+    key = jax.random.key(seed)
+    key, k_actor_enc, k_critic_enc, k_actor_head, k_critic_head = jax.random.split(key, 5)
+    camera = jnp.zeros((1, *camera_shape), jnp.uint8)
+    kin = jnp.zeros((1, kin_dim), jnp.float32)
+    act = jnp.zeros((1, action_dim), jnp.float32)
+    feats = jnp.zeros((1, config.features_dim), jnp.float32)
+
+    def init_encoder(k: jax.Array) -> tuple[Any, Any]:
+        variables = mods.encoder.init(k, camera, train=False)
+        return variables["params"], dict(variables.get("batch_stats", {}))
+
+    critic_enc, critic_enc_stats = init_encoder(k_critic_enc)
+    critic_params = {"encoder": critic_enc, "head": mods.critic_head.init(k_critic_head, feats, kin, act)["params"]}
+    actor_params = {"head": mods.actor_head.init(k_actor_head, feats, kin)["params"]}
+    critic_stats = {"encoder": critic_enc_stats}
+    actor_stats: dict[str, Any] = {}
+    if spec.separate:
+        actor_enc, actor_enc_stats = init_encoder(k_actor_enc)
+        actor_params = {"encoder": actor_enc, **actor_params}
+        actor_stats = {"encoder": actor_enc_stats}
+    actor_params = nn.unbox(actor_params)
+    critic_params = nn.unbox(critic_params)
+    actor_opt = make_optimizer(config, actor_params)
+    critic_opt = make_optimizer(config, critic_params)
+    copy = functools.partial(jax.tree.map, jnp.copy)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        actor_params=actor_params,
+        critic_params=critic_params,
+        actor_target_params=copy(actor_params),
+        critic_target_params=copy(critic_params),
+        actor_stats=actor_stats,
+        critic_stats=critic_stats,
+        actor_target_stats=copy(actor_stats),
+        critic_target_stats=copy(critic_stats),
+        actor_opt_state=actor_opt.init(actor_params),
+        critic_opt_state=critic_opt.init(critic_params),
+        key=jax.random.key_data(key),
+        spec=spec,
+    )

@@ -1,0 +1,204 @@
+"""Flax networks: the NatureCNN encoder with a normalization switch, the actor head and the twin critic head.
+
+Shapes and conventions:
+
+- Camera input: uint8 ``(B, C, H, W)`` channel-first, as stored by the environment (``C`` = stacked frames,
+  oldest first; the default space is ``(4, 84, 84)``). :class:`NatureCNN` scales it to [-1, 1]
+  (``x / 127.5 - 1``) and transposes to NHWC.
+- Convolutions use VALID padding as in PyTorch/SB3: 84 -> 20 -> 9 -> 7, flatten 7*7*64 = 3136 -> Dense.
+- Normalization sits between the linear op and the activation (the seed's order).
+- He (Kaiming) normal initialization for every conv/dense kernel, zero biases.
+- The actor head maps ``concat(features, kinematics)`` to ``tanh`` actions in [-1, 1]; the twin critic maps
+  ``concat(features, kinematics, action)`` to two Q values, shape ``(2, B)`` (an ``nn.vmap`` ensemble).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jtd3.ops.conv import CONV_IMPLS, camera_to_space_to_depth, conv2d, conv2d_on_space_to_depth
+
+__all__ = [
+    "ACTIVATIONS",
+    "CONV_LAYERS",
+    "NORMS",
+    "ActorHead",
+    "Conv",
+    "CriticHead",
+    "NatureCNN",
+    "TwinCriticHead",
+    "activation_fn",
+]
+
+NORMS = ("none", "layernorm", "batchnorm", "hybrid")
+"""``none``; ``layernorm`` (LN over (H, W, C) after each conv, LN after the dense layer); ``batchnorm``
+(per-channel BN after each conv, nothing after the dense layer); ``hybrid`` (BN after convs, LN after dense)."""
+
+ACTIVATIONS = ("leaky_relu", "relu")
+LEAKY_RELU_SLOPE = 0.01
+LAYERNORM_EPS = 1e-5
+BATCHNORM_EPS = 1e-5
+
+CONV_LAYERS = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
+"""NatureCNN convolutions as ``(features, kernel, stride)``; layer names are ``conv1``..``conv3``."""
+
+_he = nn.initializers.he_normal()
+_zeros = nn.initializers.zeros_init()
+
+
+def _check_choice(kind: str, value: str, valid: Sequence[str]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {kind} {value!r}; valid choices: {', '.join(map(repr, valid))}")
+
+
+def activation_fn(name: str):
+    """The activation function called ``name`` (one of :data:`ACTIVATIONS`)."""
+    _check_choice("activation", name, ACTIVATIONS)
+    if name == "relu":
+        return jax.nn.relu
+    return lambda x: jax.nn.leaky_relu(x, LEAKY_RELU_SLOPE)
+
+
+class Conv(nn.Module):
+    """VALID 2-D convolution (NHWC, HWIO kernel) through :func:`jtd3.ops.conv.conv2d`.
+
+    With ``input_s2d`` the input is already in space-to-depth layout with block ``stride`` (see
+    :func:`jtd3.ops.conv.camera_to_space_to_depth`; only for ``impl="im2col"``); the kernel parameter keeps
+    its ordinary ``(kernel, kernel, C, features)`` shape either way, so parameters do not depend on ``impl``.
+    """
+
+    features: int
+    kernel: int
+    stride: int
+    impl: str = "im2col"
+    chunk: int = 16
+    input_s2d: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cin = x.shape[-1] // (self.stride * self.stride) if self.input_s2d else x.shape[-1]
+        kernel = self.param("kernel", _he, (self.kernel, self.kernel, cin, self.features), jnp.float32)
+        bias = self.param("bias", _zeros, (self.features,), jnp.float32)
+        if self.input_s2d:
+            return conv2d_on_space_to_depth(x, kernel, self.stride, self.chunk) + bias
+        return conv2d(x, kernel, self.stride, self.impl, self.chunk) + bias
+
+
+class NatureCNN(nn.Module):
+    """Nature-DQN encoder: uint8 ``(B, C, H, W)`` -> features ``(B, features)``.
+
+    ``norm`` is one of :data:`NORMS`, ``activation`` one of :data:`ACTIVATIONS`. ``train`` selects batch
+    statistics (and updates the ``batch_stats`` collection, which must then be mutable) for BatchNorm; with
+    ``train=False`` BatchNorm uses its running averages. LayerNorm behaves the same in both modes.
+    The post-activation output of each conv layer is sown into the ``intermediates`` collection as
+    ``conv1_out``..``conv3_out`` (collected only when that collection is mutable).
+    """
+
+    norm: str = "layernorm"
+    activation: str = "leaky_relu"
+    features: int = 512
+    conv_impl: str = "im2col"
+    conv_chunk: int = 16
+    bn_momentum: float = 0.99
+
+    def _conv_norm(self, x: jax.Array, train: bool, name: str) -> jax.Array:
+        if self.norm == "layernorm":
+            return nn.LayerNorm(
+                epsilon=LAYERNORM_EPS, reduction_axes=(-3, -2, -1), feature_axes=(-3, -2, -1), name=f"{name}_ln"
+            )(x)
+        if self.norm in ("batchnorm", "hybrid"):
+            return nn.BatchNorm(
+                use_running_average=not train, momentum=self.bn_momentum, epsilon=BATCHNORM_EPS, name=f"{name}_bn"
+            )(x)
+        return x
+
+    @nn.compact
+    def __call__(self, camera: jax.Array, train: bool) -> jax.Array:
+        _check_choice("norm", self.norm, NORMS)
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_choice("conv_impl", self.conv_impl, CONV_IMPLS)
+        if camera.ndim != 4:
+            raise ValueError(f"NatureCNN expects camera of shape (B, C, H, W), got {camera.shape}")
+        if camera.dtype != jnp.uint8:
+            raise ValueError(f"NatureCNN expects a uint8 camera (0..255), got dtype {camera.dtype}")
+        act = activation_fn(self.activation)
+        _, k1, s1 = CONV_LAYERS[0]
+        # im2col: the first conv reads a space-to-depth layout built from the uint8 data in one transpose.
+        s2d = self.conv_impl == "im2col" and k1 % s1 == 0
+        if s2d:
+            x = camera_to_space_to_depth(camera, k1, s1)
+        else:
+            x = jnp.transpose(camera.astype(jnp.float32) * (1.0 / 127.5) - 1.0, (0, 2, 3, 1))
+        for i, (feats, kernel, stride) in enumerate(CONV_LAYERS, start=1):
+            name = f"conv{i}"
+            first = s2d and i == 1
+            x = Conv(feats, kernel, stride, self.conv_impl, self.conv_chunk, first, name=name)(x)
+            x = act(self._conv_norm(x, train, name))
+            self.sow("intermediates", f"{name}_out", x)
+        x = x.reshape(x.shape[0], -1)
+        x = nn.Dense(self.features, kernel_init=_he, bias_init=_zeros, name="dense")(x)
+        if self.norm in ("layernorm", "hybrid"):
+            x = nn.LayerNorm(epsilon=LAYERNORM_EPS, name="dense_ln")(x)
+        return act(x)
+
+
+class _MLP(nn.Module):
+    hidden: tuple[int, ...]
+    out: int
+    activation: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        act = activation_fn(self.activation)
+        for i, h in enumerate(self.hidden):
+            x = act(nn.Dense(h, kernel_init=_he, bias_init=_zeros, name=f"fc{i}")(x))
+        return nn.Dense(self.out, kernel_init=_he, bias_init=_zeros, name="out")(x)
+
+
+class ActorHead(nn.Module):
+    """Deterministic policy head: ``tanh(MLP(concat(features, kinematics)))``, shape ``(B, action_dim)``."""
+
+    action_dim: int
+    hidden: tuple[int, ...] = (256, 256)
+    activation: str = "leaky_relu"
+
+    @nn.compact
+    def __call__(self, features: jax.Array, kinematics: jax.Array) -> jax.Array:
+        x = jnp.concatenate([features, kinematics], axis=-1)
+        return jnp.tanh(_MLP(tuple(self.hidden), self.action_dim, self.activation, name="mlp")(x))
+
+
+class CriticHead(nn.Module):
+    """One Q head: ``MLP(concat(features, kinematics, action))`` -> ``(B,)``."""
+
+    hidden: tuple[int, ...] = (256, 256)
+    activation: str = "leaky_relu"
+
+    @nn.compact
+    def __call__(self, features: jax.Array, kinematics: jax.Array, action: jax.Array) -> jax.Array:
+        x = jnp.concatenate([features, kinematics, action], axis=-1)
+        return _MLP(tuple(self.hidden), 1, self.activation, name="mlp")(x)[..., 0]
+
+
+class TwinCriticHead(nn.Module):
+    """Two independent :class:`CriticHead` s (``nn.vmap`` over a leading parameter axis): ``(2, B)``."""
+
+    hidden: tuple[int, ...] = (256, 256)
+    activation: str = "leaky_relu"
+    num_heads: int = 2
+
+    @nn.compact
+    def __call__(self, features: jax.Array, kinematics: jax.Array, action: jax.Array) -> jax.Array:
+        ensemble = nn.vmap(
+            CriticHead,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=None,
+            out_axes=0,
+            axis_size=self.num_heads,
+        )
+        return ensemble(tuple(self.hidden), self.activation, name="q")(features, kinematics, action)
