@@ -47,17 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", choices=("sim", "carla"), help="backend (env key 'backend')")
     p.add_argument("--scenario", type=int, help="scenario (row of scenario_vehicles: 0/1/2 -> 20/50/100 NPCs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any EnvConfig key")
+    p.add_argument("--policy-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a PurePursuitConfig key of --policy pid (e.g. lookahead_min_m=6)")
     p.add_argument("--out", type=Path, help="output directory (default runs/eval/<policy>)")
     p.add_argument("--gif", type=int, default=0, metavar="N", help="record the first N episodes as GIF + PNG stills")
     p.add_argument("--gif-every", type=int, default=2, help="record every k-th step")
     return p
 
 
-def make_policy(name: str, env, seed: int):
+def make_policy(name: str, env, seed: int, pid_config=None):
     from jtd3.baselines.policy import PRESET_ACTIONS, ConstantPolicy, PurePursuitPolicy, RandomPolicy
 
     if name == "pid":
-        return PurePursuitPolicy(env)
+        return PurePursuitPolicy(env, pid_config)
     if name == "random":
         return RandomPolicy(seed)
     if name in PRESET_ACTIONS:
@@ -81,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.scenario is not None:
             sets.insert(0, f"scenario={args.scenario}")
         cfg = from_dict(EnvConfig, apply_overrides(data, sets, EnvConfig))
+        from jtd3.baselines.policy import PurePursuitConfig
+
+        if args.policy_set and args.policy != "pid":
+            raise ConfigError("--policy-set applies to --policy pid only")
+        pid_cfg = from_dict(PurePursuitConfig, apply_overrides({}, args.policy_set, PurePursuitConfig))
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -96,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         raise
     try:
-        policy = make_policy(args.policy, env, args.seed)
+        policy = make_policy(args.policy, env, args.seed, pid_cfg)
         t0 = time.perf_counter()
         report, recordings = evaluate(env, policy, args.episodes, args.seed, args.policy, args.gif, args.gif_every)
         wall = time.perf_counter() - t0
@@ -105,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = report.to_dict()
     summary["config"] = to_dict(cfg)
+    if args.policy == "pid":
+        summary["policy_config"] = to_dict(pid_cfg)
     summary["command"] = " ".join(["python", "scripts/evaluate.py", *(argv if argv is not None else sys.argv[1:])])
     summary["wall_s"] = wall
     (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")

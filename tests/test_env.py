@@ -219,7 +219,7 @@ def test_vehicle_ahead_costs_proximity_and_waives_standstill():
     gap = 10.0 - 2.4 - 2.0
     ttc = gap / 8.0
     assert info["reward_components"]["proximity"] == pytest.approx(
-        -cfg.weights.proximity * max(1 - ttc / cfg.ttc_threshold_s, 1 - gap / cfg.min_gap_m))
+        -cfg.weights.proximity * max(1 - ttc / cfg.ttc_threshold_s, 1 - gap / (cfg.min_gap_m + cfg.headway_s * 8.0)))
     _, _, _, _, info = env.step(np.zeros(2, np.float32))  # stopped behind it: waiting, not idling
     assert info["reward_components"]["standstill"] == 0.0
     be.npcs = npc(float(x) - 10.0, float(y) + 4.0, yaw=0.0)  # in the oncoming lane: not ahead

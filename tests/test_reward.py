@@ -71,10 +71,13 @@ def test_comfort_collision_and_events():
 
 def test_proximity_from_time_to_collision_and_gap():
     assert only("proximity", inputs(ahead=None)) == 0.0
-    # 6 m gap closing at 4 m/s: ttc 1.5 s -> 1 - 1.5 / 3 = 0.5; gap term 0 (gap > min_gap 5 m)
+    # 6 m gap closing at 4 m/s: ttc 1.5 s -> 1 - 1.5 / 3 = 0.5; gap term 0 (ego standing: gap > min_gap 3 m)
     assert only("proximity", inputs(ahead=Ahead(6.0, 4.0))) == pytest.approx(-0.5)
-    # 2.5 m gap, not closing: gap term 1 - 2.5 / 5 = 0.5
-    assert only("proximity", inputs(ahead=Ahead(2.5, -1.0))) == pytest.approx(-0.5)
+    # 1.5 m gap, standing, not closing: gap term 1 - 1.5 / 3 = 0.5
+    assert only("proximity", inputs(ahead=Ahead(1.5, -1.0))) == pytest.approx(-0.5)
+    # following at 8 m/s, same speed, 5.5 m behind: 1 - 5.5 / (3 + 1.0 * 8) = 0.5 (time headway)
+    assert only("proximity", inputs(ahead=Ahead(5.5, 0.0, ego_speed=8.0))) == pytest.approx(-0.5)
+    assert only("proximity", inputs(ahead=Ahead(11.5, 0.0, ego_speed=8.0))) == 0.0
     assert only("proximity", inputs(ahead=Ahead(30.0, 1.0))) == 0.0
     assert only("proximity", inputs(ahead=Ahead(-1.0, 0.0))) == pytest.approx(-1.0)
 
@@ -118,7 +121,7 @@ def test_vehicle_ahead_picks_the_nearest_in_the_corridor():
     v = vehicles([(0, -10, 90, 5), (-4, 8, -90, 5), (0.5, 20, 90, 5), (0, 12, 90, 4)])
     a = vehicle_ahead(ego(yaw=90.0, speed=10.0), v, CFG)
     assert a.gap_m == pytest.approx(12 - 2.4 - 2.0)
-    assert a.closing_speed == pytest.approx(6.0)
+    assert a.closing_speed == pytest.approx(6.0) and a.ego_speed == pytest.approx(10.0)
     assert a.ttc_s == pytest.approx((12 - 4.4) / 6.0)
     assert vehicle_ahead(ego(yaw=90.0), vehicles([(0, 12 + CFG.ahead_range_m, 90, 0)]), CFG) is None
 

@@ -95,7 +95,8 @@ class RewardConfig(ConfigNode):
     jerk_scale: float = param(20.0, "comfort: jerk magnitude (m/s^3) scoring -1 (larger values are clipped)")
     collision_speed_scale_kmh: float = param(30.0, "collision: speed at which the penalty doubles (km/h)")
     ttc_threshold_s: float = param(3.0, "proximity: time-to-collision below which the penalty grows (s)")
-    min_gap_m: float = param(5.0, "proximity: bumper gap to the vehicle ahead below which the penalty grows (m)")
+    min_gap_m: float = param(3.0, "proximity: bumper gap to the vehicle ahead below which a standing car is penalised (m)")
+    headway_s: float = param(1.0, "proximity: a moving car is penalised below min_gap_m + headway_s * speed (s)")
     ahead_range_m: float = param(40.0, "proximity/standstill: vehicles this far ahead (centre to centre) count (m)")
     ahead_lateral_margin_m: float = param(
         0.5, "proximity/standstill: a vehicle is ahead when its centre is within the two half widths plus this (m)"
@@ -113,7 +114,7 @@ class RewardConfig(ConfigNode):
                      "collision_speed_scale_kmh", "ttc_threshold_s", "min_gap_m", "ahead_range_m"):
             v = getattr(self, name)
             check(math.isfinite(v) and v > 0, f"reward.{name}", v, "> 0")
-        for name in ("ahead_lateral_margin_m", "standstill_speed_kmh", "standstill_free_gap_m"):
+        for name in ("ahead_lateral_margin_m", "standstill_speed_kmh", "standstill_free_gap_m", "headway_s"):
             v = getattr(self, name)
             check(math.isfinite(v) and v >= 0, f"reward.{name}", v, ">= 0")
 

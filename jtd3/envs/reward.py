@@ -16,14 +16,16 @@ collision       -(1 + v_impact / collision_speed_scale) on a collision step     
 off_road        -1 while the vehicle centre is outside every driving lane       {-1, 0}         1.0
 off_route       -1 on the step that ends the episode off the route              {-1, 0}         20
 lane_invasion   -(lane-invasion events this step)                               count           1.0
-proximity       -max(clip(1 - ttc / ttc_threshold), clip(1 - gap / min_gap))     [-1, 0]         0.5
+proximity       -max(clip(1 - ttc / ttc_threshold), clip(1 - gap / gap_safe))   [-1, 0]         0.5
 standstill      -1 when slower than standstill_speed and no vehicle close ahead  {-1, 0}         0.02
 ==============  ===============================================================  ==============  ============
 
 ``v_route`` is the velocity along the route tangent, ``d`` and ``psi`` the signed lateral offset and heading
 error relative to the route at the vehicle's foot point, ``jerk`` the change of the acceleration vector per
 second, ``v_impact`` the larger of the speeds before and after the collision step, ``ttc`` = gap / closing
-speed to the nearest vehicle ahead (inside the ego's lane corridor, see :func:`vehicle_ahead`).
+speed to the nearest vehicle ahead (inside the ego's lane corridor, see :func:`vehicle_ahead`), ``gap_safe`` =
+``min_gap_m + headway_s * v_forward`` (the IDM's desired gap: a standing car may wait ``min_gap_m`` behind
+another one, a moving car keeps ``headway_s`` seconds).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Ahead:
 
     gap_m: float  # bumper-to-bumper distance along the ego heading (negative when the boxes overlap)
     closing_speed: float  # ego forward speed - the other's speed along the ego heading (m/s, > 0 approaching)
+    ego_speed: float = 0.0  # ego forward speed (m/s), for the time-headway gap
 
     @property
     def ttc_s(self) -> float:
@@ -104,7 +107,7 @@ def vehicle_ahead(ego: ActorState, vehicles: Vehicles, cfg: RewardConfig) -> Ahe
     gap = float(lx[i] - ego.extent[0] - max(vehicles.extent[i, 0], vehicles.extent[i, 1]))
     ego_fwd = c * ego.velocity[0] + s * ego.velocity[1]
     other_fwd = c * vehicles.velocity[i, 0] + s * vehicles.velocity[i, 1]
-    return Ahead(gap, float(ego_fwd - other_fwd))
+    return Ahead(gap, float(ego_fwd - other_fwd), float(ego_fwd))
 
 
 def components(inp: RewardInputs, cfg: RewardConfig) -> dict[str, float]:
@@ -124,7 +127,7 @@ def components(inp: RewardInputs, cfg: RewardConfig) -> dict[str, float]:
         "off_road": -1.0 if inp.off_road else 0.0,
         "off_route": -1.0 if inp.off_route else 0.0,
         "lane_invasion": -float(inp.lane_invasions),
-        "proximity": -_proximity(inp.ahead, cfg.ttc_threshold_s, cfg.min_gap_m),
+        "proximity": -_proximity(inp.ahead, cfg.ttc_threshold_s, cfg.min_gap_m, cfg.headway_s),
         "standstill": -1.0 if _standing(inp, cfg.standstill_speed_kmh * KMH, cfg.standstill_free_gap_m) else 0.0,
     }
     weights = {
@@ -141,11 +144,12 @@ def total(weighted: dict[str, float]) -> float:
     return float(sum(weighted[k] for k in COMPONENTS))
 
 
-def _proximity(ahead: Ahead | None, ttc_threshold_s: float, min_gap_m: float) -> float:
+def _proximity(ahead: Ahead | None, ttc_threshold_s: float, min_gap_m: float, headway_s: float) -> float:
     if ahead is None:
         return 0.0
     ttc_term = 0.0 if math.isinf(ahead.ttc_s) else min(max(1.0 - ahead.ttc_s / ttc_threshold_s, 0.0), 1.0)
-    gap_term = min(max(1.0 - ahead.gap_m / min_gap_m, 0.0), 1.0)
+    gap_safe = min_gap_m + headway_s * max(ahead.ego_speed, 0.0)
+    gap_term = min(max(1.0 - ahead.gap_m / gap_safe, 0.0), 1.0)
     return max(ttc_term, gap_term)
 
 
