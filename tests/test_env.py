@@ -12,7 +12,7 @@ import pytest
 from env_double import ScriptedBackend, npc
 from jtd3.backend import Backend
 from jtd3.config import from_dict
-from jtd3.envs import ENV_ID, DrivingEnv, EnvConfig, make_env
+from jtd3.envs import ENV_ID, DrivingEnv, EnvConfig, make_env, make_vector_env, vector_env_configs
 from jtd3.envs.observation import kinematics_layout
 from jtd3.envs.reward import COMPONENTS
 from jtd3.sim.routes import load_reference_route
@@ -344,10 +344,7 @@ def test_registered_id_makes_the_env():
 
 
 def test_async_vector_env_with_two_simulators():
-    import functools
-
-    fns = [functools.partial(make_env, EnvConfig(), 10 + i) for i in range(2)]
-    venv = gym.vector.AsyncVectorEnv(fns, context="spawn")
+    venv = make_vector_env(EnvConfig(), 2, seed=10)
     try:
         obs, infos = venv.reset(seed=[0, 1])
         assert obs["camera"].shape == (2, 4, 84, 84) and obs["kinematics"].shape == (2, 55)
@@ -358,3 +355,20 @@ def test_async_vector_env_with_two_simulators():
         assert infos["reward_components"]["progress"].shape == (2,)
     finally:
         venv.close()
+
+
+def test_vector_configs_give_each_carla_env_its_server_and_traffic_manager():
+    carla = from_dict(EnvConfig, {"backend": "carla"})
+    cfgs = vector_env_configs(carla, 3, ["10.0.0.1:2000", "10.0.0.2:2000", "10.0.0.1:3000"])
+    assert [(c.carla.host, c.carla.port, c.carla.tm_port) for c in cfgs] == [
+        ("10.0.0.1", 2000, 8000), ("10.0.0.2", 2000, 8001), ("10.0.0.1", 3000, 8002)]
+    assert all(dataclasses.replace(c, carla=carla.carla) == carla for c in cfgs)  # nothing else changes
+    with pytest.raises(ValueError, match="need 2 servers"):
+        vector_env_configs(carla, 2)
+    with pytest.raises(ValueError, match="host:port"):
+        vector_env_configs(carla, 1, ["localhost"])
+    with pytest.raises(ValueError, match="distinct"):
+        vector_env_configs(carla, 2, ["a:2000", "a:2000"])
+    with pytest.raises(ValueError, match="backend 'carla'"):
+        vector_env_configs(EnvConfig(), 1, ["a:2000"])
+    assert vector_env_configs(EnvConfig(), 2) == [EnvConfig(), EnvConfig()]

@@ -4,6 +4,7 @@
   (55,)}``, action ``[steer, throttle_brake]`` in [-1, 1], reward and termination of issue 4.
 - :class:`EnvConfig` (with ``ObservationConfig``, ``RewardConfig``, ``SimConfig``, ``CarlaConfig``); defaults in
   ``configs/env.yaml``.
+- :func:`make_vector_env`: ``AsyncVectorEnv`` of N simulators, or N CARLA servers from a ``host:port`` list.
 - Registered gymnasium id :data:`ENV_ID` (``"jtd3/Driving-v0"``): ``gymnasium.make(ENV_ID, config=...)`` where
   ``config`` is an ``EnvConfig``, a mapping (validated with ``jtd3.config.from_dict``) or ``None`` (defaults).
 """
@@ -17,6 +18,7 @@ import gymnasium
 
 from jtd3.envs.config import EnvConfig, ObservationConfig, RewardConfig, RewardWeights
 from jtd3.envs.driving_env import TERMINATION_REASONS, DrivingEnv, GroundTruth, make_backend, make_env
+from jtd3.envs.vector import make_vector_env, vector_env_configs
 
 __all__ = [
     "ENV_ID",
@@ -29,6 +31,8 @@ __all__ = [
     "TERMINATION_REASONS",
     "make_backend",
     "make_env",
+    "make_vector_env",
+    "vector_env_configs",
 ]
 
 ENV_ID = "jtd3/Driving-v0"

@@ -33,6 +33,7 @@ from jtd3.envs.config import EnvConfig
 from jtd3.envs.viewer import LaneDrawing, birdeye_rgb, compose
 from jtd3.sim.roads import RoadNetwork
 from jtd3.sim.routes import RouteLocation, RoutePolyline, load_reference_route, reference_spawn, route_from_plan
+from jtd3.sim.world import SimWorld
 
 __all__ = ["DrivingEnv", "GroundTruth", "TERMINATION_REASONS", "make_backend", "make_env"]
 
@@ -73,8 +74,6 @@ class GroundTruth:
 def make_backend(config: EnvConfig) -> Backend:
     """The backend named by ``config.backend``: ``SimWorld(config.sim)`` or ``CarlaSession(config.carla)``."""
     if config.backend == "sim":
-        from jtd3.sim.world import SimWorld
-
         return SimWorld(config.sim)
     if config.backend == "carla":
         from jtd3.envs.carla_session import CarlaSession
@@ -95,8 +94,6 @@ def _network_from_text(digest: str, text: str) -> RoadNetwork:
 
 def network_of(backend: Backend) -> RoadNetwork:
     """The backend's road network: the simulator's own object, else parsed from ``backend.opendrive`` (cached)."""
-    from jtd3.sim.world import SimWorld
-
     if isinstance(backend, SimWorld):
         return backend.network
     text = backend.opendrive
@@ -174,8 +171,6 @@ class DrivingEnv(gym.Env):
         cfg = self.config
         self.route = self._reference if self._reference is not None else self._random_route(route_seed)
         spawn = reference_spawn(self.route)
-        from jtd3.sim.world import SimWorld
-
         if isinstance(self.backend, SimWorld):
             self.backend.set_route(self.route.points)  # drawn in the bird's-eye camera
         snap = self.backend.reset(spawn, self.num_vehicles, world_seed)
