@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
+import textwrap
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
@@ -168,7 +169,7 @@ def _convert(value: Any, tp: Any, key: str, meta: Mapping[str, Any]) -> Any:
             return tuple(_convert(v, args[0], f"{key}[{i}]", {}) for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"config key '{key}' = {value!r}: expected a list of {len(args)} values")
-        return tuple(_convert(v, a, f"{key}[{i}]", {}) for i, (v, a) in enumerate(zip(args, value)))
+        return tuple(_convert(v, a, f"{key}[{i}]", {}) for i, (a, v) in enumerate(zip(args, value)))
 
     if tp is bool:
         if not isinstance(value, bool):
@@ -315,13 +316,11 @@ def commented_yaml(obj: Any, indent: int = 0) -> str:
         choices = f.metadata.get("choices")
         if choices:
             doc = f"{doc} [{' | '.join(choices)}]".strip()
+        if doc:
+            lines.extend(textwrap.wrap(doc, width=112, initial_indent=f"{pad}# ", subsequent_indent=f"{pad}# "))
         if dataclasses.is_dataclass(value):
-            if doc:
-                lines.append(f"{pad}# {doc}")
             lines.append(f"{pad}{f.name}:")
             lines.append(commented_yaml(value, indent + 2))
             continue
-        if doc:
-            lines.append(f"{pad}# {doc}")
         lines.append(f"{pad}{f.name}: {yaml_value(to_dict(value))}")
     return "\n".join(lines)

@@ -80,3 +80,18 @@ def test_read_tracking_ignores_hash_and_repr():
         _ = cfg.inner.lr
     assert reads == {("Outer", "inner"), ("Inner", "lr")}
     assert set(leaf_keys(Outer)) == {"norm", "steps", "flag", "maybe", "inner.lr", "inner.sizes"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Nested(ConfigNode):
+    boxes: tuple[tuple[float, float, float], ...] = param(((1.0, 2.0, 3.0),))
+    pair: tuple[int, str] = param((1, "a"))
+
+
+def test_nested_and_fixed_length_tuples():
+    cfg = from_dict(Nested, {"boxes": [[1, 2, 3], [4.5, 5, 6]], "pair": [2, "b"]})
+    assert cfg.boxes == ((1.0, 2.0, 3.0), (4.5, 5.0, 6.0)) and cfg.pair == (2, "b")
+    with pytest.raises(ConfigError, match=r"boxes\[1\]"):
+        from_dict(Nested, {"boxes": [[1, 2, 3], [1, 2]]})
+    with pytest.raises(ConfigError, match=r"pair\[0\]"):
+        from_dict(Nested, {"pair": ["x", "b"]})

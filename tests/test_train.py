@@ -1,0 +1,178 @@
+"""The training pipeline end to end on the embedded simulator: run directory, exact resume, alarm, bad input.
+
+Runs are tiny (a few hundred steps, batch 8, 50-step episodes) and in-process where possible, so the jitted
+update compiles once per test session.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import yaml
+
+from jtd3.checkpoint import CheckpointStore
+from jtd3.cli import train_main
+from jtd3.config import to_dict
+from jtd3.logging import read_scalars
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY = [
+    "--learning-starts", "60",
+    "--batch-size", "8",
+    "--eval-freq", "80",
+    "--checkpoint-freq", "80",
+    "--num-eval-episodes", "1",
+    "--set", "env.max_episode_steps=50",
+    "--set", "train.replay.capacity=1000",
+    "--set", "train.log_freq=20",
+    "--set", "train.progress_bar=false",
+    "--set", "agent.actor_hidden=[32, 32]",
+    "--set", "agent.critic_hidden=[32, 32]",
+]
+
+
+def run(tmp_path: Path, name: str, steps: int, *extra: str) -> tuple[int, Path]:
+    code = train_main(["--max-timesteps", str(steps), "--logdir", str(tmp_path), "--run-name", name, *TINY, *extra])
+    return code, tmp_path / name
+
+
+def restore(run_dir: Path):
+    from jtd3 import agent
+    from jtd3.envs import make_env
+    from jtd3.replay import ReplayBuffer
+    from jtd3.train import Config, load_config
+
+    config = load_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    env = make_env(config.env)
+    template = agent.create(config.agent, env.observation_space, env.action_space, config.train.seed)
+    replay = ReplayBuffer.from_config(config.train.replay, env.observation_space, env.action_space, seed=0)
+    env.close()
+    store = CheckpointStore(run_dir / "checkpoints", "read")
+    restored = store.restore(template, replay=replay)
+    store.close()
+    return restored, replay
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    code, full = run(tmp_path, "full", 240)
+    assert code == 0
+    code, part = run(tmp_path, "part", 130)  # stops mid-episode (episodes last at most 50 steps)
+    assert code == 0
+    assert train_main(["--resume", str(part), "--max-timesteps", "240", "--set", "train.progress_bar=false"]) == 0
+
+    a, replay_a = restore(full)
+    b, replay_b = restore(part)
+    assert a.step == b.step == 240
+    for key in ("env_steps", "episodes", "updates"):
+        assert a.loop_state[key] == b.loop_state[key], key
+    assert a.loop_state["np_rng"] == b.loop_state["np_rng"]
+    assert a.loop_state["loop_key"] == b.loop_state["loop_key"]
+    for name in ("frames", "kinematics", "action", "reward", "terminated", "truncated", "valid", "ep_pos"):
+        np.testing.assert_array_equal(getattr(replay_a, name), getattr(replay_b, name), err_msg=name)
+    leaves_a, leaves_b = jax.tree.leaves(a.train_state), jax.tree.leaves(b.train_state)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+    # TensorBoard: the resumed run's logs continue without any step logged twice.
+    scalars = read_scalars(part)
+    for tag in ("train/episode_reward", "losses/critic_loss", "charts/steps_per_second", "eval/success_rate"):
+        steps = [s for s, _ in scalars[tag]]
+        assert steps == sorted(set(steps)), (tag, steps)
+    assert max(s for s, _ in scalars["losses/critic_loss"]) == 240
+
+
+def test_explosion_alarm_on_feature_norm_writes_a_checkpoint_and_exits_3(tmp_path, capsys):
+    code, run_dir = run(tmp_path, "boom", 200, "--set", "train.explosion_l2_threshold=1e-3")
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "EXPLOSION ALARM at env step 61" in err and "cnn_features_l2_norm" in err, err
+    store = CheckpointStore(run_dir / "checkpoints", "read")
+    assert store.latest_step() == 61
+    store.close()
+    scalars = read_scalars(run_dir)
+    alerts = [t for t in scalars if t.startswith("alerts/")]
+    assert alerts and all(scalars[t][0][0] == 61 for t in alerts), alerts
+
+
+def test_explosion_alarm_on_injected_nan(tmp_path, capsys, monkeypatch):
+    from jtd3 import train
+
+    original_init = train.Trainer.__init__
+
+    def poisoned_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        # one NaN in a critic kernel: actions stay finite, the first update's losses are NaN
+        leaves, treedef = jax.tree.flatten(self.state.critic_params)
+        i = max(range(len(leaves)), key=lambda i: leaves[i].size)
+        leaves[i] = leaves[i].at[(0,) * leaves[i].ndim].set(jax.numpy.nan)
+        self.state = self.state.replace(critic_params=jax.tree.unflatten(treedef, leaves))
+
+    monkeypatch.setattr(train.Trainer, "__init__", poisoned_init)
+    code, run_dir = run(tmp_path, "nan", 200)
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "EXPLOSION ALARM at env step 61" in err and "= nan" in err and "losses/critic_loss" in err, err
+    assert (run_dir / "checkpoints" / "61").is_dir()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--set", "agent.normalisation=layernorm"], "unknown config key 'agent.normalisation'"),
+        (["--set", "agent.norm=groupnorm"], "'agent.norm' = 'groupnorm'"),
+        (["--set", "train.batch_size=0"], "train.batch_size"),
+        (["--resume", "/nonexistent/run"], "no run there"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tmp_path, capsys, argv, message):
+    assert train_main(["--logdir", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_unknown_flag_value_and_existing_run_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_main(["--norm", "groupnorm"])
+    assert e.value.code == 2
+    assert "invalid choice: 'groupnorm'" in capsys.readouterr().err
+    existing = tmp_path / "r"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("x")
+    assert train_main(["--logdir", str(tmp_path), "--run-name", "r"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+
+
+def test_resume_refuses_to_change_the_agent(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("{}")
+    assert train_main(["--resume", str(tmp_path), "--norm", "none"]) == 2
+    assert "cannot change agent.norm" in capsys.readouterr().err
+
+
+def test_carla_unreachable_fails_fast_with_instructions(tmp_path, capsys):
+    pytest.importorskip("carla")
+    code = train_main(
+        ["--env", "carla", "--carla-port", str(_closed_port()), "--logdir", str(tmp_path), "--run-name", "c",
+         "--set", "train.progress_bar=false"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--env sim" in err, err
