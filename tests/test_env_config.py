@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jtd3.config import ConfigError, from_dict, leaf_keys, load_yaml, track_reads
+from jtd3.config import ConfigError, from_dict, leaf_keys, load_yaml, to_dict, track_reads
 from jtd3.envs import EnvConfig, make_env
 
 ENV_YAML = Path(__file__).resolve().parent.parent / "configs" / "env.yaml"
@@ -49,6 +49,7 @@ def test_configs_env_yaml_is_the_defaults_and_lists_every_env_key():
     in_yaml = set(flat(data))
     ours = {k for k in leaf_keys(EnvConfig) if not k.startswith(("sim.", "carla."))}
     assert ours - in_yaml == set()  # every environment, observation and reward key is in the YAML
+    assert from_dict(EnvConfig, to_dict(EnvConfig())) == EnvConfig()  # a saved run config loads back
 
 
 @pytest.mark.parametrize(
