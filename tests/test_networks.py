@@ -1,0 +1,121 @@
+"""NatureCNN (every norm), actor and twin-critic heads: shapes, init, normalization behaviour, bad input."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jtd3.diagnostics import per_sample_l2
+from jtd3.networks import NORMS, ActorHead, NatureCNN, TwinCriticHead
+
+B = 3
+
+
+@pytest.fixture(scope="module")
+def camera():
+    return jnp.asarray(np.random.default_rng(0).integers(0, 256, (B, 4, 84, 84), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_nature_cnn_shapes_params_and_finiteness(norm, camera):
+    net = NatureCNN(norm=norm)
+    variables = net.init(jax.random.key(0), camera, train=False)
+    params = variables["params"]
+    chex.assert_shape(params["conv1"]["kernel"], (8, 8, 4, 32))
+    chex.assert_shape(params["dense"]["kernel"], (3136, 512))  # 84 -> 20 -> 9 -> 7 (VALID), 7*7*64
+    if norm == "layernorm":  # like the seed's nn.LayerNorm([C, H, W]): elementwise scale/bias over (H, W, C)
+        chex.assert_shape(params["conv1_ln"]["scale"], (20, 20, 32))
+        chex.assert_shape(params["conv3_ln"]["bias"], (7, 7, 64))
+    if norm in ("batchnorm", "hybrid"):
+        chex.assert_shape(variables["batch_stats"]["conv2_bn"]["mean"], (64,))
+    assert ("dense_ln" in params) == (norm in ("layernorm", "hybrid"))
+    assert ("batch_stats" in variables) == (norm in ("batchnorm", "hybrid"))
+    out, updates = net.apply(variables, camera, train=True, mutable=["batch_stats", "intermediates"])
+    chex.assert_shape(out, (B, 512))
+    layers = updates["intermediates"]
+    chex.assert_shape([layers["conv1_out"][0], layers["conv2_out"][0], layers["conv3_out"][0]],
+                      [(B, 20, 20, 32), (B, 9, 9, 64), (B, 7, 7, 64)])
+    chex.assert_tree_all_finite((out, updates))
+
+
+def test_he_initialization_and_zero_biases(camera):
+    params = NatureCNN(norm="none").init(jax.random.key(1), camera, train=False)["params"]
+    for name, fan_in in (("conv1", 8 * 8 * 4), ("conv2", 4 * 4 * 32), ("conv3", 3 * 3 * 64), ("dense", 3136)):
+        std = float(jnp.std(params[name]["kernel"]))
+        assert std == pytest.approx(np.sqrt(2.0 / fan_in), rel=0.1), (name, std)
+        assert not jnp.any(params[name]["bias"])
+
+
+def test_im2col_and_xla_convolutions_give_the_same_network(camera):
+    a, b = NatureCNN(norm="layernorm", conv_impl="im2col"), NatureCNN(norm="layernorm", conv_impl="xla")
+    va = a.init(jax.random.key(2), camera, train=False)
+    vb = b.init(jax.random.key(2), camera, train=False)
+    chex.assert_trees_all_equal(va, vb)  # parameters do not depend on the implementation
+    np.testing.assert_allclose(a.apply(va, camera, train=False), b.apply(va, camera, train=False), atol=1e-5)
+
+
+def _scaled_conv_l2(norm: str, camera, scale: float) -> float:
+    net = NatureCNN(norm=norm)
+    variables = net.init(jax.random.key(3), camera, train=False)
+    params = {k: ({**v, "kernel": v["kernel"] * scale} if k.startswith("conv") and not k.endswith(("_ln", "_bn"))
+                  else v) for k, v in variables["params"].items()}
+    feats = net.apply({**variables, "params": params}, camera, train=False)
+    return float(jnp.mean(per_sample_l2(feats)))
+
+
+def test_layernorm_bounds_features_under_conv_weight_drift_while_none_explodes(camera):
+    """The seed's claim: LayerNorm keeps the per-sample feature L2 bounded when conv weights drift 10x/100x."""
+    bound = 2 * np.sqrt(512)
+    ln = {s: _scaled_conv_l2("layernorm", camera, s) for s in (1.0, 10.0, 100.0)}
+    none = {s: _scaled_conv_l2("none", camera, s) for s in (1.0, 10.0, 100.0)}
+    report = f"per-sample feature L2 by conv-weight scale: layernorm {ln}, none {none}, bound {bound:.1f}"
+    assert all(v <= bound for v in ln.values()), report
+    assert max(ln.values()) / min(ln.values()) < 1.5, report
+    assert none[10.0] / none[1.0] > 100.0, report  # positively homogeneous: ~10^3 through three convs
+    assert none[100.0] / none[1.0] > 1e5, report  # ~10^6
+
+
+def test_batchnorm_eval_mode_is_per_sample_and_train_mode_updates_stats(camera):
+    net = NatureCNN(norm="batchnorm")
+    variables = net.init(jax.random.key(4), camera, train=False)
+    stats = variables["batch_stats"]
+    for _ in range(3):  # move the running averages away from their init
+        _, upd = net.apply({**variables, "batch_stats": stats}, camera, train=True, mutable=["batch_stats"])
+        assert not np.allclose(upd["batch_stats"]["conv1_bn"]["mean"], stats["conv1_bn"]["mean"])
+        stats = upd["batch_stats"]
+    frozen = {**variables, "batch_stats": stats}
+    perm = jnp.array([2, 0, 1])
+    eval_out = net.apply(frozen, camera, train=False)
+    np.testing.assert_allclose(net.apply(frozen, camera[perm], train=False), eval_out[perm], rtol=1e-5, atol=1e-6)
+    other = camera.at[1:].set(255 - camera[1:])  # same sample 0, different companions
+    np.testing.assert_allclose(net.apply(frozen, other, train=False)[0], eval_out[0], rtol=1e-5, atol=1e-6)
+    train_out, _ = net.apply(frozen, other, train=True, mutable=["batch_stats"])
+    train_ref, _ = net.apply(frozen, camera, train=True, mutable=["batch_stats"])
+    assert not np.allclose(train_out[0], train_ref[0], atol=1e-3)  # batch statistics do couple the samples
+
+
+def test_heads_shapes_bounds_and_independent_twins():
+    feats = jnp.asarray(np.random.default_rng(5).standard_normal((B, 16)), jnp.float32)
+    kin = jnp.ones((B, 5))
+    actor = ActorHead(action_dim=2, hidden=(8, 8))
+    a = actor.apply(actor.init(jax.random.key(0), feats, kin), feats * 100.0, kin)
+    chex.assert_shape(a, (B, 2))
+    assert bool(jnp.all(jnp.abs(a) <= 1.0))
+    critic = TwinCriticHead(hidden=(8, 8))
+    cv = critic.init(jax.random.key(0), feats, kin, a)
+    chex.assert_shape(cv["params"]["q"]["mlp"]["fc0"]["kernel"], (2, 16 + 5 + 2, 8))
+    q = critic.apply(cv, feats, kin, a)
+    chex.assert_shape(q, (2, B))
+    assert not np.allclose(q[0], q[1])  # two independently initialised heads
+
+
+def test_bad_choices_and_inputs_are_named(camera):
+    with pytest.raises(ValueError, match=r"unknown norm 'groupnorm'; valid choices: 'none', 'layernorm', 'batchnorm'"):
+        NatureCNN(norm="groupnorm").init(jax.random.key(0), camera, train=False)
+    with pytest.raises(ValueError, match=r"unknown activation 'gelu'; valid choices: 'leaky_relu', 'relu'"):
+        NatureCNN(activation="gelu").init(jax.random.key(0), camera, train=False)
+    with pytest.raises(ValueError, match=r"uint8"):
+        NatureCNN().init(jax.random.key(0), camera.astype(jnp.float32), train=False)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        NatureCNN().init(jax.random.key(0), camera[0], train=False)
