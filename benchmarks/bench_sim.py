@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 from jtd3.backend import VehicleControl  # noqa: E402
 from jtd3.baselines.pure_pursuit import PurePursuit  # noqa: E402
 from jtd3.config import from_dict  # noqa: E402
+from jtd3.envs.config import EnvConfig  # noqa: E402
 from jtd3.sim import SimConfig, SimWorld  # noqa: E402
 from jtd3.sim.render import render_birdeye  # noqa: E402
 from jtd3.sim.routes import load_reference_route, reference_spawn  # noqa: E402
@@ -36,10 +37,15 @@ def emit(**kw) -> None:
     print(json.dumps(kw), flush=True)
 
 
+def scenario_vehicles(scenario: int) -> int:
+    """NPC count of a scenario (the table lives in the env config)."""
+    return EnvConfig(scenario=scenario).num_vehicles
+
+
 def bench_world(cfg: SimConfig, scenario: int, steps: int, seed: int = 0) -> float:
     world = SimWorld(cfg)
     route = load_reference_route()
-    n = cfg.vehicles_for_scenario(scenario)
+    n = scenario_vehicles(scenario)
     snap = world.reset(reference_spawn(route), n, seed)
     pp = PurePursuit(route.points)
     spent = 0.0
@@ -63,7 +69,7 @@ def route_successes(scenario: int, seeds: range) -> int:
     route = load_reference_route()
     ok = 0
     for seed in seeds:
-        snap = world.reset(reference_spawn(route), world.config.vehicles_for_scenario(scenario), seed)
+        snap = world.reset(reference_spawn(route), scenario_vehicles(scenario), seed)
         pp = PurePursuit(route.points)
         for _ in range(3000):
             e = snap.ego
@@ -97,10 +103,10 @@ def main() -> None:
     front = SimConfig()
     bird = from_dict(SimConfig, {"camera": {"kind": "birdeye"}})
     for scenario in (0, 1, 2):
-        emit(bench="sim_step", camera="front84", scenario=scenario, npcs=front.vehicles_for_scenario(scenario),
+        emit(bench="sim_step", camera="front84", scenario=scenario, npcs=scenario_vehicles(scenario),
              steps_per_s=round(bench_world(front, scenario, args.steps), 1))
     for scenario in (0, 2):
-        emit(bench="sim_step", camera="birdeye84", scenario=scenario, npcs=bird.vehicles_for_scenario(scenario),
+        emit(bench="sim_step", camera="birdeye84", scenario=scenario, npcs=scenario_vehicles(scenario),
              steps_per_s=round(bench_world(bird, scenario, args.steps), 1))
 
     world = SimWorld(front)

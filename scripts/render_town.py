@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from jtd3.backend import VehicleControl
+from jtd3.envs.config import EnvConfig
 from jtd3.baselines.pure_pursuit import PurePursuit
 from jtd3.sim import SimConfig, SimWorld
 from jtd3.sim.config import TOWNS
@@ -74,7 +75,7 @@ def main() -> None:
     cfg = SimConfig(town=args.town)
     cfg = SimConfig(town=args.town, camera=type(cfg.camera)(pitch=args.pitch))
     world = SimWorld(cfg)
-    n = cfg.vehicles_for_scenario(args.scenario)
+    n = EnvConfig(scenario=args.scenario).num_vehicles  # the scenario table lives in the env config
     if args.town == "town01":
         route = load_reference_route()
         spawn = reference_spawn(route)

@@ -17,7 +17,7 @@ def test_every_sim_config_key_is_read():
         for cfg in (front, bird):
             world = SimWorld(cfg)
             world.set_route(load_reference_route().points)
-            world.reset(reference_spawn(), cfg.vehicles_for_scenario(0), seed=0)
+            world.reset(reference_spawn(), 20, seed=0)
             for _ in range(5):
                 world.step(VehicleControl(throttle=1.0))
             for _ in range(3):

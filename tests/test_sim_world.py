@@ -61,9 +61,6 @@ def test_same_seed_same_world_different_seed_different_traffic(world):
 def test_bad_input_is_rejected_with_the_valid_choices(world):
     with pytest.raises(ConfigError, match=r"'town99'.*'town01'"):
         from_dict(SimConfig, {"town": "town99"})
-    with pytest.raises(ValueError, match=r"unknown scenario 3; choices: 0, 1, 2"):
-        SimConfig().vehicles_for_scenario(3)
-    assert SimConfig().vehicles_for_scenario(2) == 100
     with pytest.raises(ValueError, match="finite"):
         VehicleControl(steer=float("nan"))
     with pytest.raises(ValueError, match="num_vehicles"):

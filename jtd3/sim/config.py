@@ -155,7 +155,6 @@ class SimConfig(ConfigNode):
     town: str = choice("town01", TOWNS, "town01: CARLA's Town01; grid3/grid4: procedural towns (layout from town_seed)")
     town_seed: int = param(0, "layout seed of procedural towns")
     dt: float = param(0.05, "fixed time step (s), CARLA's fixed_delta_seconds")
-    scenario_vehicles: tuple[int, ...] = param((20, 50, 100), "NPC count of scenario 0, 1, 2, ...")
     static_collisions: bool = param(True, "the ground beyond the verge (buildings) is a static obstacle")
     camera: CameraConfig = nested(CameraConfig)
     render: RenderConfig = nested(RenderConfig)
@@ -164,12 +163,3 @@ class SimConfig(ConfigNode):
 
     def __post_init__(self) -> None:
         check(0.001 <= self.dt <= 0.5, "dt", self.dt, "in [0.001, 0.5] s")
-        check(len(self.scenario_vehicles) > 0 and min(self.scenario_vehicles) >= 0, "scenario_vehicles",
-              self.scenario_vehicles, "non-empty, counts >= 0")
-
-    def vehicles_for_scenario(self, scenario: int) -> int:
-        """NPC count of ``scenario``; raises ``ValueError`` naming the valid scenarios."""
-        n = len(self.scenario_vehicles)
-        if isinstance(scenario, bool) or not isinstance(scenario, int) or not 0 <= scenario < n:
-            raise ValueError(f"unknown scenario {scenario!r}; choices: {', '.join(map(str, range(n)))}")
-        return int(self.scenario_vehicles[scenario])

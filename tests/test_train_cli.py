@@ -1,0 +1,104 @@
+"""scripts/train.py as a user runs it (real subprocesses): the run directory, and SIGKILL at a random moment.
+
+One short run writes a run directory whose contents are checked; then a resume of it is killed with SIGKILL at
+a random moment after it has written a checkpoint, and a second resume must load the latest checkpoint and
+finish, with no TensorBoard step logged twice.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jtd3.checkpoint import CheckpointStore
+from jtd3.logging import read_scalars
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = str(REPO / "scripts" / "train.py")
+
+SMALL = [
+    "--learning-starts", "60",
+    "--batch-size", "8",
+    "--eval-freq", "80",
+    "--checkpoint-freq", "80",
+    "--num-eval-episodes", "1",
+    "--set", "env.max_episode_steps=50",
+    "--set", "train.replay.capacity=2000",
+    "--set", "train.log_freq=20",
+    "--set", "agent.actor_hidden=[32, 32]",
+    "--set", "agent.critic_hidden=[32, 32]",
+]
+
+EXPECTED_TAGS = [
+    "train/episode_reward", "train/episode_length", "train/speed_kmh", "train/collisions", "train/lane_invasions",
+    "train/route_completion", "rewards/progress", "rewards/collision", "rewards/lane_keeping",
+    "losses/critic_loss", "losses/actor_loss", "losses/q1_mean", "losses/q2_mean", "losses/target_q_mean",
+    "losses/td_error", "grad_norm/actor_cnn", "grad_norm/actor_mlp", "grad_norm/critic_cnn", "grad_norm/critic_mlp",
+    "debug/actor_cnn_features_l2_norm", "debug/actor_cnn_features_mean", "debug/actor_cnn_features_std",
+    "debug/actor_cnn_features_min", "debug/actor_cnn_features_max", "debug/critic_cnn_features_l2_norm",
+    "debug/critic_cnn_features_l2_norm_max", "debug/critic_cnn_features_dead_fraction",
+    "eval/success_rate", "eval/route_completion", "eval/return_mean", "eval/avg_speed_kmh",
+    "charts/steps_per_second", "charts/warmup_mean_speed_kmh",
+]
+
+
+def _train(*args: str, **kw) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, SCRIPT, *args], cwd=REPO, env=env, **kw)
+
+
+@pytest.mark.slow
+def test_cli_run_directory_then_sigkill_and_resume(tmp_path):
+    # 1. a complete short run
+    proc = _train("--max-timesteps", "160", "--logdir", str(tmp_path), "--run-name", "r", *SMALL,
+                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    run = tmp_path / "r"
+    assert f"checkpoints        {run / 'checkpoints'}" in out and "tensorboard --logdir" in out, out
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["train"]["max_timesteps"] == 160 and config["train"]["batch_size"] == 8
+    assert config["agent"]["norm"] == "layernorm" and config["env"]["backend"] == "sim"
+    scalars = read_scalars(run)
+    missing = [t for t in EXPECTED_TAGS if t not in scalars]
+    assert not missing, f"missing TensorBoard tags: {missing}"
+    rows = (run / "eval.csv").read_text().splitlines()
+    assert rows[0].startswith("env_steps,updates,success_rate,route_completion") and len(rows) == 3, rows
+    store = CheckpointStore(run / "checkpoints", "read")
+    assert store.all_steps() == [80, 160]
+    store.close()
+
+    # 2. resume for longer, SIGKILL at a random moment after its first checkpoint
+    proc = _train("--resume", str(run), "--max-timesteps", "2000", "--set", "train.progress_bar=false",
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "240").is_dir():
+        assert proc.poll() is None and time.monotonic() < deadline, "resumed run did not reach step 240"
+        time.sleep(0.2)
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 4.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    # 3. the latest checkpoint loads and the run finishes
+    store = CheckpointStore(run / "checkpoints", "read")
+    latest = store.latest_step()
+    store.close()
+    assert latest is not None and latest >= 240
+    proc = _train("--resume", str(run), "--max-timesteps", str(latest + 40), "--set", "train.progress_bar=false",
+                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    scalars = read_scalars(run)
+    for tag in ("losses/critic_loss", "charts/steps_per_second", "train/episode_reward"):
+        steps = [s for s, _ in scalars[tag]]
+        assert steps == sorted(set(steps)), (tag, steps)
+    assert max(s for s, _ in scalars["losses/critic_loss"]) == latest + 40
