@@ -22,7 +22,7 @@ import numpy as np
 
 from jtd3.envs.reward import COMPONENTS
 
-__all__ = ["EpisodeResult", "EvalReport", "evaluate", "run_episode", "summarise"]
+__all__ = ["AgentPolicy", "EpisodeResult", "EvalReport", "evaluate", "load_agent", "run_episode", "summarise"]
 
 Policy = Callable[[Any], np.ndarray]
 
@@ -225,3 +225,61 @@ def evaluate(
         if frames is not None:
             recordings.append(frames)
     return summarise(results, policy_name, gamma), recordings
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The trained agent as a policy
+
+
+class AgentPolicy:
+    """The deterministic TD3 policy of a train state, as ``policy(obs) -> action`` (no exploration noise)."""
+
+    def __init__(self, state: Any):
+        import jax
+
+        from jtd3 import agent
+
+        self.state = state
+        self._act = agent.act
+        self._key = jax.random.PRNGKey(0)  # unused with noise 0, but act's signature takes one
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        batch = {k: np.asarray(v)[None] for k, v in obs.items()}
+        return np.asarray(self._act(self.state, batch, self._key, 0.0))[0]
+
+
+def load_agent(run_dir: str, step: int | None = None, best: bool = False) -> tuple[Any, Any, int]:
+    """Load a run's config and a checkpointed train state (``step``, the best by evaluation, or the latest).
+
+    Returns ``(config, train_state, step)``. Opens the checkpoints read-only, so it is safe next to a running
+    training process. Raises FileNotFoundError naming the path when there is no run or checkpoint.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from jtd3 import agent
+    from jtd3.checkpoint import CheckpointStore
+    from jtd3.envs import make_env
+    from jtd3.train import load_config
+
+    run = Path(run_dir)
+    if run.parent.name == "checkpoints" and run.name.isdigit():  # a step directory was given
+        step, run = int(run.name), run.parent.parent
+    config_path = run / "config.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run} is not a jtd3 run directory ({config_path} does not exist)")
+    config = load_config(yaml.safe_load(config_path.read_text()))
+    env = make_env(config.env)
+    template = agent.create(config.agent, env.observation_space, env.action_space, config.train.seed)
+    env.close()
+    store = CheckpointStore(run / "checkpoints", "read")
+    try:
+        if best:
+            step = store.best_step()
+            if step is None:
+                raise FileNotFoundError(f"no checkpoint with evaluation metrics in {run / 'checkpoints'}")
+        restored = store.restore(template, step)
+    finally:
+        store.close()
+    return config, restored.train_state, restored.step

@@ -452,16 +452,9 @@ class Trainer:
 
     def policy(self):
         """The deterministic policy of the current train state, as ``obs -> action``."""
-        import jax
+        from jtd3.evaluate import AgentPolicy
 
-        state, act = self.state, self._agent.act
-        key = jax.random.PRNGKey(0)
-
-        def policy(obs: dict[str, np.ndarray]) -> np.ndarray:
-            batch = {k: np.asarray(v)[None] for k, v in obs.items()}
-            return np.asarray(jax.device_get(act(state, batch, key, 0.0)))[0]
-
-        return policy
+        return AgentPolicy(self.state)
 
     def _checkpoint(self, *, with_metrics: bool) -> Path:
         metrics = None

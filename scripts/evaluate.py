@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Evaluate a policy on the driving environment: report JSON + Markdown, optional GIF and PNG stills.
 
-Policies: ``pid`` (PID + pure pursuit on the route, the classical baseline), ``random`` (uniform actions),
-``still`` (brake held), ``offroad`` (constant right steer with throttle). Episode i uses seed ``--seed + i``.
+Policies: ``--checkpoint RUN_DIR`` (the trained TD3 agent of a run: its latest checkpoint, ``--step N`` or
+``--best``; the environment is the run's own unless overridden), or ``--policy`` ``pid`` (PID + pure pursuit on
+the route, the classical baseline), ``random`` (uniform actions), ``still`` (brake held), ``offroad`` (constant
+right steer with throttle). Episode i uses seed ``--seed + i``.
 
 Writes to ``--out`` (default ``runs/eval/<policy>``): ``report.json``, ``report.md`` and, with ``--gif N``, for the
 first N episodes ``episode_<seed>.gif`` (camera frame beside a bird's-eye view) and ``episode_<seed>_<k>.png``
@@ -10,6 +12,7 @@ stills at the start, middle and end.
 
 Examples::
 
+    python scripts/evaluate.py --checkpoint runs/<run> --scenario 0 --num-episodes 20 --gif 1
     python scripts/evaluate.py --policy pid --episodes 20
     python scripts/evaluate.py --policy pid --episodes 20 --scenario 2 --gif 1
     python scripts/evaluate.py --policy random --episodes 5 --set route=random --set sim.town=grid3
@@ -30,7 +33,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from jtd3.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict  # noqa: E402
 
 POLICIES = ("pid", "random", "still", "offroad")
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "env.yaml"
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,16 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
         "collisions/km, lane invasions/km, average speed, episode length).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--policy", choices=POLICIES, default="pid", help="policy to evaluate")
-    p.add_argument("--episodes", type=int, default=20, help="number of episodes")
+    p.add_argument("--checkpoint", type=Path, metavar="RUN_DIR",
+                   help="evaluate the TD3 agent of a training run (a run directory, or one of its checkpoints/<step>)")
+    p.add_argument("--step", type=int, help="with --checkpoint: this checkpoint step (default: the latest)")
+    p.add_argument("--best", action="store_true", help="with --checkpoint: the best checkpoint by evaluation")
+    p.add_argument("--policy", choices=POLICIES, default="pid", help="policy to evaluate (without --checkpoint)")
+    p.add_argument("--episodes", "--num-episodes", dest="episodes", type=int, default=20, help="number of episodes")
     p.add_argument("--seed", type=int, default=0, help="seed of the first episode (episode i: seed + i)")
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="EnvConfig YAML")
+    p.add_argument("--config", type=Path, default=None,
+                   help=f"config YAML whose env section is used (default: the run's with --checkpoint, else {DEFAULT_CONFIG})")
     p.add_argument("--env", choices=("sim", "carla"), help="backend (env key 'backend')")
     p.add_argument("--scenario", type=int, help="scenario (row of scenario_vehicles: 0/1/2 -> 20/50/100 NPCs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any EnvConfig key")
     p.add_argument("--policy-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a PurePursuitConfig key of --policy pid (e.g. lookahead_min_m=6)")
-    p.add_argument("--out", type=Path, help="output directory (default runs/eval/<policy>)")
+    p.add_argument("--out", type=Path, help="output directory (default <run>/eval_<step> with --checkpoint, else runs/eval/<policy>)")
     p.add_argument("--gif", type=int, default=0, metavar="N", help="record the first N episodes as GIF + PNG stills")
     p.add_argument("--gif-every", type=int, default=2, help="record every k-th step")
     return p
@@ -75,8 +83,24 @@ def main(argv: list[str] | None = None) -> int:
     from jtd3.envs import EnvConfig, make_env
     from jtd3.evaluate import evaluate
 
+    agent_state = None
     try:
-        data = load_yaml(str(args.config))
+        if args.checkpoint is not None:
+            from jtd3.evaluate import load_agent
+
+            if args.policy_set:
+                raise ConfigError("--policy-set applies to --policy pid only")
+            run_config, agent_state, step = load_agent(str(args.checkpoint), args.step, args.best)
+            data = to_dict(run_config.env)
+            policy_name = f"td3@{step}"
+        else:
+            if args.step is not None or args.best:
+                raise ConfigError("--step and --best need --checkpoint")
+            policy_name = args.policy
+        if args.config is not None or args.checkpoint is None:
+            data = load_yaml(str(args.config or DEFAULT_CONFIG))
+            if "env" in data:  # a full run config (configs/default.yaml, a run's config.yaml)
+                data = data["env"]
         sets = list(args.set)
         if args.env is not None:
             sets.insert(0, f"backend={args.env}")
@@ -91,7 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    out = args.out if args.out is not None else REPO_ROOT / "runs" / "eval" / args.policy
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.out is not None:
+        out = args.out
+    elif args.checkpoint is not None:
+        run = args.checkpoint.parent.parent if args.checkpoint.parent.name == "checkpoints" else args.checkpoint
+        out = run / f"eval_{step}"
+    else:
+        out = REPO_ROOT / "runs" / "eval" / args.policy
     out.mkdir(parents=True, exist_ok=True)
     try:
         env = make_env(cfg, render_mode="rgb_array" if args.gif else None)
@@ -103,26 +136,33 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         raise
     try:
-        policy = make_policy(args.policy, env, args.seed, pid_cfg)
+        if agent_state is not None:
+            from jtd3.evaluate import AgentPolicy
+
+            policy = AgentPolicy(agent_state)
+        else:
+            policy = make_policy(args.policy, env, args.seed, pid_cfg)
         t0 = time.perf_counter()
-        report, recordings = evaluate(env, policy, args.episodes, args.seed, args.policy, args.gif, args.gif_every)
+        report, recordings = evaluate(env, policy, args.episodes, args.seed, policy_name, args.gif, args.gif_every)
         wall = time.perf_counter() - t0
     finally:
         env.close()
 
     summary = report.to_dict()
     summary["config"] = to_dict(cfg)
-    if args.policy == "pid":
+    if agent_state is not None:
+        summary["checkpoint"] = str(args.checkpoint)
+    elif args.policy == "pid":
         summary["policy_config"] = to_dict(pid_cfg)
     summary["command"] = " ".join(["python", "scripts/evaluate.py", *(argv if argv is not None else sys.argv[1:])])
     summary["wall_s"] = wall
     (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
-    title = f"Evaluation: {args.policy}, backend {cfg.backend}, scenario {cfg.scenario}, route {cfg.route}"
+    title = f"Evaluation: {policy_name}, backend {cfg.backend}, scenario {cfg.scenario}, route {cfg.route}"
     (out / "report.md").write_text(report.to_markdown(title) + f"\nCommand: `{summary['command']}`\n")
     for frames, result in zip(recordings, report.results):
         write_recording(out, result.seed, frames, fps=20.0 / args.gif_every)
     print(
-        f"{args.policy}: {report.episodes} episodes, success {report.success_rate:.2f}, completion "
+        f"{policy_name}: {report.episodes} episodes, success {report.success_rate:.2f}, completion "
         f"{report.route_completion_mean:.3f}, return {report.return_mean:.1f} ± {report.return_std:.1f}, "
         f"collisions/km {_fmt(report.collisions_per_km)}, lane invasions/km {_fmt(report.lane_invasions_per_km)}, "
         f"{report.avg_speed_kmh:.1f} km/h, {report.episode_length_mean:.0f} steps, reward/step "

@@ -176,3 +176,21 @@ def test_carla_unreachable_fails_fast_with_instructions(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "--env sim" in err, err
+
+
+def test_evaluate_script_loads_a_checkpoint(tmp_path):
+    import importlib.util
+    import json
+
+    code, run_dir = run(tmp_path, "ev", 80)
+    assert code == 0
+    spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "report"
+    assert script.main(["--checkpoint", str(run_dir), "--num-episodes", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["policy"] == "td3@80" and report["episodes"] == 2
+    assert report["config"]["max_episode_steps"] == 50  # the run's own environment
+    assert script.main(["--checkpoint", str(run_dir), "--best", "--num-episodes", "1", "--out", str(out)]) == 0
+    assert script.main(["--checkpoint", str(tmp_path / "missing")]) == 2

@@ -3,7 +3,7 @@
 - :func:`make_env` / :class:`DrivingEnv`: observation ``{"camera": uint8 (4, 84, 84), "kinematics": float32
   (55,)}``, action ``[steer, throttle_brake]`` in [-1, 1], reward and termination of issue 4.
 - :class:`EnvConfig` (with ``ObservationConfig``, ``RewardConfig``, ``SimConfig``, ``CarlaConfig``); defaults in
-  ``configs/env.yaml``.
+  the ``env`` section of ``configs/default.yaml``.
 - :func:`make_vector_env`: ``AsyncVectorEnv`` of N simulators, or N CARLA servers from a ``host:port`` list.
 - Registered gymnasium id :data:`ENV_ID` (``"jtd3/Driving-v0"``): ``gymnasium.make(ENV_ID, config=...)`` where
   ``config`` is an ``EnvConfig``, a mapping (validated with ``jtd3.config.from_dict``) or ``None`` (defaults).
