@@ -6,22 +6,25 @@ Prints one JSON line per measurement (not a test). Run it alone on the machine:
 
 jtd3 rows: ``update_many`` with K gradient steps per call on pre-built device batches (replay sampling is
 not included), every norm x encoder topology, B = 64 and 256, plus the jit compile time of ``update_many``
-(first call). ``--conv-impls im2col,xla`` adds rows with XLA's own convolution for comparison.
-SB3 rows: ``TD3("MultiInputPolicy")`` with the same shapes (4x84x84 uint8 camera + K kinematics, NatureCNN
-with 512 features, separate actor/critic encoders as SB3's default, [256, 256] heads), timed through
-``model.train(gradient_steps, batch_size)`` on a filled replay buffer; SB3's own replay sampling is part of
-its step and is also timed alone (``sample_ms``). When SB3/torch are not installed an ``{"impl": "sb3",
-"skipped": ...}`` line says so and the ratios are omitted. Ratio lines compare each jtd3 row with SB3 at the
-same batch size against the issue's targets (B=64: separate >= 1.3x, shared >= 2.5x; B=256: separate >= 1.0x).
+(first call). ``--conv-impls im2col,xla`` adds rows with XLA's own convolution; ``--single`` also times K
+plain ``update`` calls per window (``update_steps_per_s``, no ``lax.scan``).
 
-Timings are medians over ``--repeats`` windows of ``--seconds`` each; the machine is shared, so compare rows
-from the same run only.
+SB3 rows: ``TD3("MultiInputPolicy")`` with the same shapes (4x84x84 uint8 camera + K kinematics, NatureCNN
+with 512 features, SB3's default separate actor/critic encoders, [256, 256] heads), timed through
+``model.train(gradient_steps=K, batch_size=B)`` on a filled replay buffer, so SB3's own replay sampling is
+part of its step (timed alone as ``sample_ms``). SB3 runs in a separate worker process (torch and XLA thread
+pools do not share a process) and **its timing windows alternate with jtd3's**: each jtd3 row carries the
+SB3 rate measured in the windows interleaved with it and the median of the per-pair ratios, which is robust
+to the load changes of a shared machine. Without SB3/torch installed, a ``{"impl": "sb3", "skipped": ...}``
+line says so and no ratios are printed. Targets from the issue (ratio jtd3/SB3): B=64 separate >= 1.3,
+shared >= 2.5; B=256 separate >= 1.0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
 import statistics
@@ -65,22 +68,117 @@ def random_batch(rng: np.random.Generator, lead: tuple[int, ...], kin_dim: int) 
     }
 
 
-def timed_windows(fn, steps_per_call: int, seconds: float, repeats: int) -> list[float]:
-    """Run ``fn`` (blocking) repeatedly; return gradient steps/s of ``repeats`` windows of ~``seconds``."""
-    rates = []
-    for _ in range(repeats):
-        calls, start = 0, time.perf_counter()
-        while True:
-            fn()
-            calls += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds:
-                break
-        rates.append(calls * steps_per_call / elapsed)
-    return rates
+def timed_window(fn, steps_per_call: int, seconds: float) -> float:
+    """Call ``fn`` (blocking) until ``seconds`` have passed; return gradient steps per second."""
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return calls * steps_per_call / elapsed
 
 
-def bench_jtd3(args, batch: int, norm: str, encoder: str, conv_impl: str) -> dict:
+# ----------------------------------------------------------------------------------------------------------
+# SB3 in a worker process
+
+
+def _sb3_worker(conn, kin_dim: int, buffer_size: int, k: int) -> None:
+    """Serve ("setup", B) / ("window", seconds) / ("sample",) / ("exit",) requests over ``conn``."""
+    try:
+        import gymnasium as gym
+        import torch
+        from stable_baselines3 import TD3
+        from stable_baselines3.common.logger import configure
+    except ImportError as e:  # torch / SB3 are optional (the `bench` extra)
+        conn.send({"skipped": f"stable-baselines3/torch not installed ({e})"})
+        return
+    conn.send(
+        {
+            "torch_threads": torch.get_num_threads(),
+            "versions": {"torch": torch.__version__, "stable_baselines3": __import__("stable_baselines3").__version__},
+        }
+    )
+    obs_space, act_space = spaces_for(kin_dim)
+
+    class _Env(gym.Env):
+        observation_space = obs_space
+        action_space = act_space
+
+        def reset(self, *, seed=None, options=None):
+            return obs_space.sample(), {}
+
+        def step(self, action):
+            return obs_space.sample(), 0.0, False, False, {}
+
+    model, batch = None, 0
+    while True:
+        cmd = conn.recv()
+        if cmd[0] == "exit":
+            return
+        if cmd[0] == "setup":
+            batch = cmd[1]
+            torch.manual_seed(0)
+            model = TD3(
+                "MultiInputPolicy",
+                _Env(),
+                buffer_size=buffer_size,
+                batch_size=batch,
+                learning_starts=0,
+                policy_kwargs={"net_arch": [256, 256], "features_extractor_kwargs": {"cnn_output_dim": 512}},
+                device="cpu",
+                seed=0,
+                verbose=0,
+            )
+            model.set_logger(configure(None, []))  # train() records to a logger; keep it silent
+            rng = np.random.default_rng(0)
+            for _ in range(buffer_size):
+                b = random_batch(rng, (1,), kin_dim)
+                model.replay_buffer.add(
+                    b["obs"], b["next_obs"], b["action"], b["reward"], b["terminated"].astype(bool), [{}]
+                )
+            model.train(gradient_steps=2, batch_size=batch)  # warm-up
+            conn.send("ready")
+        elif cmd[0] == "window":
+            conn.send(timed_window(lambda: model.train(gradient_steps=k, batch_size=batch), k, cmd[1]))
+        elif cmd[0] == "sample":
+            times = []
+            for _ in range(20):
+                t = time.perf_counter()
+                model.replay_buffer.sample(batch, env=None)
+                times.append(time.perf_counter() - t)
+            conn.send(statistics.median(times))
+
+
+class SB3:
+    """Handle on the SB3 worker process (``info["skipped"]`` set when SB3 is unavailable)."""
+
+    def __init__(self, args):
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_sb3_worker, args=(child, args.kin_dim, args.sb3_buffer, args.k), daemon=True)
+        self.proc.start()
+        self.info = self.conn.recv()
+
+    @property
+    def available(self) -> bool:
+        return "skipped" not in self.info
+
+    def ask(self, *cmd):
+        self.conn.send(cmd)
+        return self.conn.recv()
+
+    def close(self) -> None:
+        if self.available:
+            self.conn.send(("exit",))
+        self.proc.join(timeout=30)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# jtd3
+
+
+def bench_jtd3(args, batch: int, norm: str, encoder: str, conv_impl: str, sb3: SB3 | None) -> dict:
     import jax
 
     from jtd3 import agent
@@ -88,8 +186,7 @@ def bench_jtd3(args, batch: int, norm: str, encoder: str, conv_impl: str) -> dic
     obs_space, act_space = spaces_for(args.kin_dim)
     cfg = agent.AgentConfig(norm=norm, encoder=encoder, conv_impl=conv_impl)
     state = agent.create(cfg, obs_space, act_space, seed=0)
-    rng = np.random.default_rng(0)
-    batches = jax.device_put(random_batch(rng, (args.k, batch), args.kin_dim))
+    batches = jax.device_put(random_batch(np.random.default_rng(0), (args.k, batch), args.kin_dim))
     t0 = time.perf_counter()
     state, metrics = agent.update_many(state, batches)
     jax.block_until_ready(metrics)
@@ -102,8 +199,12 @@ def bench_jtd3(args, batch: int, norm: str, encoder: str, conv_impl: str) -> dic
         holder[0] = s
 
     step()  # one more warm call
-    rates = timed_windows(step, args.k, args.seconds, args.repeats)
-    return {
+    rates, sb3_rates = [], []
+    for _ in range(args.repeats):
+        if sb3 is not None:
+            sb3_rates.append(sb3.ask("window", args.seconds))
+        rates.append(timed_window(step, args.k, args.seconds))
+    row = {
         "impl": "jtd3",
         "batch": batch,
         "norm": norm,
@@ -115,65 +216,27 @@ def bench_jtd3(args, batch: int, norm: str, encoder: str, conv_impl: str) -> dic
         "steps_per_s_windows": [round(r, 2) for r in rates],
         "backend": jax.default_backend(),
         "finite": bool(all(np.isfinite(float(v)) for v in metrics.values())),
+        "loadavg_1m": round(os.getloadavg()[0], 2),  # > ~2.2 on 2 cores: something else was running
     }
+    if sb3_rates:
+        row["sb3_steps_per_s_interleaved"] = [round(r, 2) for r in sb3_rates]
+        row["ratio_vs_sb3"] = round(statistics.median(r / s for r, s in zip(rates, sb3_rates)), 2)
+    if args.single:  # K plain `update` calls per window (no lax.scan)
+        one = jax.tree.map(lambda x: x[0], batches)
+        t0 = time.perf_counter()
+        jax.block_until_ready(agent.update(holder[0], one))
+        row["update_compile_s"] = round(time.perf_counter() - t0, 2)
 
+        def step_single():
+            s = holder[0]
+            for _ in range(args.k):
+                s, m = agent.update(s, one)
+            jax.block_until_ready(m)
+            holder[0] = s
 
-def bench_sb3(args, batch: int) -> dict:
-    try:
-        import gymnasium as gym
-        import torch
-        from stable_baselines3 import TD3
-        from stable_baselines3.common.logger import configure
-    except ImportError as e:  # torch / SB3 are optional (the `bench` extra)
-        return {"impl": "sb3", "batch": batch, "skipped": f"stable-baselines3/torch not installed ({e})"}
-
-    obs_space, act_space = spaces_for(args.kin_dim)
-
-    class _Env(gym.Env):
-        observation_space = obs_space
-        action_space = act_space
-
-        def reset(self, *, seed=None, options=None):
-            return obs_space.sample(), {}
-
-        def step(self, action):
-            return obs_space.sample(), 0.0, False, False, {}
-
-    torch.manual_seed(0)
-    model = TD3(
-        "MultiInputPolicy",
-        _Env(),
-        buffer_size=args.sb3_buffer,
-        batch_size=batch,
-        learning_starts=0,
-        policy_kwargs={"net_arch": [256, 256], "features_extractor_kwargs": {"cnn_output_dim": 512}},
-        device="cpu",
-        seed=0,
-        verbose=0,
-    )
-    model.set_logger(configure(None, []))  # train() records to a logger; keep it silent
-    rng = np.random.default_rng(0)
-    buf = model.replay_buffer
-    for _ in range(args.sb3_buffer):
-        b = random_batch(rng, (1,), args.kin_dim)
-        buf.add(b["obs"], b["next_obs"], b["action"], b["reward"], b["terminated"].astype(bool), [{}])
-    model.train(gradient_steps=2, batch_size=batch)  # warm-up
-    rates = timed_windows(lambda: model.train(gradient_steps=args.k, batch_size=batch), args.k, args.seconds, args.repeats)
-    sample = []
-    for _ in range(20):
-        t = time.perf_counter()
-        buf.sample(batch, env=None)
-        sample.append(time.perf_counter() - t)
-    return {
-        "impl": "sb3",
-        "batch": batch,
-        "encoder": "separate",
-        "steps_per_s": round(statistics.median(rates), 2),
-        "steps_per_s_windows": [round(r, 2) for r in rates],
-        "sample_ms": round(1e3 * statistics.median(sample), 2),
-        "torch_threads": torch.get_num_threads(),
-        "versions": {"torch": torch.__version__, "stable_baselines3": __import__("stable_baselines3").__version__},
-    }
+        single = [timed_window(step_single, args.k, args.seconds) for _ in range(args.repeats)]
+        row["update_steps_per_s"] = round(statistics.median(single), 2)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,11 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoders", default="separate,shared")
     p.add_argument("--conv-impls", default="auto", help="comma list of auto|im2col|xla (auto: im2col on CPU)")
     p.add_argument("--k", type=int, default=8, help="gradient steps per update_many call / SB3 train call")
-    p.add_argument("--seconds", type=float, default=3.0, help="length of one timing window")
-    p.add_argument("--repeats", type=int, default=3, help="timing windows per row (median reported)")
+    p.add_argument("--seconds", type=float, default=2.0, help="length of one timing window")
+    p.add_argument("--repeats", type=int, default=5, help="timing windows per row (median reported)")
     p.add_argument("--kin-dim", type=int, default=9)
     p.add_argument("--sb3-buffer", type=int, default=1000)
     p.add_argument("--no-sb3", action="store_true")
+    p.add_argument("--single", action="store_true", help="also time plain `update` calls (one step per call)")
     args = p.parse_args(argv)
 
     emit(
@@ -199,32 +263,49 @@ def main(argv: list[str] | None = None) -> int:
             "argv": sys.argv[1:] if argv is None else argv,
         }
     )
-    sb3: dict[int, dict] = {}
-    for batch in [int(b) for b in args.batch_sizes.split(",")]:
-        if not args.no_sb3:
-            sb3[batch] = bench_sb3(args, batch)
-            emit(sb3[batch])
-        for encoder in args.encoders.split(","):
-            for norm in args.norms.split(","):
-                for conv_impl in args.conv_impls.split(","):
-                    row = bench_jtd3(args, batch, norm, encoder, conv_impl)
-                    emit(row)
-                    base = sb3.get(batch)
-                    if base and "steps_per_s" in base:
-                        ratio = row["steps_per_s"] / base["steps_per_s"]
-                        target = TARGETS.get((batch, encoder))
-                        emit(
-                            {
-                                "ratio": "jtd3/sb3",
-                                "batch": batch,
-                                "norm": norm,
-                                "encoder": encoder,
-                                "conv_impl": row["conv_impl"],
-                                "value": round(ratio, 2),
-                                "target": target,
-                                "met": None if target is None else bool(ratio >= target),
-                            }
-                        )
+    sb3 = None if args.no_sb3 else SB3(args)
+    if sb3 is not None and not sb3.available:
+        emit({"impl": "sb3", **sb3.info})
+        sb3.close()
+        sb3 = None
+    try:
+        for batch in [int(b) for b in args.batch_sizes.split(",")]:
+            if sb3 is not None:
+                sb3.ask("setup", batch)
+                alone = [sb3.ask("window", args.seconds) for _ in range(args.repeats)]
+                emit(
+                    {
+                        "impl": "sb3",
+                        "batch": batch,
+                        "encoder": "separate",
+                        "steps_per_s": round(statistics.median(alone), 2),
+                        "steps_per_s_windows": [round(r, 2) for r in alone],
+                        "sample_ms": round(1e3 * sb3.ask("sample"), 2),
+                        **sb3.info,
+                    }
+                )
+            for encoder in args.encoders.split(","):
+                for norm in args.norms.split(","):
+                    for conv_impl in args.conv_impls.split(","):
+                        row = bench_jtd3(args, batch, norm, encoder, conv_impl, sb3)
+                        emit(row)
+                        if "ratio_vs_sb3" in row:
+                            target = TARGETS.get((batch, encoder))
+                            emit(
+                                {
+                                    "ratio": "jtd3/sb3",
+                                    "batch": batch,
+                                    "norm": norm,
+                                    "encoder": encoder,
+                                    "conv_impl": row["conv_impl"],
+                                    "value": row["ratio_vs_sb3"],
+                                    "target": target,
+                                    "met": None if target is None else bool(row["ratio_vs_sb3"] >= target),
+                                }
+                            )
+    finally:
+        if sb3 is not None:
+            sb3.close()
     return 0
 
 

@@ -45,7 +45,8 @@ ACTOR_ONLY = {"losses/actor_loss", "losses/actor_q", "grad_norm/actor_mlp", "gra
 def expected_keys(encoder: str) -> set[str]:
     keys = set(CRITIC_KEYS) | {f"debug/critic_cnn_features_{s}" for s in FEATURE_STATS}
     if encoder == "separate":
-        keys |= {"grad_norm/actor_cnn", "param_norm/actor_cnn"} | {f"debug/actor_cnn_features_{s}" for s in FEATURE_STATS}
+        keys |= {"grad_norm/actor_cnn", "param_norm/actor_cnn"}
+        keys |= {f"debug/actor_cnn_features_{s}" for s in FEATURE_STATS}
     return keys
 
 
@@ -268,7 +269,8 @@ def test_update_many_matches_repeated_update():
     close(float(many["debug/critic_cnn_features_l2_norm_max"]), stack["debug/critic_cnn_features_l2_norm_max"].max())
     close(float(many["debug/critic_cnn_features_min"]), stack["debug/critic_cnn_features_min"].min())
     close(float(many["losses/actor_loss"]), stack["losses/actor_loss"][policy].mean())  # policy steps only
-    close(float(many["debug/actor_cnn_features_l2_norm_max"]), stack["debug/actor_cnn_features_l2_norm_max"][policy].max())
+    name = "debug/actor_cnn_features_l2_norm_max"
+    close(float(many[name]), stack[name][policy].max())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -345,7 +347,8 @@ def test_sizes_come_from_the_spaces():
 
 
 def _toy_params():
-    return {"encoder": {"conv": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)}}, "head": {"kernel": jnp.ones((2, 2))}}
+    encoder = {"conv": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)}}
+    return {"encoder": encoder, "head": {"kernel": jnp.ones((2, 2))}}
 
 
 def test_optimizer_learning_rates_clipping_and_weight_decay():

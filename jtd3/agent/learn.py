@@ -35,6 +35,7 @@ from jtd3.diagnostics import feature_stats, global_norm
 __all__ = [
     "act",
     "encode",
+    "param_norms",
     "polyak",
     "smoothed_target_action",
     "td_target",
@@ -148,7 +149,11 @@ def _stats_metrics(prefix: str, features: jax.Array, layers: dict[str, jax.Array
 
 
 def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One TD3 update (not jitted; :func:`update` is the jitted entry point). See the module docstring."""
+    """One TD3 update (not jitted; :func:`update` is the jitted entry point). See the module docstring.
+
+    Returns every metric of :func:`update` except ``param_norm/*`` (a property of the state, added by the
+    entry points once per call).
+    """
     spec = state.spec
     cfg = spec.config
     mods = modules(spec)
@@ -234,7 +239,11 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
             actor_target_stats=_follow_stats(cfg.target_bn_stats, actor_stats, state.actor_target_stats, cfg.tau),
             critic_target_stats=_follow_stats(cfg.target_bn_stats, critic_stats, state.critic_target_stats, cfg.tau),
         )
-        m = {"losses/actor_loss": actor_loss, "losses/actor_q": jnp.mean(q1), "grad_norm/actor_mlp": global_norm(a_grads["head"])}
+        m = {
+            "losses/actor_loss": actor_loss,
+            "losses/actor_q": jnp.mean(q1),
+            "grad_norm/actor_mlp": global_norm(a_grads["head"]),
+        }
         if spec.separate:
             m["grad_norm/actor_cnn"] = global_norm(a_grads["encoder"])
             m.update(_stats_metrics("actor", a_feats, a_layers))
@@ -260,11 +269,6 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
         new, actor_metrics = lax.cond(is_policy, policy_branch, skip_branch, None)
     metrics.update(actor_metrics)
     metrics["losses/actor_updates"] = is_policy.astype(jnp.float32)
-    metrics["param_norm/critic_cnn"] = global_norm(critic_params["encoder"])
-    metrics["param_norm/critic_mlp"] = global_norm(critic_params["head"])
-    metrics["param_norm/actor_mlp"] = global_norm(new["actor_params"]["head"])
-    if spec.separate:
-        metrics["param_norm/actor_cnn"] = global_norm(new["actor_params"]["encoder"])
 
     new_state = state.replace(
         step=state.step + 1,
@@ -275,6 +279,18 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
         **new,
     )
     return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
+def param_norms(state: TrainState) -> dict[str, jax.Array]:
+    """``param_norm/{critic_cnn, critic_mlp, actor_mlp[, actor_cnn]}``: global L2 norms of the online params."""
+    out = {
+        "param_norm/critic_cnn": global_norm(state.critic_params["encoder"]),
+        "param_norm/critic_mlp": global_norm(state.critic_params["head"]),
+        "param_norm/actor_mlp": global_norm(state.actor_params["head"]),
+    }
+    if "encoder" in state.actor_params:
+        out["param_norm/actor_cnn"] = global_norm(state.actor_params["encoder"])
+    return out
 
 
 def _follow_stats(mode: str, online: Any, target: Any, tau: float) -> Any:
@@ -303,9 +319,11 @@ def update(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.A
     dead_fraction}`` (``actor`` and ``actor_cnn`` only with separate encoders) and, with
     ``per_layer_stats``, ``debug/{critic,actor}_conv{1,2,3}_{...}``. Actor-side metrics (actor_loss,
     actor_q, grad_norm/actor_*, debug/actor_*) describe this step's actor update and are 0.0 when
-    ``losses/actor_updates`` is 0 (a non-policy step); skip them then.
+    ``losses/actor_updates`` is 0 (a non-policy step); skip them then. ``param_norm/*`` are the norms of the
+    returned state's online parameters.
     """
-    return train_step(state, batch)
+    state, metrics = train_step(state, batch)
+    return state, {**metrics, **param_norms(state)}
 
 
 def _actor_side(name: str) -> bool:
@@ -320,11 +338,13 @@ def update_many(state: TrainState, batches: Batch) -> tuple[TrainState, dict[str
     (bit-for-bit the same state). Metrics have the same names, reduced over the K steps: names ending in
     ``_max``/``_min`` take the max/min, ``losses/actor_updates`` is the count of actor updates, everything
     else the mean. Actor-side metrics (see :func:`update`) are reduced over the policy steps only (0.0 when
-    there were none).
+    there were none). ``param_norm/*`` describe the returned (final) state.
     """
     leaves = jax.tree.leaves(batches)
     if not leaves or any(leaf.ndim < 1 for leaf in leaves) or len({leaf.shape[0] for leaf in leaves}) != 1:
         raise ValueError("update_many: every leaf of batches needs the same leading K axis")
+    if leaves[0].shape[0] < 1:
+        raise ValueError("update_many: batches hold K = 0 steps; need K >= 1")
 
     state, per_step = lax.scan(train_step, state, batches)
     policy = per_step["losses/actor_updates"]
@@ -349,7 +369,7 @@ def update_many(state: TrainState, batches: Batch) -> tuple[TrainState, dict[str
             out[name] = jnp.min(values)
         else:
             out[name] = jnp.mean(values)
-    return state, out
+    return state, {**out, **param_norms(state)}
 
 
 @jax.jit
