@@ -73,12 +73,15 @@ class RewardWeights(ConfigNode):
     progress: float = param(1.0, "per metre of route arc length gained this step (negative when going back)")
     waypoint: float = param(0.5, "per route waypoint passed for the first time")
     goal: float = param(50.0, "once, on the step the route is completed")
-    efficiency: float = param(0.2, "per step, speed along the route vs the target speed, component in [-1, 1]")
+    efficiency: float = param(
+        1.0, "per step, speed along the route vs the target speed, component in [-1, 1]; must exceed "
+        "progress * dt * target speed (m/s) so that the per-step reward peaks at the target speed (docs/env.md)"
+    )
     lane_keeping: float = param(0.2, "per step, lateral and heading deviation from the route, component in [-2, 0]")
     comfort: float = param(0.02, "per step, jerk, component in [-1, 0]")
-    collision: float = param(20.0, "on a collision step: component -(1 + speed / collision_speed_scale_kmh)")
+    collision: float = param(50.0, "on a collision step: component -(1 + speed / collision_speed_scale_kmh)")
     off_road: float = param(1.0, "per step with the vehicle centre outside every driving lane, component -1")
-    off_route: float = param(20.0, "on the step the vehicle ends the episode off the route, component -1")
+    off_route: float = param(50.0, "on the step the vehicle ends the episode off the route, component -1")
     lane_invasion: float = param(1.0, "per lane-invasion event (a marking crossed), component -count")
     proximity: float = param(0.5, "per step, time-to-collision / gap to the vehicle ahead, component in [-1, 0]")
     standstill: float = param(0.02, "per step standing still with the road ahead free, component -1")

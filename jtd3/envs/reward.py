@@ -9,7 +9,7 @@ component       raw value on one step                                           
 progress        route arc length gained, s_new - s_old                           m (~0.42 @30)   1.0
 waypoint        route waypoints passed for the first time                       count (0 or 1)  0.5
 goal            1 on the step the route is completed                            {0, 1}          50
-efficiency      clip(1 - |v_route - v_target| / v_target, -1, 1)                [-1, 1]         0.2
+efficiency      clip(1 - |v_route - v_target| / v_target, -1, 1)                [-1, 1]         1.0
 lane_keeping    -(min(|d| / lateral_scale, 1) + min(|psi| / heading_scale, 1))  [-2, 0]         0.2
 comfort         -min(|jerk| / jerk_scale, 1)                                     [-1, 0]         0.02
 collision       -(1 + v_impact / collision_speed_scale) on a collision step      <= -1           20
