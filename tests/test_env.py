@@ -372,3 +372,32 @@ def test_vector_configs_give_each_carla_env_its_server_and_traffic_manager():
     with pytest.raises(ValueError, match="backend 'carla'"):
         vector_env_configs(EnvConfig(), 1, ["a:2000"])
     assert vector_env_configs(EnvConfig(), 2) == [EnvConfig(), EnvConfig()]
+
+
+def test_action_repeat_holds_the_action_and_sums_the_rewards():
+    from jtd3.config import from_dict
+    from jtd3.envs import make_env
+
+    one = make_env(from_dict(EnvConfig, {"action_repeat": 1}))
+    two = make_env(from_dict(EnvConfig, {"action_repeat": 2}))
+    obs1, _ = one.reset(seed=3)
+    obs2, _ = two.reset(seed=3)
+    np.testing.assert_array_equal(obs1["camera"], obs2["camera"])
+    assert two.unwrapped.dt == 2 * one.unwrapped.dt
+    frames, rewards = [], []
+    for t in range(6):
+        a = np.array([0.1 * (t // 2), 0.8], np.float32)  # the same action on the two ticks of a step
+        o, r, *_ = one.step(a)
+        frames.append(o["camera"][-1])
+        rewards.append(r)
+        if t % 2 == 1:
+            o2, r2, _, _, info2 = two.step(a)
+            np.testing.assert_array_equal(o2["kinematics"], o["kinematics"])
+            np.testing.assert_array_equal(o2["camera"][-1], o["camera"][-1])
+            assert r2 == pytest.approx(rewards[-2] + rewards[-1], abs=1e-9)
+            assert sum(info2["reward_components"].values()) == pytest.approx(r2, abs=1e-9)
+    # the stack of the repeated env holds one frame per env step: every second tick
+    np.testing.assert_array_equal(o2["camera"][1:], np.stack([frames[1], frames[3], frames[5]]))
+    assert info2["step"] == 3
+    one.close()
+    two.close()

@@ -141,6 +141,10 @@ class EnvConfig(ConfigNode):
         30.0, "route tracking searches this arc length (m) around the previous position, so progress cannot jump"
     )
     max_episode_steps: int = param(1000, "steps before truncation (time limit, not termination)")
+    action_repeat: int = param(
+        1, "simulator ticks per environment step: the action is held, rewards are summed, the frame stack takes "
+        "the last tick's frame (1: control at 1 / dt = 20 Hz, as the original; max_episode_steps counts env steps)"
+    )
     off_route_distance_m: float = param(2.5, "terminate when the vehicle centre is farther than this from the route (m)")
     goal_tolerance_m: float = param(3.0, "the route is completed within this arc length of its end (m)")
     observation: ObservationConfig = nested(ObservationConfig)
@@ -159,6 +163,7 @@ class EnvConfig(ConfigNode):
         check(self.route_waypoint_spacing_m > 0, "route_waypoint_spacing_m", self.route_waypoint_spacing_m, "> 0")
         check(self.route_search_window_m > 0, "route_search_window_m", self.route_search_window_m, "> 0")
         check(self.max_episode_steps >= 1, "max_episode_steps", self.max_episode_steps, ">= 1")
+        check(self.action_repeat >= 1, "action_repeat", self.action_repeat, ">= 1")
         check(self.off_route_distance_m > 0, "off_route_distance_m", self.off_route_distance_m, "> 0")
         check(self.goal_tolerance_m >= 0, "goal_tolerance_m", self.goal_tolerance_m, ">= 0")
 

@@ -126,11 +126,12 @@ class DrivingEnv(gym.Env):
         self.render_mode = render_mode
         self._initial_seed = seed
         if cfg.backend == "sim":
-            self.dt = float(cfg.sim.dt)
+            self.tick_dt = float(cfg.sim.dt)
             frame_shape = (cfg.sim.camera.height, cfg.sim.camera.width)
         else:
-            self.dt = float(cfg.carla.fixed_delta_seconds)
+            self.tick_dt = float(cfg.carla.fixed_delta_seconds)
             frame_shape = (cfg.carla.output_height, cfg.carla.output_width)
+        self.dt = self.tick_dt * cfg.action_repeat  # seconds per env step
         self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
         self.num_vehicles = cfg.num_vehicles
         o = cfg.observation
@@ -194,25 +195,47 @@ class DrivingEnv(gym.Env):
         return self._observation(), info
 
     def step(self, action):
-        """Apply ``action`` for one step. ``info``: termination_reason (None or one of
-        :data:`TERMINATION_REASONS`), success, speed_kmh, collisions, lane_invasions (episode counts),
-        distance_m (travelled), route_completion (0..1), reward_components (weighted; they sum to the reward),
-        episode_return, plus route_s, route_length_m, route_lateral_m, lane_offset_m, heading_error_deg,
-        off_road, next_waypoint, waypoints_passed, step."""
+        """Apply ``action`` for one step (``action_repeat`` simulator ticks). ``info``: termination_reason (None or
+        one of :data:`TERMINATION_REASONS`), success, speed_kmh, collisions, lane_invasions (episode counts),
+        distance_m (travelled), route_completion (0..1), reward_components (weighted, summed over the step's
+        ticks; they sum to the reward), episode_return, plus route_s, route_length_m, route_lateral_m,
+        lane_offset_m, heading_error_deg, off_road, next_waypoint, waypoints_passed, step."""
         if self._done:
             raise RuntimeError("the episode has ended (terminated or truncated): call reset() before step()")
         cfg = self.config
         control = VehicleControl.from_action(action)
+        self._steps += 1
+        weighted = dict.fromkeys(reward_lib.COMPONENTS, 0.0)
+        reason = None
+        for _ in range(cfg.action_repeat):
+            reason, tick = self._tick(control)
+            for k, v in tick.items():
+                weighted[k] += v
+            if reason is not None:
+                break
+        if reason is None and self._steps >= cfg.max_episode_steps:
+            reason = "time_limit"
+        terminated = reason in ("collision", "off_route", "route_completed")
+        truncated = reason == "time_limit"
+        self._stack = obs_lib.push_frame(self._stack, self._snapshot.camera)
+        reward = reward_lib.total(weighted)
+        self._return += reward
+        self._last_components = weighted
+        self._done = terminated or truncated
+        return self._observation(), reward, terminated, truncated, self._info(reason, weighted)
+
+    def _tick(self, control: VehicleControl) -> tuple[str | None, dict[str, float]]:
+        """One simulator tick: advance the backend, the route tracking and the counters; returns the
+        termination reason (None, ``collision``, ``off_route``, ``route_completed``) and the weighted reward."""
+        cfg = self.config
         prev_loc = np.asarray(self._snapshot.ego.location[:2], dtype=np.float64)
         snap = self.backend.step(control)
         self._check_frame(snap)
-        self._steps += 1
         ego = snap.ego
         x, y = float(ego.location[0]), float(ego.location[1])
         track = route_tracker.advance(self.route, self._track.state, x, y, cfg.route_search_window_m)
         self._track = track
         self._update_state(snap, track)
-        self._stack = obs_lib.push_frame(self._stack, snap.camera)
         self._distance += float(np.hypot(x - prev_loc[0], y - prev_loc[1]))
         collided = len(snap.collisions) > 0
         self._collisions += len(snap.collisions)
@@ -227,15 +250,11 @@ class DrivingEnv(gym.Env):
             reason = "off_route"
         elif completed:
             reason = "route_completed"
-        elif self._steps >= cfg.max_episode_steps:
-            reason = "time_limit"
         else:
             reason = None
-        terminated = reason in ("collision", "off_route", "route_completed")
-        truncated = reason == "time_limit"
 
         accel = np.asarray(ego.acceleration[:2], dtype=np.float64)
-        jerk = float(np.hypot(*(accel - self._prev_accel))) / self.dt
+        jerk = float(np.hypot(*(accel - self._prev_accel))) / self.tick_dt
         self._prev_accel = accel
         route_yaw = track.location.yaw
         inputs = reward_lib.RewardInputs(
@@ -256,12 +275,7 @@ class DrivingEnv(gym.Env):
             ahead=reward_lib.vehicle_ahead(ego, snap.vehicles, cfg.reward),
         )
         self._prev_speed = ego.speed
-        weighted = reward_lib.components(inputs, cfg.reward)
-        reward = reward_lib.total(weighted)
-        self._return += reward
-        self._last_components = weighted
-        self._done = terminated or truncated
-        return self._observation(), reward, terminated, truncated, self._info(reason, weighted)
+        return reason, reward_lib.components(inputs, cfg.reward)
 
     def render(self):
         """``rgb_array``: the newest camera frame beside a bird's-eye view, with a status line (uint8 RGB)."""
