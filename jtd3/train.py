@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from jtd3.agent.config import AgentConfig
+from jtd3.agent.learn import is_actor_metric
 from jtd3.checkpoint import CheckpointConfig
 from jtd3.config import ConfigError, ConfigNode, check, from_dict, nested, param, to_dict
 from jtd3.envs.config import EnvConfig
@@ -138,7 +139,11 @@ def _json_floats(d: dict[str, float] | None) -> dict[str, float | None] | None:
 
 
 class _MetricWindow:
-    """Means of update metrics between two TensorBoard writes (``*_max`` keys keep the max, ``*_min`` the min)."""
+    """Means of update metrics between two TensorBoard writes (``*_max`` keys keep the max, ``*_min`` the min).
+
+    Actor metrics exist on policy steps only (0.0 on the others): they are averaged over the update calls
+    that made actor updates, weighted by ``losses/actor_updates``.
+    """
 
     def __init__(self):
         self.reset()
@@ -147,19 +152,25 @@ class _MetricWindow:
         self.sums: dict[str, float] = defaultdict(float)
         self.extremes: dict[str, float] = {}
         self.count = 0
+        self.actor_weight = 0.0
 
     def add(self, metrics: dict[str, float]) -> None:
         self.count += 1
+        actor_updates = metrics.get("losses/actor_updates", 1.0)
+        self.actor_weight += actor_updates
         for k, v in metrics.items():
+            actor = is_actor_metric(k)
+            if actor and actor_updates == 0:
+                continue
             if k.endswith("_max"):
                 self.extremes[k] = max(self.extremes.get(k, -math.inf), v)
             elif k.endswith("_min"):
                 self.extremes[k] = min(self.extremes.get(k, math.inf), v)
             else:
-                self.sums[k] += v
+                self.sums[k] += v * actor_updates if actor else v
 
     def means(self) -> dict[str, float]:
-        out = {k: v / self.count for k, v in self.sums.items()}
+        out = {k: v / (self.actor_weight if is_actor_metric(k) else self.count) for k, v in self.sums.items()}
         out.update(self.extremes)
         return out
 

@@ -194,3 +194,17 @@ def test_evaluate_script_loads_a_checkpoint(tmp_path):
     assert report["config"]["max_episode_steps"] == 50  # the run's own environment
     assert script.main(["--checkpoint", str(run_dir), "--best", "--num-episodes", "1", "--out", str(out)]) == 0
     assert script.main(["--checkpoint", str(tmp_path / "missing")]) == 2
+
+
+def test_metric_window_averages_actor_metrics_over_policy_steps_only():
+    from jtd3.train import _MetricWindow
+
+    w = _MetricWindow()
+    # gradient_steps=1, policy_delay=2: every other call makes an actor update (its actor metrics are 0.0 otherwise)
+    w.add({"losses/critic_loss": 1.0, "losses/actor_loss": 0.0, "losses/actor_updates": 0.0,
+           "debug/actor_cnn_features_l2_norm_max": 0.0, "debug/critic_cnn_features_min": -1.0})
+    w.add({"losses/critic_loss": 3.0, "losses/actor_loss": -4.0, "losses/actor_updates": 1.0,
+           "debug/actor_cnn_features_l2_norm_max": 7.0, "debug/critic_cnn_features_min": -2.0})
+    m = w.means()
+    assert m["losses/critic_loss"] == 2.0 and m["losses/actor_loss"] == -4.0
+    assert m["debug/actor_cnn_features_l2_norm_max"] == 7.0 and m["debug/critic_cnn_features_min"] == -2.0

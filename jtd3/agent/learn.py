@@ -326,7 +326,8 @@ def update(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.A
     return state, {**metrics, **param_norms(state)}
 
 
-def _actor_side(name: str) -> bool:
+def is_actor_metric(name: str) -> bool:
+    """Metrics computed on policy steps only (0.0 on the others; ``losses/actor_updates`` counts them)."""
     return name in ("losses/actor_loss", "losses/actor_q") or name.startswith(("grad_norm/actor", "debug/actor"))
 
 
@@ -354,7 +355,7 @@ def update_many(state: TrainState, batches: Batch) -> tuple[TrainState, dict[str
         if name == "losses/actor_updates":
             out[name] = count
             continue
-        if _actor_side(name):
+        if is_actor_metric(name):
             mask = policy > 0
             if name.endswith("_max"):
                 red = jnp.max(jnp.where(mask, values, -jnp.inf))
