@@ -7,7 +7,8 @@ Shapes and conventions:
   (``x / 127.5 - 1``) and transposes to NHWC.
 - Convolutions use VALID padding as in PyTorch/SB3: 84 -> 20 -> 9 -> 7, flatten 7*7*64 = 3136 -> Dense.
 - Normalization sits between the linear op and the activation (the seed's order).
-- He (Kaiming) normal initialization for every conv/dense kernel, zero biases.
+- He (Kaiming) normal initialization for every conv/dense kernel, zero biases; except the actor's output
+  layer, uniform in +-``actor_out_init`` (3e-3), so the initial policy is not saturated.
 - The actor head maps ``concat(features, kinematics)`` to ``tanh`` actions in [-1, 1]; the twin critic maps
   ``concat(features, kinematics, action)`` to two Q values, shape ``(2, B)`` (an ``nn.vmap`` ensemble).
 """
@@ -150,26 +151,42 @@ class _MLP(nn.Module):
     hidden: tuple[int, ...]
     out: int
     activation: str
+    out_init_scale: float | None = None  # None: He; else uniform(-scale, scale) for the output kernel
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         act = activation_fn(self.activation)
         for i, h in enumerate(self.hidden):
             x = act(nn.Dense(h, kernel_init=_he, bias_init=_zeros, name=f"fc{i}")(x))
-        return nn.Dense(self.out, kernel_init=_he, bias_init=_zeros, name="out")(x)
+        out_init = _he if self.out_init_scale is None else _symmetric_uniform(self.out_init_scale)
+        return nn.Dense(self.out, kernel_init=out_init, bias_init=_zeros, name="out")(x)
+
+
+def _symmetric_uniform(scale: float):
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -scale, scale)
+
+    return init
 
 
 class ActorHead(nn.Module):
-    """Deterministic policy head: ``tanh(MLP(concat(features, kinematics)))``, shape ``(B, action_dim)``."""
+    """Deterministic policy head: ``tanh(MLP(concat(features, kinematics)))``, shape ``(B, action_dim)``.
+
+    The output layer's kernel is uniform in ``[-out_init_scale, out_init_scale]`` (DDPG's 3e-3), the other
+    layers He: with He everywhere the initial pre-tanh outputs are of order one or more, the tanh saturates
+    (a fresh actor braked at -0.9 and steered 0.8) and the actor's gradient nearly vanishes.
+    """
 
     action_dim: int
     hidden: tuple[int, ...] = (256, 256)
     activation: str = "leaky_relu"
+    out_init_scale: float = 3e-3
 
     @nn.compact
     def __call__(self, features: jax.Array, kinematics: jax.Array) -> jax.Array:
         x = jnp.concatenate([features, kinematics], axis=-1)
-        return jnp.tanh(_MLP(tuple(self.hidden), self.action_dim, self.activation, name="mlp")(x))
+        mlp = _MLP(tuple(self.hidden), self.action_dim, self.activation, self.out_init_scale, name="mlp")
+        return jnp.tanh(mlp(x))
 
 
 class CriticHead(nn.Module):

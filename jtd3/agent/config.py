@@ -34,6 +34,9 @@ class AgentConfig(ConfigNode):
     )
     features_dim: int = param(512, "NatureCNN output size")
     actor_hidden: tuple[int, ...] = param((256, 256), "actor MLP hidden sizes")
+    actor_out_init: float = param(
+        3e-3, "the actor's output kernel starts uniform in [-x, x] (other layers: He), so tanh starts unsaturated"
+    )
     critic_hidden: tuple[int, ...] = param((256, 256), "critic MLP hidden sizes (each of the two Q heads)")
     # --- TD3
     gamma: float = param(0.99, "discount per environment step")
@@ -78,6 +81,7 @@ class AgentConfig(ConfigNode):
                 value,
                 "a list of positive integers",
             )
+        check(self.actor_out_init > 0.0, "agent.actor_out_init", self.actor_out_init, "> 0")
         check(0.0 <= self.gamma <= 1.0, "agent.gamma", self.gamma, "in [0, 1]")
         check(0.0 < self.tau <= 1.0, "agent.tau", self.tau, "in (0, 1]")
         check(self.policy_noise >= 0.0, "agent.policy_noise", self.policy_noise, ">= 0")

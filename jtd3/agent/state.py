@@ -101,7 +101,10 @@ def modules(spec: AgentSpec) -> Modules:
         conv_chunk=c.conv_chunk,
         bn_momentum=c.bn_momentum,
     )
-    actor_head = ActorHead(action_dim=spec.action_dim, hidden=tuple(c.actor_hidden), activation=c.activation)
+    actor_head = ActorHead(
+        action_dim=spec.action_dim, hidden=tuple(c.actor_hidden), activation=c.activation,
+        out_init_scale=c.actor_out_init,
+    )
     critic_head = TwinCriticHead(hidden=tuple(c.critic_hidden), activation=c.activation)
     return Modules(encoder, actor_head, critic_head)
 
