@@ -119,3 +119,16 @@ def test_bad_choices_and_inputs_are_named(camera):
         NatureCNN().init(jax.random.key(0), camera.astype(jnp.float32), train=False)
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         NatureCNN().init(jax.random.key(0), camera[0], train=False)
+
+
+def test_fresh_actor_is_not_saturated():
+    """He init on the actor's output layer started the tanh saturated (brake -0.9, steer 0.8): the output layer
+    starts small so the first policy is near zero and its gradient is not crushed by tanh."""
+    head = ActorHead(action_dim=2)
+    feats = jax.random.normal(jax.random.PRNGKey(1), (64, 512)) * 2.0
+    kin = jax.random.uniform(jax.random.PRNGKey(2), (64, 55), minval=-1.0, maxval=1.0)
+    params = head.init(jax.random.PRNGKey(0), feats, kin)
+    actions = head.apply(params, feats, kin)
+    assert float(jnp.max(jnp.abs(actions))) < 0.2, actions
+    kernel = params["params"]["mlp"]["out"]["kernel"]
+    assert float(jnp.max(jnp.abs(kernel))) <= 3e-3
