@@ -401,3 +401,23 @@ def test_action_repeat_holds_the_action_and_sums_the_rewards():
     assert info2["step"] == 3
     one.close()
     two.close()
+
+
+def test_standing_still_truncates_as_stalled_and_moving_resets_the_clock():
+    from jtd3.config import from_dict
+    from jtd3.envs import make_env
+
+    env = make_env(from_dict(EnvConfig, {"stall_timeout_s": 1.0}))  # 20 steps of 0.05 s
+    env.reset(seed=0)
+    for t in range(19):
+        _, _, terminated, truncated, info = env.step(np.array([0.0, -1.0], np.float32))
+        assert not (terminated or truncated), t
+    _, _, terminated, truncated, info = env.step(np.array([0.0, -1.0], np.float32))
+    assert truncated and not terminated and info["termination_reason"] == "stalled"
+    env.reset(seed=0)
+    for t in range(200):  # driving never stalls
+        _, _, terminated, truncated, info = env.step(np.array([0.0, 0.4], np.float32))
+        if terminated or truncated:
+            break
+    assert info["termination_reason"] != "stalled"
+    env.close()

@@ -163,7 +163,8 @@ def test_reward_ordering_of_reference_policies_on_the_simulator():
         assert not r[name].success
         assert r[name].episode_return < 0.0, (name, r[name].episode_return)
     assert r["offroad"].termination_reason in ("off_route", "collision")
-    assert r["still"].termination_reason == "time_limit" and r["still"].distance_m < 0.1
+    assert r["still"].termination_reason == "stalled" and r["still"].distance_m < 0.1
+    assert r["still"].steps == round(EnvConfig().stall_timeout_s / EnvConfig().sim.dt)
     # Standing still is cheap per step (its penalty must not dominate learning); with the discount a TD learner
     # uses, driving off the road is clearly worse than standing still (no incentive to end episodes early).
     assert r["offroad"].discounted_return < r["still"].discounted_return - 5.0

@@ -141,6 +141,11 @@ class EnvConfig(ConfigNode):
         30.0, "route tracking searches this arc length (m) around the previous position, so progress cannot jump"
     )
     max_episode_steps: int = param(1000, "steps before truncation (time limit, not termination)")
+    stall_timeout_s: float = param(
+        10.0, "truncate the episode (reason 'stalled', like the time limit: the TD target bootstraps) after the "
+        "vehicle has stood still this long with the road ahead free (reward.standstill_speed_kmh and "
+        "reward.standstill_free_gap_m decide); 0 disables. Keeps the replay from filling with parked episodes"
+    )
     action_repeat: int = param(
         1, "simulator ticks per environment step: the action is held, rewards are summed, the frame stack takes "
         "the last tick's frame (1: control at 1 / dt = 20 Hz, as the original; max_episode_steps counts env steps)"
@@ -164,6 +169,8 @@ class EnvConfig(ConfigNode):
         check(self.route_search_window_m > 0, "route_search_window_m", self.route_search_window_m, "> 0")
         check(self.max_episode_steps >= 1, "max_episode_steps", self.max_episode_steps, ">= 1")
         check(self.action_repeat >= 1, "action_repeat", self.action_repeat, ">= 1")
+        check(math.isfinite(self.stall_timeout_s) and self.stall_timeout_s >= 0, "stall_timeout_s",
+              self.stall_timeout_s, ">= 0 (0 disables)")
         check(self.off_route_distance_m > 0, "off_route_distance_m", self.off_route_distance_m, "> 0")
         check(self.goal_tolerance_m >= 0, "goal_tolerance_m", self.goal_tolerance_m, ">= 0")
 

@@ -5,7 +5,8 @@ frame repeated); ``kinematics`` float32 ``(5 + 2 * n_waypoints,)`` (layout: :mod
 Action ``Box(-1, 1, (2,))`` float32 = ``[steer, throttle_brake]``; throttle_brake > 0 throttle, < 0 brake.
 Reward: :mod:`jtd3.envs.reward`. Termination (``terminated``): collision, off route (centre farther than
 ``off_route_distance_m`` from the route), route completed (within ``goal_tolerance_m`` of its end along the
-route). Truncation (``truncated``): ``max_episode_steps``. ``info`` holds plain Python values only (see
+route). Truncation (``truncated``): ``max_episode_steps``, or standing still with the road ahead free for
+``stall_timeout_s``. ``info`` holds plain Python values only (see
 :meth:`DrivingEnv.step`).
 
 Route bookkeeping is :mod:`jtd3.envs.route_tracker` (one arc length over one :class:`RoutePolyline`). Lane
@@ -37,8 +38,9 @@ from jtd3.sim.world import SimWorld
 
 __all__ = ["DrivingEnv", "GroundTruth", "TERMINATION_REASONS", "make_backend", "make_env"]
 
-TERMINATION_REASONS = ("collision", "off_route", "route_completed", "time_limit")
-"""``info["termination_reason"]`` values (``None`` while the episode runs); ``time_limit`` is a truncation."""
+TERMINATION_REASONS = ("collision", "off_route", "route_completed", "time_limit", "stalled")
+"""``info["termination_reason"]`` values (``None`` while the episode runs); ``time_limit`` and ``stalled`` are
+truncations (the TD target bootstraps), the others terminations."""
 
 REFERENCE_ROUTE_MAX_OFFSET_M = 1.0
 """The reference route's waypoints must lie this close to a driving-lane centre of the loaded town (they sit
@@ -178,6 +180,7 @@ class DrivingEnv(gym.Env):
         self._check_frame(snap)
         self._episode += 1
         self._steps = 0
+        self._standing_s = 0.0
         self._done = False
         self._collisions = 0
         self._invasions = 0
@@ -215,8 +218,10 @@ class DrivingEnv(gym.Env):
                 break
         if reason is None and self._steps >= cfg.max_episode_steps:
             reason = "time_limit"
+        if reason is None and cfg.stall_timeout_s > 0 and self._standing_s >= cfg.stall_timeout_s - 1e-9:
+            reason = "stalled"
         terminated = reason in ("collision", "off_route", "route_completed")
-        truncated = reason == "time_limit"
+        truncated = reason in ("time_limit", "stalled")
         self._stack = obs_lib.push_frame(self._stack, self._snapshot.camera)
         reward = reward_lib.total(weighted)
         self._return += reward
@@ -275,7 +280,10 @@ class DrivingEnv(gym.Env):
             ahead=reward_lib.vehicle_ahead(ego, snap.vehicles, cfg.reward),
         )
         self._prev_speed = ego.speed
-        return reason, reward_lib.components(inputs, cfg.reward)
+        rc = cfg.reward
+        standing = reward_lib.is_standing(inputs, rc.standstill_speed_kmh * reward_lib.KMH, rc.standstill_free_gap_m)
+        self._standing_s = self._standing_s + self.tick_dt if standing else 0.0
+        return reason, reward_lib.components(inputs, rc)
 
     def render(self):
         """``rgb_array``: the newest camera frame beside a bird's-eye view, with a status line (uint8 RGB)."""

@@ -38,7 +38,7 @@ import numpy as np
 from jtd3.backend import ActorState, Vehicles
 from jtd3.envs.config import RewardConfig
 
-__all__ = ["Ahead", "RewardInputs", "components", "total", "vehicle_ahead", "COMPONENTS"]
+__all__ = ["Ahead", "RewardInputs", "components", "is_standing", "total", "vehicle_ahead", "COMPONENTS"]
 
 KMH = 1.0 / 3.6  # m/s per km/h
 
@@ -128,7 +128,7 @@ def components(inp: RewardInputs, cfg: RewardConfig) -> dict[str, float]:
         "off_route": -1.0 if inp.off_route else 0.0,
         "lane_invasion": -float(inp.lane_invasions),
         "proximity": -_proximity(inp.ahead, cfg.ttc_threshold_s, cfg.min_gap_m, cfg.headway_s),
-        "standstill": -1.0 if _standing(inp, cfg.standstill_speed_kmh * KMH, cfg.standstill_free_gap_m) else 0.0,
+        "standstill": -1.0 if is_standing(inp, cfg.standstill_speed_kmh * KMH, cfg.standstill_free_gap_m) else 0.0,
     }
     weights = {
         "progress": w.progress, "waypoint": w.waypoint, "goal": w.goal, "efficiency": w.efficiency,
@@ -153,7 +153,8 @@ def _proximity(ahead: Ahead | None, ttc_threshold_s: float, min_gap_m: float, he
     return max(ttc_term, gap_term)
 
 
-def _standing(inp: RewardInputs, standstill_speed: float, free_gap_m: float) -> bool:
+def is_standing(inp: RewardInputs, standstill_speed: float, free_gap_m: float) -> bool:
+    """Slower than ``standstill_speed`` (m/s) with no vehicle closer than ``free_gap_m`` ahead (not waiting)."""
     if inp.speed >= standstill_speed:
         return False
     blocked = inp.ahead is not None and inp.ahead.gap_m < free_gap_m
