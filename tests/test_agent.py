@@ -338,7 +338,9 @@ def test_sizes_come_from_the_spaces():
     obs_space = spaces.Dict(
         {"camera": spaces.Box(0, 255, (3, 84, 84), np.uint8), "kinematics": spaces.Box(-1, 1, (7,), np.float32)}
     )
-    state = agent.create(AgentConfig(features_dim=64, actor_hidden=(32,)), obs_space, spaces.Box(-1, 1, (3,)), 0)
+    state = agent.create(
+        AgentConfig(encoder="separate", features_dim=64, actor_hidden=(32,)), obs_space, spaces.Box(-1, 1, (3,)), 0
+    )
     chex.assert_shape(state.actor_params["encoder"]["conv1"]["kernel"], (8, 8, 3, 32))
     chex.assert_shape(state.actor_params["head"]["mlp"]["fc0"]["kernel"], (64 + 7, 32))
     chex.assert_shape(state.actor_params["head"]["mlp"]["out"]["kernel"], (32, 3))
@@ -381,7 +383,7 @@ def test_every_config_field_is_read_and_per_layer_stats_are_reported():
         norm="hybrid", activation="relu", features_dim=48, actor_hidden=(24,), critic_hidden=(24, 16),
         gamma=0.9, tau=0.01, policy_noise=0.1, noise_clip=0.3, policy_delay=3, cnn_lr=2e-4, mlp_lr=5e-4,
         cnn_grad_clip=10.0, mlp_grad_clip=5.0, weight_decay=1e-5, bn_momentum=0.9, target_bn_stats="copy",
-        conv_impl="im2col", conv_chunk=3, per_layer_stats=True,
+        conv_impl="im2col", conv_chunk=3, per_layer_stats=True, encoder="separate", actor_out_init=1e-2,
     )  # fmt: skip
     batch = make_batch(0)
     with track_reads() as reads:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from jtd3.envs.config import EnvConfig
 from jtd3.backend import Pose, VehicleControl
 from jtd3.sim import SimConfig, SimWorld
 from jtd3.sim.events import obb_overlap
@@ -23,7 +24,7 @@ def test_scenario_2_has_no_npc_collisions_and_keeps_moving():
     world = SimWorld(SimConfig())
     park = Pose(250.0, 250.0, 0.0)  # inside a building block: the ego takes no part
     assert world.raster.class_at(park.x, park.y) == BUILDING
-    snap = world.reset(park, world.config.vehicles_for_scenario(2), seed=3)
+    snap = world.reset(park, EnvConfig(scenario=2).num_vehicles, seed=3)
     assert len(snap.vehicles) == 100
     t = world.traffic
     waiting = np.zeros(t.n)

@@ -97,13 +97,14 @@ def test_explosion_alarm_on_feature_norm_writes_a_checkpoint_and_exits_3(tmp_pat
     code, run_dir = run(tmp_path, "boom", 200, "--set", "train.explosion_l2_threshold=1e-3")
     assert code == 3
     err = capsys.readouterr().err
-    assert "EXPLOSION ALARM at env step 61" in err and "cnn_features_l2_norm" in err, err
+    first_update = 64  # learning_starts 60, train_freq 4
+    assert f"EXPLOSION ALARM at env step {first_update}" in err and "cnn_features_l2_norm" in err, err
     store = CheckpointStore(run_dir / "checkpoints", "read")
-    assert store.latest_step() == 61
+    assert store.latest_step() == first_update
     store.close()
     scalars = read_scalars(run_dir)
     alerts = [t for t in scalars if t.startswith("alerts/")]
-    assert alerts and all(scalars[t][0][0] == 61 for t in alerts), alerts
+    assert alerts and all(scalars[t][0][0] == first_update for t in alerts), alerts
 
 
 def test_explosion_alarm_on_injected_nan(tmp_path, capsys, monkeypatch):
@@ -113,18 +114,21 @@ def test_explosion_alarm_on_injected_nan(tmp_path, capsys, monkeypatch):
 
     def poisoned_init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
-        # one NaN in a critic kernel: actions stay finite, the first update's losses are NaN
-        leaves, treedef = jax.tree.flatten(self.state.critic_params)
+        # one NaN in a Q-head kernel (not the encoder the actor reads): actions stay finite, the first
+        # update's critic loss is NaN
+        head = self.state.critic_params["head"]
+        leaves, treedef = jax.tree.flatten(head)
         i = max(range(len(leaves)), key=lambda i: leaves[i].size)
         leaves[i] = leaves[i].at[(0,) * leaves[i].ndim].set(jax.numpy.nan)
-        self.state = self.state.replace(critic_params=jax.tree.unflatten(treedef, leaves))
+        params = {**self.state.critic_params, "head": jax.tree.unflatten(treedef, leaves)}
+        self.state = self.state.replace(critic_params=params)
 
     monkeypatch.setattr(train.Trainer, "__init__", poisoned_init)
     code, run_dir = run(tmp_path, "nan", 200)
     assert code == 3
     err = capsys.readouterr().err
-    assert "EXPLOSION ALARM at env step 61" in err and "= nan" in err and "losses/critic_loss" in err, err
-    assert (run_dir / "checkpoints" / "61").is_dir()
+    assert "EXPLOSION ALARM at env step 64" in err and "= nan" in err and "losses/critic_loss" in err, err
+    assert (run_dir / "checkpoints" / "64").is_dir()
 
 
 def _closed_port() -> int:

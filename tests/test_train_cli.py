@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "scripts" / "train.py")
 
 SMALL = [
+    "--encoder", "separate",  # both encoders' statistics (the in-process tests run the default, shared)
     "--learning-starts", "60",
     "--batch-size", "8",
     "--eval-freq", "80",

@@ -27,10 +27,11 @@ class AgentConfig(ConfigNode):
     norm: str = choice("layernorm", NORMS, "normalization in the NatureCNN encoders (see jtd3.networks.NORMS)")
     activation: str = choice("leaky_relu", ACTIVATIONS, "activation everywhere (leaky slope 0.01)")
     encoder: str = choice(
-        "separate",
+        "shared",
         ENCODERS,
-        "separate: actor and critic own a NatureCNN each; shared: one critic-owned encoder, the actor reads "
-        "stop_gradient(features)",
+        "shared (default, DrQ style): one critic-owned encoder, the actor reads stop_gradient(features); about 1.6x "
+        "the update speed of separate on CPU. separate (the original's topology): actor and critic own a NatureCNN "
+        "each, the actor's learns only through the action",
     )
     features_dim: int = param(512, "NatureCNN output size")
     actor_hidden: tuple[int, ...] = param((256, 256), "actor MLP hidden sizes")
