@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
+from tiny_run import TINY_RUN
+
 from jtd3.checkpoint import CheckpointStore
 from jtd3.cli import train_main
 from jtd3.config import to_dict
@@ -25,19 +27,7 @@ from jtd3.logging import read_scalars
 
 REPO = Path(__file__).resolve().parent.parent
 
-TINY = [
-    "--learning-starts", "60",
-    "--batch-size", "8",
-    "--eval-freq", "80",
-    "--checkpoint-freq", "80",
-    "--num-eval-episodes", "1",
-    "--set", "env.max_episode_steps=50",
-    "--set", "train.replay.capacity=1000",
-    "--set", "train.log_freq=20",
-    "--set", "train.progress_bar=false",
-    "--set", "agent.actor_hidden=[32, 32]",
-    "--set", "agent.critic_hidden=[32, 32]",
-]
+TINY = [*TINY_RUN, "--set", "train.progress_bar=false"]
 
 
 def run(tmp_path: Path, name: str, steps: int, *extra: str) -> tuple[int, Path]:

@@ -18,25 +18,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tiny_run import TINY_RUN
+
 from jtd3.checkpoint import CheckpointStore
 from jtd3.logging import read_scalars
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "scripts" / "train.py")
 
-SMALL = [
-    "--encoder", "separate",  # both encoders' statistics (the in-process tests run the default, shared)
-    "--learning-starts", "60",
-    "--batch-size", "8",
-    "--eval-freq", "80",
-    "--checkpoint-freq", "80",
-    "--num-eval-episodes", "1",
-    "--set", "env.max_episode_steps=50",
-    "--set", "train.replay.capacity=2000",
-    "--set", "train.log_freq=20",
-    "--set", "agent.actor_hidden=[32, 32]",
-    "--set", "agent.critic_hidden=[32, 32]",
-]
+# both encoders' statistics (the in-process tests run the default, shared)
+SMALL = [*TINY_RUN, "--encoder", "separate"]
 
 EXPECTED_TAGS = [
     "train/episode_reward", "train/episode_length", "train/speed_kmh", "train/collisions", "train/lane_invasions",

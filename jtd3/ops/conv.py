@@ -80,6 +80,16 @@ def _im2col(x: jax.Array, kh: int, kw: int, ho: int, wo: int) -> jax.Array:
     return jnp.concatenate([x[:, i : i + ho, j : j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
 
 
+def _split_chunks(chunk: int, arrays: tuple[jax.Array, ...]) -> tuple[int, tuple[jax.Array, ...]]:
+    """``(n, arrays reshaped to (n, chunk, ...))`` with B zero-padded up to a multiple of ``chunk``."""
+    b = arrays[0].shape[0]
+    n = -(-b // chunk)
+    pad = n * chunk - b
+    if pad:
+        arrays = tuple(jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in arrays)
+    return n, tuple(a.reshape(n, chunk, *a.shape[1:]) for a in arrays)
+
+
 def _chunked_map(fn, chunk: int, *arrays: jax.Array) -> jax.Array:
     """``fn`` applied to batch chunks of ``arrays`` (same leading size B) sequentially; results concatenated.
 
@@ -88,25 +98,16 @@ def _chunked_map(fn, chunk: int, *arrays: jax.Array) -> jax.Array:
     b = arrays[0].shape[0]
     if b <= chunk:
         return fn(*arrays)
-    n = -(-b // chunk)
-    pad = n * chunk - b
-    if pad:
-        arrays = tuple(jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in arrays)
-    split = tuple(a.reshape(n, chunk, *a.shape[1:]) for a in arrays)
+    n, split = _split_chunks(chunk, arrays)
     out = lax.map(lambda parts: fn(*parts), split)
     return out.reshape(n * chunk, *out.shape[2:])[:b]
 
 
 def _chunked_sum(fn, chunk: int, *arrays: jax.Array) -> jax.Array:
     """Sum over batch chunks of ``fn(*chunk_arrays)`` (zero-padded rows must contribute zero)."""
-    b = arrays[0].shape[0]
-    if b <= chunk:
+    if arrays[0].shape[0] <= chunk:
         return fn(*arrays)
-    n = -(-b // chunk)
-    pad = n * chunk - b
-    if pad:
-        arrays = tuple(jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in arrays)
-    split = tuple(a.reshape(n, chunk, *a.shape[1:]) for a in arrays)
+    _, split = _split_chunks(chunk, arrays)
     return jnp.sum(lax.map(lambda parts: fn(*parts), split), axis=0)
 
 
