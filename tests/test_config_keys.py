@@ -72,7 +72,18 @@ def _carla_episode() -> None:
     server.join_timers()
 
 
+def _clear_map_caches() -> None:
+    """Drop the cached towns (and the rasters and lane graphs cached on them): earlier tests in the same
+    process built them from default settings, and a cache hit reads no config key."""
+    from jtd3.envs import driving_env
+    from jtd3.sim import roads
+
+    roads.load_town.cache_clear()
+    driving_env._network_from_text.cache_clear()
+
+
 def test_every_config_key_is_read(tmp_path):
+    _clear_map_caches()
     argv = [
         "--max-timesteps", "120", "--learning-starts", "40", "--batch-size", "8", "--eval-freq", "120",
         "--checkpoint-freq", "120", "--num-eval-episodes", "1", "--logdir", str(tmp_path), "--run-name", "keys",
