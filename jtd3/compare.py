@@ -166,15 +166,7 @@ def plot_runs(summary: dict[str, dict[str, Any]], drift: list[dict[str, Any]], o
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label)
     axes[1].set(xlabel="env steps", ylabel="per-sample L2 (mean)", title="Critic encoder features", yscale="log")
     axes[2].set(xlabel="env steps", ylabel="per-sample L2 (mean)", title="Actor encoder features", yscale="log")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    fig.tight_layout()
-    p = out_dir / "features.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(_save_figure(fig, axes, out_dir / "features.png"))
 
     names = ("critic loss", "Q1 mean", "episode reward", "eval route completion")
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.5))
@@ -187,15 +179,22 @@ def plot_runs(summary: dict[str, dict[str, Any]], drift: list[dict[str, Any]], o
         ax.set(xlabel="env steps", title=name)
         if name == "critic loss":
             ax.set_yscale("log")
+    paths.append(_save_figure(fig, axes, out_dir / "learning.png"))
+    return paths
+
+
+def _save_figure(fig: Any, axes: Sequence[Any], path: Path) -> Path:
+    """Grid and legend on every axis, then write ``fig`` to ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     fig.tight_layout()
-    p = out_dir / "learning.png"
-    fig.savefig(p, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    paths.append(p)
-    return paths
+    return path
 
 
 def write_report(out_dir: Path, drift: list[dict[str, Any]], summary: dict[str, dict[str, Any]], command: str) -> Path:

@@ -54,14 +54,14 @@ class ConfigError(ValueError):
 # Read tracking
 
 _READS: set[tuple[str, str]] | None = None
-_THIS_FILE = __file__
+_UNCOUNTED_FILES = (__file__, dataclasses.__file__)
 
 
 class ConfigNode:
     """Base class for config dataclasses: records field reads while :func:`track_reads` is active.
 
     Reads made by dataclass-generated methods (``__eq__``, ``__hash__``, ``__repr__``: their code lives in
-    ``<string>``), by validation in ``__post_init__`` and by this module (serialisation) are not counted, so hashing a config for ``jax.jit``'s
+    ``<string>``), by the ``dataclasses`` module itself (``replace`` copies every field), by validation in ``__post_init__`` and by this module (serialisation) are not counted, so hashing a config for ``jax.jit``'s
     static arguments or saving it does not count as the code using it.
     """
 
@@ -72,7 +72,8 @@ class ConfigNode:
             if name in fields:
                 code = sys._getframe(1).f_code
                 caller = code.co_filename
-                if not caller.startswith("<") and caller != _THIS_FILE and code.co_name != "__post_init__":
+                if (not caller.startswith("<") and caller not in _UNCOUNTED_FILES
+                        and code.co_name != "__post_init__"):
                     _READS.add((type(self).__qualname__, name))
         return value
 

@@ -206,7 +206,8 @@ class Trainer:
         self._agent = agent_lib
 
         self.env = make_env(config.env, seed=None)
-        self.eval_env = make_env(config.env, seed=None)
+        # evaluation episodes start at the route's beginning whatever the training episodes do
+        self.eval_env = make_env(dataclasses.replace(config.env, route_start="beginning"), seed=None)
         self.state = agent_lib.create(config.agent, self.env.observation_space, self.env.action_space, tc.seed)
         self.replay = ReplayBuffer.from_config(
             tc.replay, self.env.observation_space, self.env.action_space, seed=tc.seed

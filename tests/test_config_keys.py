@@ -45,7 +45,7 @@ def _sim_collision_and_reverse() -> None:
 def _random_route_birdeye() -> None:
     from jtd3.envs import EnvConfig, make_env
 
-    cfg = from_dict(EnvConfig, {"route": "random", "sim": {"town": "grid3", "camera": {"kind": "birdeye"}}})
+    cfg = from_dict(EnvConfig, {"route": "random", "route_start": "random", "sim": {"town": "grid3", "camera": {"kind": "birdeye"}}})
     env = make_env(cfg, seed=0)
     env.reset(seed=1)
     for _ in range(3):

@@ -275,6 +275,38 @@ def test_random_routes_come_from_the_episode_seed():
     assert (spawn.x, spawn.y) == pytest.approx(tuple(r3.points[0]))
 
 
+def test_random_start_is_on_the_route_from_the_episode_seed_and_completion_counts_from_it():
+    env, be = double_env(route_start="random", route_start_margin_m=60.0)
+    route = load_reference_route()
+    starts = []
+    for seed in range(8):
+        _, info = env.reset(seed=seed)
+        spawn = be.resets[-1][0]
+        s0 = info["route_s"]
+        x, y, yaw = route.point_at(s0)
+        assert (spawn.x, spawn.y) == pytest.approx((float(x), float(y)), abs=1e-6)
+        assert spawn.yaw == pytest.approx(float(yaw))
+        assert 0.0 <= s0 <= route.length - 60.0 + 1e-6
+        assert info["route_completion"] == 0.0
+        starts.append(s0)
+    assert len(set(np.round(starts, 3))) == 8, starts  # a new start every episode
+    assert max(starts) > 0.5 * (route.length - 60.0)  # spread over the route, not bunched at its beginning
+    _, info = env.reset(seed=3)
+    assert info["route_s"] == pytest.approx(starts[3])  # the same seed, the same start
+
+    # completion is the share of the route ahead of the start that was driven
+    env.reset(seed=5)
+    s0 = starts[5]
+    be.teleports = route_poses(route, [s0 + 10.0 * k for k in range(1, 4)])
+    for _ in range(3):
+        _, _, _, _, info = env.step(np.array([0.0, 0.5], np.float32))
+    assert info["route_completion"] == pytest.approx(30.0 / (route.length - s0), abs=0.02)
+
+    beginning, be0 = double_env()
+    _, info = beginning.reset(seed=5)
+    assert info["route_s"] == 0.0 and (be0.resets[-1][0].x, be0.resets[-1][0].y) == pytest.approx(tuple(route.points[0]))
+
+
 def test_close_closes_the_backend():
     env, be = double_env()
     env.close()

@@ -23,12 +23,13 @@ def _episode(cfg, steps=30):
 
 def test_every_env_key_is_read():
     """The original project had YAML keys nothing read. Two short episodes (reference route with the front
-    camera on Town01; a random route with the bird's-eye camera on a procedural town) read every key of the
+    camera on Town01; a random route, random start and the bird's-eye camera on a procedural town) read every key of the
     environment, observation and reward sections. (sim.* is the simulator's to read, carla.* CarlaSession's:
     tests/test_sim_config.py, tests/test_carla_session.py.)"""
     with track_reads() as reads:
         _episode(EnvConfig())
-        _episode(from_dict(EnvConfig, {"route": "random", "sim": {"town": "grid3", "camera": {"kind": "birdeye"}}}))
+        _episode(from_dict(EnvConfig, {"route": "random", "route_start": "random",
+                                       "sim": {"town": "grid3", "camera": {"kind": "birdeye"}}}))
     keys = leaf_keys(EnvConfig)
     unread = sorted(k for k, pair in keys.items() if pair not in reads and not k.startswith(("sim.", "carla.")))
     assert unread == []
@@ -51,6 +52,8 @@ def test_env_config_round_trips():
         ({"observation": {"n_waypoints": 0}}, r"observation.n_waypoints"),
         ({"observation": {"waypoints": 3}}, r"unknown config key\(s\) observation.waypoints"),
         ({"max_episode_steps": 0}, r"max_episode_steps"),
+        ({"route_start": "middle"}, r"'route_start' = 'middle': must be one of 'beginning', 'random'"),
+        ({"route_start_margin_m": -1.0}, r"route_start_margin_m"),
     ],
 )
 def test_bad_values_are_refused_with_the_key_named(data, match):

@@ -172,12 +172,23 @@ def test_carla_unreachable_fails_fast_with_instructions(tmp_path, capsys):
     assert "--env sim" in err, err
 
 
-def test_evaluate_script_loads_a_checkpoint(tmp_path):
+def test_evaluate_script_loads_a_checkpoint(tmp_path, monkeypatch):
     import importlib.util
     import json
 
-    code, run_dir = run(tmp_path, "ev", 80)
+    import jtd3.envs
+
+    made = []
+    make_env = jtd3.envs.make_env
+
+    def recording_make_env(config, *args, **kwargs):
+        made.append(config.route_start)
+        return make_env(config, *args, **kwargs)
+
+    monkeypatch.setattr(jtd3.envs, "make_env", recording_make_env)
+    code, run_dir = run(tmp_path, "ev", 80, "--set", "env.route_start=random")
     assert code == 0
+    assert made == ["random", "beginning"]  # training env, evaluation env: evaluation starts at the beginning
     spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
@@ -186,6 +197,7 @@ def test_evaluate_script_loads_a_checkpoint(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["policy"] == "td3@80" and report["episodes"] == 2
     assert report["config"]["max_episode_steps"] == 50  # the run's own environment
+    assert report["config"]["route_start"] == "beginning"  # whatever the training episodes did
     assert script.main(["--checkpoint", str(run_dir), "--best", "--num-episodes", "1", "--out", str(out)]) == 0
     assert script.main(["--checkpoint", str(tmp_path / "missing")]) == 2
 

@@ -29,10 +29,11 @@ from jtd3.config import ConfigNode, check, choice, nested, param
 from jtd3.envs.carla_session import CarlaConfig
 from jtd3.sim.config import SimConfig
 
-__all__ = ["EnvConfig", "ObservationConfig", "RewardConfig", "RewardWeights", "ROUTES", "BACKENDS"]
+__all__ = ["EnvConfig", "ObservationConfig", "RewardConfig", "RewardWeights", "ROUTES", "ROUTE_STARTS", "BACKENDS"]
 
 BACKENDS = ("sim", "carla")
 ROUTES = ("reference", "random")
+ROUTE_STARTS = ("beginning", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +135,13 @@ class EnvConfig(ConfigNode):
         "reference: the Town01 route of the original experiment (Town01 only); random: a new route on the "
         "loaded town's driving lanes every episode, drawn from the episode seed",
     )
+    route_start: str = choice(
+        "beginning", ROUTE_STARTS,
+        "where the ego starts on the route: beginning; random: at an arc length drawn uniformly from [0, length - "
+        "route_start_margin_m] (from the episode seed), standing, facing along the route: a curriculum that shows "
+        "the whole route, its turns included, from the first episodes. Evaluation always starts at the beginning",
+    )
+    route_start_margin_m: float = param(50.0, "route_start random: the start is at least this far (m) from the goal")
     route_min_length_m: float = param(150.0, "random routes: shortest length (m)")
     route_max_length_m: float = param(300.0, "random routes: longest length (m); ~860 steps at 25 km/h")
     route_waypoint_spacing_m: float = param(3.0, "random routes: spacing of the route waypoints (m; reference: ~3.1)")
@@ -165,6 +173,7 @@ class EnvConfig(ConfigNode):
               f"one of {', '.join(map(str, range(n)))} (rows of scenario_vehicles {list(self.scenario_vehicles)})")
         check(0 < self.route_min_length_m <= self.route_max_length_m, "route_min_length_m",
               self.route_min_length_m, f"in (0, route_max_length_m = {self.route_max_length_m}]")
+        check(self.route_start_margin_m >= 0, "route_start_margin_m", self.route_start_margin_m, ">= 0")
         check(self.route_waypoint_spacing_m > 0, "route_waypoint_spacing_m", self.route_waypoint_spacing_m, "> 0")
         check(self.route_search_window_m > 0, "route_search_window_m", self.route_search_window_m, "> 0")
         check(self.max_episode_steps >= 1, "max_episode_steps", self.max_episode_steps, ">= 1")

@@ -26,7 +26,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from jtd3.backend import ActorState, Backend, Snapshot, VehicleControl, Vehicles
+from jtd3.backend import ActorState, Backend, Pose, Snapshot, VehicleControl, Vehicles
 from jtd3.envs import observation as obs_lib
 from jtd3.envs import reward as reward_lib
 from jtd3.envs import route_tracker
@@ -174,6 +174,10 @@ class DrivingEnv(gym.Env):
         cfg = self.config
         self.route = self._reference if self._reference is not None else self._random_route(route_seed)
         spawn = reference_spawn(self.route)
+        if cfg.route_start == "random":
+            s0 = self.np_random.uniform(0.0, max(self.route.length - cfg.route_start_margin_m, 0.0))
+            x, y, yaw = self.route.point_at(s0)
+            spawn = Pose(float(x), float(y), float(yaw))
         if isinstance(self.backend, SimWorld):
             self.backend.set_route(self.route.points)  # drawn in the bird's-eye camera
         snap = self.backend.reset(spawn, self.num_vehicles, world_seed)
@@ -189,6 +193,7 @@ class DrivingEnv(gym.Env):
         self._return = 0.0
         track = route_tracker.start(self.route, float(snap.ego.location[0]), float(snap.ego.location[1]))
         self._track = track
+        self._start_s = min(float(track.state.s), self.route.length - 1e-6)
         self._prev_accel = np.asarray(snap.ego.acceleration[:2], dtype=np.float64)
         self._prev_speed = snap.ego.speed
         self._stack = obs_lib.repeat_frame(snap.camera, cfg.observation.frame_stack)
@@ -388,7 +393,8 @@ class DrivingEnv(gym.Env):
     def _info(self, reason: str | None, weighted: dict[str, float]) -> dict[str, Any]:
         st = self._state
         success = reason == "route_completed"
-        completion = 1.0 if success else min(max(self._track.state.s_max / self.route.length, 0.0), 1.0)
+        s0 = self._start_s  # the share of the route ahead of the start that was driven
+        completion = 1.0 if success else min(max((self._track.state.s_max - s0) / (self.route.length - s0), 0.0), 1.0)
         return {
             "termination_reason": reason,
             "success": success,
