@@ -211,13 +211,20 @@ def evaluate(
     frame_every: int = 1,
     gamma: float = 0.99,
 ) -> tuple[EvalReport, list[list[np.ndarray]]]:
-    """Run ``episodes`` episodes (seeds ``seed``, ``seed + 1``, ...) and summarise them.
+    """Run ``episodes`` episodes (seeds ``seed``, ``seed + 1``, ...) and summarise them. Every episode drives
+    the whole route: an environment with ``route_start`` other than ``beginning`` is refused.
 
     The first ``record`` episodes are rendered (``env`` needs ``render_mode="rgb_array"``); their frames come
     back as one list per episode.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    config = getattr(env.unwrapped, "config", None)
+    if getattr(config, "route_start", "beginning") != "beginning":
+        raise ValueError(
+            f"the environment starts episodes at route_start={config.route_start!r}; an evaluation drives the whole "
+            "route: make the environment with route_start='beginning'"
+        )
     results, recordings = [], []
     for i in range(episodes):
         frames: list[np.ndarray] | None = [] if i < record else None

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             data = load_yaml(str(args.config or DEFAULT_CONFIG))
             if "env" in data:  # a full run config (configs/default.yaml, a run's config.yaml)
                 data = data["env"]
-        data = {**data, "route_start": "beginning"}  # evaluation starts at the route's beginning (--set may change it)
+        data = {**data, "route_start": "beginning"}  # evaluation drives the whole route (training may start anywhere)
         sets = list(args.set)
         if args.env is not None:
             sets.insert(0, f"backend={args.env}")

@@ -21,7 +21,7 @@ def drive(env, policy, seed):
 
 
 def test_completes_the_reference_route_on_the_road():
-    env = make_env(EnvConfig())
+    env = make_env(EnvConfig(route_start="beginning"))
     policy = PurePursuitPolicy(env)
     try:
         for seed in (0, 1):
@@ -35,7 +35,7 @@ def test_completes_the_reference_route_on_the_road():
 
 
 def test_follows_a_new_random_route_every_episode():
-    env = make_env(from_dict(EnvConfig, {"route": "random", "scenario_vehicles": [0, 0, 0], "sim": {"town": "grid3"}}))
+    env = make_env(from_dict(EnvConfig, {"route": "random", "route_start": "beginning", "scenario_vehicles": [0, 0, 0], "sim": {"town": "grid3"}}))
     policy = PurePursuitPolicy(env)
     try:
         lengths = []
@@ -49,7 +49,7 @@ def test_follows_a_new_random_route_every_episode():
 
 
 def test_vehicle_parameters_are_required_off_the_simulator():
-    env = DrivingEnv(from_dict(EnvConfig, {"backend": "carla"}), backend=ScriptedBackend())
+    env = DrivingEnv(from_dict(EnvConfig, {"backend": "carla", "route_start": "beginning"}), backend=ScriptedBackend())
     with pytest.raises(ValueError, match="wheelbase_m and max_steer_deg"):
         PurePursuitPolicy(env)
     p = PurePursuitPolicy(env, PurePursuitConfig(wheelbase_m=2.875, max_steer_deg=70.0))

@@ -23,7 +23,7 @@ KMH = 1 / 3.6
 
 
 def double_env(backend=None, **overrides):
-    cfg = from_dict(EnvConfig, overrides)
+    cfg = from_dict(EnvConfig, {"route_start": "beginning", **overrides})  # the tests script from the route's start
     backend = ScriptedBackend() if backend is None else backend
     return DrivingEnv(cfg, backend=backend), backend
 

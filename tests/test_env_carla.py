@@ -12,7 +12,7 @@ from jtd3.envs.carla_session import CarlaSession
 
 
 def carla_env(server, **overrides):
-    cfg = from_dict(EnvConfig, {"backend": "carla", "scenario_vehicles": [3, 3, 3],
+    cfg = from_dict(EnvConfig, {"backend": "carla", "route_start": "beginning", "scenario_vehicles": [3, 3, 3],
                                 "carla": {"probe": False, "reconnect_backoff_s": 0.0, "sensor_timeout_s": 0.5},
                                 **overrides})
     return DrivingEnv(cfg, backend=CarlaSession(cfg.carla, carla_module=make_carla(server)))

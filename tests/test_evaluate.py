@@ -44,7 +44,8 @@ def test_per_km_rates_are_undefined_without_distance():
 
 
 def test_run_episode_sums_what_the_env_reports():
-    env = DrivingEnv(EnvConfig(max_episode_steps=30), backend=ScriptedBackend(), render_mode="rgb_array")
+    env = DrivingEnv(EnvConfig(max_episode_steps=30, route_start="beginning"), backend=ScriptedBackend(),
+                     render_mode="rgb_array")
     frames = []
     r = run_episode(env, ConstantPolicy((0.0, 0.6)), seed=4, frames=frames, frame_every=10)
     assert r.steps == 30 and r.termination_reason == "time_limit" and not r.success
@@ -55,6 +56,12 @@ def test_run_episode_sums_what_the_env_reports():
     rep, rec = evaluate(env, ConstantPolicy((0.0, 0.6)), episodes=2, seed=4, record=1)
     assert [x.seed for x in rep.results] == [4, 5] and len(rec) == 1
     assert rep.results[0].episode_return == r.episode_return  # same seed, same episode
+
+
+def test_evaluation_refuses_random_starts():
+    env = DrivingEnv(EnvConfig(route_start="random"), backend=ScriptedBackend())
+    with pytest.raises(ValueError, match="route_start='random'.*route_start='beginning'"):
+        evaluate(env, ConstantPolicy((0.0, 0.6)), episodes=1)
 
 
 def test_cli_writes_reports_and_a_gif(tmp_path):

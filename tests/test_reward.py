@@ -147,7 +147,7 @@ def test_reward_ordering_of_reference_policies_on_the_simulator():
     from jtd3.envs import make_env
     from jtd3.evaluate import run_episode
 
-    env = make_env(EnvConfig())
+    env = make_env(EnvConfig(route_start="beginning"))
     try:
         r = {
             "pid": run_episode(env, PurePursuitPolicy(env), seed=0),

@@ -136,10 +136,12 @@ class EnvConfig(ConfigNode):
         "loaded town's driving lanes every episode, drawn from the episode seed",
     )
     route_start: str = choice(
-        "beginning", ROUTE_STARTS,
-        "where the ego starts on the route: beginning; random: at an arc length drawn uniformly from [0, length - "
-        "route_start_margin_m] (from the episode seed), standing, facing along the route: a curriculum that shows "
-        "the whole route, its turns included, from the first episodes. Evaluation always starts at the beginning",
+        "random", ROUTE_STARTS,
+        "where the ego starts on the route in training episodes: beginning; random: at an arc length drawn "
+        "uniformly from [0, length - route_start_margin_m] (from the episode seed), standing, facing along the "
+        "route: a curriculum that shows the whole route, its turn included, from the first episodes (without it "
+        "TD3 learned to stop before the Town01 turn). Evaluation always starts at the beginning (the trainer's "
+        "and scripts/evaluate.py set it; jtd3.evaluate.evaluate refuses an environment that does not)",
     )
     route_start_margin_m: float = param(50.0, "route_start random: the start is at least this far (m) from the goal")
     route_min_length_m: float = param(150.0, "random routes: shortest length (m)")
