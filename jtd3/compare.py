@@ -152,20 +152,25 @@ def plot_runs(summary: dict[str, dict[str, Any]], drift: list[dict[str, Any]], o
     import matplotlib.pyplot as plt
 
     paths = []
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    # A panel for the actor's encoder only when a run has one (encoder: separate); with a shared encoder the
+    # actor reads the critic's features and an empty panel would only confuse.
+    encoders = [("critic features L2", "Critic encoder features")]
+    if any(s["curves"]["actor features L2"] for s in summary.values()):
+        encoders.append(("actor features L2", "Actor encoder features"))
+    fig, axes = plt.subplots(1, 1 + len(encoders), figsize=(5.5 * (1 + len(encoders)), 4.5))
     norms = list(dict.fromkeys(r["norm"] for r in drift))
-    for norm in norms:
+    for i, norm in enumerate(norms):  # shrinking markers and varied dashes keep coinciding curves visible
         rows = [r for r in drift if r["norm"] == norm and r["scope"] == "all"]
-        axes[0].plot([r["factor"] for r in rows], [r["l2_norm"] for r in rows], marker="o", label=norm)
+        axes[0].plot([r["factor"] for r in rows], [r["l2_norm"] for r in rows], marker="osD^v"[i % 5],
+                     markersize=10 - 2 * (i % 4), linestyle=("-", "--", "-.", ":")[i % 4], label=norm)
     axes[0].set(xscale="log", yscale="log", xlabel="conv + dense kernels x factor (simulated drift)",
                 ylabel="per-sample feature L2 (mean over batch)", title="Drift probe (fresh encoders)")
-    for label, s in summary.items():
-        for ax, name in ((axes[1], "critic features L2"), (axes[2], "actor features L2")):
+    for ax, (name, title) in zip(axes[1:], encoders):
+        for label, s in summary.items():
             pts = s["curves"][name]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label)
-    axes[1].set(xlabel="env steps", ylabel="per-sample L2 (mean)", title="Critic encoder features", yscale="log")
-    axes[2].set(xlabel="env steps", ylabel="per-sample L2 (mean)", title="Actor encoder features", yscale="log")
+        ax.set(xlabel="env steps", ylabel="per-sample L2 (mean)", title=title, yscale="log")
     paths.append(_save_figure(fig, axes, out_dir / "features.png"))
 
     names = ("critic loss", "Q1 mean", "episode reward", "eval route completion")

@@ -34,6 +34,16 @@ def test_drift_probe_and_report(tmp_path):
     assert summary["layernorm"]["critic_l2_first"] == 15.0 and summary["layernorm"]["critic_l2_last"] == 30.0
     paths = compare.plot_runs(summary, rows, tmp_path)
     assert all(p.stat().st_size > 10_000 for p in paths)
+    import matplotlib.image
+
+    def panels(path):  # 5.5 inches at 110 dpi per panel
+        return round(matplotlib.image.imread(path).shape[1] / (5.5 * 110))
+
+    assert panels(tmp_path / "features.png") == 2  # shared encoder: no empty actor-encoder panel
+    separate = {"separate": {**summary["layernorm"], "curves": {**summary["layernorm"]["curves"],
+                                                                "actor features L2": [(10, 2.0), (20, 3.0)]}}}
+    compare.plot_runs(separate, rows, tmp_path / "run")
+    assert panels(tmp_path / "run" / "features.png") == 3
     report = compare.write_report(tmp_path, rows, summary, "cmd").read_text()
     assert "| none | conv | " in report and "| layernorm | 15 -> 30 (30) | 0.50 | 0.700 |" in report, report
     assert json.loads((tmp_path / "summary.json").read_text())["layernorm"]["final_eval"]["success_rate"] == 0.5
