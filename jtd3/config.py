@@ -61,8 +61,9 @@ class ConfigNode:
     """Base class for config dataclasses: records field reads while :func:`track_reads` is active.
 
     Reads made by dataclass-generated methods (``__eq__``, ``__hash__``, ``__repr__``: their code lives in
-    ``<string>``), by the ``dataclasses`` module itself (``replace`` copies every field), by validation in ``__post_init__`` and by this module (serialisation) are not counted, so hashing a config for ``jax.jit``'s
-    static arguments or saving it does not count as the code using it.
+    ``<string>``), by the ``dataclasses`` module itself (``replace`` copies every field), by validation in
+    ``__post_init__`` and by this module (serialisation) are not counted, so hashing a config for ``jax.jit``'s
+    static arguments, copying it or saving it does not count as the code using it.
     """
 
     def __getattribute__(self, name: str) -> Any:
