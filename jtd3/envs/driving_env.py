@@ -285,10 +285,8 @@ class DrivingEnv(gym.Env):
             ahead=reward_lib.vehicle_ahead(ego, snap.vehicles, cfg.reward),
         )
         self._prev_speed = ego.speed
-        rc = cfg.reward
-        standing = reward_lib.is_standing(inputs, rc.standstill_speed_kmh * reward_lib.KMH, rc.standstill_free_gap_m)
-        self._standing_s = self._standing_s + self.tick_dt if standing else 0.0
-        return reason, reward_lib.components(inputs, rc)
+        self._standing_s = self._standing_s + self.tick_dt if reward_lib.is_standing(inputs, cfg.reward) else 0.0
+        return reason, reward_lib.components(inputs, cfg.reward)
 
     def render(self):
         """``rgb_array``: the newest camera frame beside a bird's-eye view, with a status line (uint8 RGB)."""

@@ -128,7 +128,7 @@ def components(inp: RewardInputs, cfg: RewardConfig) -> dict[str, float]:
         "off_route": -1.0 if inp.off_route else 0.0,
         "lane_invasion": -float(inp.lane_invasions),
         "proximity": -_proximity(inp.ahead, cfg.ttc_threshold_s, cfg.min_gap_m, cfg.headway_s),
-        "standstill": -1.0 if is_standing(inp, cfg.standstill_speed_kmh * KMH, cfg.standstill_free_gap_m) else 0.0,
+        "standstill": -1.0 if is_standing(inp, cfg) else 0.0,
     }
     weights = {
         "progress": w.progress, "waypoint": w.waypoint, "goal": w.goal, "efficiency": w.efficiency,
@@ -153,9 +153,11 @@ def _proximity(ahead: Ahead | None, ttc_threshold_s: float, min_gap_m: float, he
     return max(ttc_term, gap_term)
 
 
-def is_standing(inp: RewardInputs, standstill_speed: float, free_gap_m: float) -> bool:
-    """Slower than ``standstill_speed`` (m/s) with no vehicle closer than ``free_gap_m`` ahead (not waiting)."""
-    if inp.speed >= standstill_speed:
+def is_standing(inp: RewardInputs, cfg: RewardConfig) -> bool:
+    """Slower than ``standstill_speed_kmh`` with no vehicle closer than ``standstill_free_gap_m`` ahead (not
+    waiting behind one): what the standstill component penalises and the env's stall clock counts."""
+    speed, free_gap_m = cfg.standstill_speed_kmh * KMH, cfg.standstill_free_gap_m
+    if inp.speed >= speed:
         return False
     blocked = inp.ahead is not None and inp.ahead.gap_m < free_gap_m
     return not blocked
