@@ -67,3 +67,27 @@ def test_simple_policies():
     np.testing.assert_array_equal(ConstantPolicy(PRESET_ACTIONS["still"])(None), [0.0, -1.0])
     with pytest.raises(ValueError):
         ConstantPolicy((0.0, 2.0))
+
+
+def test_entering_the_town01_turn_at_70_kmh_ends_off_route():
+    """Pure-pursuit steering with the speed held at 70 km/h: the tyres cannot hold the junction's ~10 m radius
+    (0.85 g allows about 32 km/h there), the car understeers out of the turn."""
+    env = make_env(from_dict(EnvConfig, {"route_start": "beginning", "scenario_vehicles": [0, 0, 0]}))
+    steering = PurePursuitPolicy(env)
+    try:
+        env.reset(seed=0)
+        entry_kmh = None
+        while True:
+            gt = env.ground_truth()
+            speed = float(np.linalg.norm(gt.ego.velocity[:2]))
+            if entry_kmh is None and gt.route_s > 212.0:
+                entry_kmh = 3.6 * speed
+            steer = steering(None)[0]
+            _, _, terminated, truncated, info = env.step(np.array([steer, np.clip(0.5 * (70 / 3.6 - speed), -1, 1)], np.float32))
+            if terminated or truncated:
+                break
+        assert entry_kmh is not None and entry_kmh > 65.0
+        assert info["termination_reason"] in ("off_route", "collision"), info["termination_reason"]
+        assert 200.0 < info["route_s"] < 245.0  # it left in the turn
+    finally:
+        env.close()

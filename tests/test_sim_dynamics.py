@@ -81,3 +81,59 @@ def test_control_input_is_validated_and_clamped():
         VehicleControl(throttle=float("nan"))
     c = VehicleControl(throttle=3.0, steer=-7.0, brake=-1.0)
     assert (c.throttle, c.steer, c.brake) == (1.0, -1.0, 0.0)  # clamped (documented in jtd3.backend)
+
+
+def _steady_lateral_accel(speed, steer, p=P):
+    """Hold ``speed`` with a throttle P-controller at a constant ``steer``; the lateral acceleration (v * yaw
+    rate) over the last 5 s, whether the friction circle capped it, and the mean squared speed held."""
+    s = EgoState(0.0, 0.0, 0.0, speed=speed, vx=speed, steer=steer)
+    a_lat, limited, v2 = [], [], []
+    for k in range(300):
+        err = speed - s.speed
+        s = step(s, VehicleControl(throttle=min(max(0.3 + 2.0 * err, 0.0), 1.0), steer=steer), p, DT)
+        if k >= 200:
+            a_lat.append(s.speed * math.radians(s.yaw_rate))
+            limited.append(s.grip_limited)
+            v2.append(s.speed**2)
+    return float(np.mean(a_lat)), all(limited), float(np.mean(v2))
+
+
+def test_steady_state_cornering_saturates_at_the_grip_limit():
+    limit = P.grip * 9.81
+    steer = 0.3  # a radius of about 15 m
+    radius = turning_radius(steer, P)
+    for speed in (4.0, 8.0, 10.0, 14.0, 18.0):
+        a_lat, limited, v2 = _steady_lateral_accel(speed, steer)
+        demand = v2 / radius
+        if demand < 0.95 * limit:  # within grip: the bicycle's radius, not limited
+            assert a_lat == pytest.approx(demand, rel=0.03) and not limited, (speed, a_lat, demand)
+        elif demand > 1.05 * limit:  # beyond grip: saturates at the limit and understeers
+            assert a_lat == pytest.approx(limit, rel=0.03) and limited, (speed, a_lat, limit)
+            assert v2 / a_lat > radius * 1.05  # the path is wider than the steer asks
+        assert a_lat <= limit * 1.001
+
+
+def test_braking_shares_the_friction_circle_with_cornering():
+    # full brake in a turn: the lateral acceleration left is sqrt((mu g)^2 - a_brake^2)
+    p = VehicleConfig(max_brake=7.0)
+    s = EgoState(0.0, 0.0, 0.0, speed=15.0, vx=15.0, steer=0.6, brake=1.0)
+    s = step(s, VehicleControl(brake=1.0, steer=0.6), p, DT)
+    a_long = 7.0 + p.rolling + p.drag * 15.0**2
+    left = math.sqrt((p.grip * 9.81) ** 2 - a_long**2)
+    assert s.grip_limited
+    assert s.speed * math.radians(s.yaw_rate) < left * 1.05
+    # more grip, more cornering
+    hi = step(EgoState(0.0, 0.0, 0.0, speed=15.0, vx=15.0, steer=0.6), VehicleControl(steer=0.6),
+              VehicleConfig(grip=1.2), DT)
+    lo = step(EgoState(0.0, 0.0, 0.0, speed=15.0, vx=15.0, steer=0.6), VehicleControl(steer=0.6), P, DT)
+    assert hi.yaw_rate > lo.yaw_rate
+
+
+def test_grip_is_validated():
+    from jtd3.config import ConfigError
+    from jtd3.sim.config import NpcConfig
+
+    with pytest.raises(ConfigError, match="vehicle.grip"):
+        VehicleConfig(grip=0.0)
+    with pytest.raises(ConfigError, match="npc.max_lateral_accel"):
+        NpcConfig(grip=0.2)

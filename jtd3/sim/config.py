@@ -95,8 +95,11 @@ class VehicleConfig(ConfigNode):
     drag: float = param(4.0e-4, "aerodynamic deceleration coefficient (1/m): a = drag * v^2")
     rolling: float = param(0.15, "rolling-resistance deceleration (m/s^2)")
     mass: float = param(1800.0, "mass (kg), for collision intensities")
+    grip: float = param(0.85, "tyre-road friction coefficient: longitudinal and lateral acceleration share a "
+                        "friction circle of radius grip * 9.81 m/s^2; beyond it the car understeers")
 
     def __post_init__(self) -> None:
+        check(0.1 <= self.grip <= 1.5, "vehicle.grip", self.grip, "in [0.1, 1.5] (dry asphalt: about 0.8-0.9)")
         for name in ("length", "width", "height", "wheelbase", "max_accel", "max_brake", "top_speed",
                      "reverse_top_speed", "mass", "steer_rate", "throttle_tau", "brake_tau"):
             v = getattr(self, name)
@@ -125,7 +128,9 @@ class NpcConfig(ConfigNode):
     idm_decel: float = param(3.0, "IDM comfortable deceleration (m/s^2)")
     idm_headway: float = param(1.2, "IDM time headway (s)")
     idm_min_gap: float = param(2.5, "IDM standstill gap, bumper to bumper (m)")
-    max_decel: float = param(9.0, "hardest NPC braking (m/s^2)")
+    max_decel: float = param(8.0, "hardest NPC braking (m/s^2); in curves the friction circle leaves less")
+    grip: float = param(0.85, "NPC tyre-road friction coefficient: braking in a curve is limited to "
+                        "sqrt((grip g)^2 - a_lat^2); max_lateral_accel and max_decel must stay within grip * g")
     lookahead: float = param(50.0, "distance ahead along its path an NPC watches for vehicles and the ego (m)")
     spawn_min_distance: float = param(20.0, "NPCs spawn at least this far from the ego (m)")
     spawn_min_gap: float = param(12.0, "NPCs spawn at least this far apart along a lane (m)")
@@ -146,6 +151,11 @@ class NpcConfig(ConfigNode):
         check(self.spawn_min_distance >= 0 and self.spawn_min_gap > 0, "npc.spawn_min_gap", self.spawn_min_gap, "> 0")
         check(self.junction_approach > 0 and self.ego_margin >= 0, "npc.junction_approach", self.junction_approach, "> 0")
         check(self.ego_yield_time >= 0, "npc.ego_yield_time", self.ego_yield_time, ">= 0")
+        check(0.1 <= self.grip <= 1.5, "npc.grip", self.grip, "in [0.1, 1.5]")
+        a_grip = self.grip * 9.81
+        check(self.max_lateral_accel < a_grip, "npc.max_lateral_accel", self.max_lateral_accel,
+              f"< grip * g = {a_grip:.2f} m/s^2 (the tyres could not hold the curve speed it plans)")
+        check(self.max_decel <= a_grip, "npc.max_decel", self.max_decel, f"<= grip * g = {a_grip:.2f} m/s^2")
 
 
 @dataclasses.dataclass(frozen=True)

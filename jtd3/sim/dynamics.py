@@ -12,6 +12,11 @@ CARLA's (x east, y south, yaw in degrees clockwise seen from above); positive st
 - Lateral: kinematic bicycle about the reported location (``cg_to_rear`` ahead of the rear axle): slip angle
   beta = atan(l_r tan(delta) / L), yaw rate = v sin(beta) / l_r. Steady-state radius of the reported point:
   R = l_r / sin(beta).
+- Tyre grip (friction circle): the tyres transmit at most ``grip * g`` in total. The longitudinal acceleration
+  is capped at ``grip * g`` first (braking and driving), and the lateral acceleration the steering asks for,
+  a_lat = v^2 / R, at what is left, sqrt((grip g)^2 - a_long^2). Beyond it the car understeers: the path
+  curvature (and with it the yaw rate and body slip) shrinks to the largest the tyres hold, so a turn taken too
+  fast leaves the lane on the outside. ``grip_limited`` reports the steps where that happened.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import numpy as np
 from jtd3.backend import VehicleControl
 from jtd3.sim.config import VehicleConfig
 
-__all__ = ["EgoState", "step", "turning_radius"]
+__all__ = ["EgoState", "GRAVITY", "step", "turning_radius"]
+
+GRAVITY = 9.81  # m/s^2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +48,7 @@ class EgoState:
     ax: float = 0.0  # world-frame acceleration over the last step (m/s^2)
     ay: float = 0.0
     yaw_rate: float = 0.0  # deg/s
+    grip_limited: bool = False  # the friction circle capped the lateral acceleration on the last step
 
     @property
     def velocity(self) -> np.ndarray:
@@ -67,6 +75,10 @@ def step(state: EgoState, control: VehicleControl, p: VehicleConfig, dt: float) 
     else:
         drive = throttle * p.max_accel * max(1.0 - v / p.top_speed, 0.0)
     resist = brake * p.max_brake + p.rolling + p.drag * v * v
+    # Friction circle, longitudinal part: neither drive nor brake transmits more than grip * g.
+    a_grip = p.grip * GRAVITY
+    drive = min(max(drive, -a_grip), a_grip)
+    resist = min(resist, a_grip)
     if v > 0.0:
         v_new = v + (drive - resist) * dt
         if v_new < 0.0 and drive >= 0.0:
@@ -79,11 +91,20 @@ def step(state: EgoState, control: VehicleControl, p: VehicleConfig, dt: float) 
         net = abs(drive) - resist
         v_new = math.copysign(net * dt, drive) if net > 0.0 else 0.0
 
-    # Lateral (kinematic bicycle about the reported point).
+    # Lateral (kinematic bicycle about the reported point): path curvature sin(beta) / l_r.
     delta = math.radians(steer * p.max_steer)
     beta = math.atan(p.cg_to_rear * math.tan(delta) / p.wheelbase)
     v_mid = 0.5 * (v + v_new)
-    yaw_rate = math.degrees(v_mid * math.sin(beta) / p.cg_to_rear)
+    curvature = math.sin(beta) / p.cg_to_rear
+    # Friction circle, lateral part: what the longitudinal acceleration leaves of grip * g.
+    a_long = (v_new - v) / dt
+    a_lat_max = math.sqrt(max(a_grip * a_grip - a_long * a_long, 0.0))
+    a_lat = v_mid * v_mid * abs(curvature)
+    grip_limited = a_lat > a_lat_max
+    if grip_limited:  # understeer: the largest curvature the tyres hold, same sign
+        curvature = math.copysign(a_lat_max / (v_mid * v_mid), curvature)
+        beta = math.asin(min(max(curvature * p.cg_to_rear, -1.0), 1.0))
+    yaw_rate = math.degrees(v_mid * curvature)
     yaw_mid = math.radians(state.yaw + 0.5 * yaw_rate * dt) + beta
     x = state.x + v_mid * math.cos(yaw_mid) * dt
     y = state.y + v_mid * math.sin(yaw_mid) * dt
@@ -103,6 +124,7 @@ def step(state: EgoState, control: VehicleControl, p: VehicleConfig, dt: float) 
         ax=(vx - state.vx) / dt,
         ay=(vy - state.vy) / dt,
         yaw_rate=yaw_rate,
+        grip_limited=grip_limited,
     )
 
 

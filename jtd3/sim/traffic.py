@@ -10,8 +10,9 @@ NPC enters a lane. Each step:
    ahead are tested against the ego's box (inflated by the NPC's half width and ``ego_margin``), so NPCs stop
    behind the ego wherever it is, even across lanes.
 2. IDM acceleration towards the desired speed: the lane's speed limit times ``speed_factor``, capped in curves
-   to sqrt(max_lateral_accel / curvature), and slowed in advance for the next lane's cap. The advance is
-   clamped so that no NPC moves into its leader.
+   to sqrt(max_lateral_accel / curvature), and slowed in advance for the next lane's cap. Braking is limited by
+   the tyres' friction circle (``grip``): in a curve, sqrt((grip g)^2 - a_lat^2). The advance is clamped so
+   that no NPC moves into its leader (the one place an NPC may stop harder than its tyres allow).
 3. Junctions: lanes of one junction that come closer than ``conflict_distance`` conflict. An NPC within
    ``junction_approach`` of a junction requests its junction lane; it is granted when no other NPC holds a
    conflicting lane and the exit lane has room (no blocking the box). A hold is released when the NPC's rear
@@ -73,6 +74,7 @@ class LaneGraph:
                 cum = np.concatenate([[0.0], np.cumsum(np.radians(dyaw))])
                 if len(cum) > w:
                     kappa[i] = np.max((cum[w:] - cum[:-w]) / (w * self.step[i]))
+        self.kappa = kappa  # largest curvature of each lane (1/m)
         self.v_cap = np.minimum(limit, np.sqrt(cfg.max_lateral_accel / np.maximum(kappa, 1e-6)))
         # conflicts between lanes of the same junction
         self.conflict = np.zeros((n, n), dtype=bool)
@@ -312,7 +314,11 @@ class Traffic:
         ab = 2.0 * math.sqrt(cfg.idm_accel * cfg.idm_decel)
         s_star = cfg.idm_min_gap + np.maximum(v * cfg.idm_headway + v * (v - lead_v) / ab, 0.0)
         acc = cfg.idm_accel * (1.0 - (v / v0) ** 4 - (s_star / np.maximum(gap, 0.05)) ** 2)
-        acc = np.clip(acc, -cfg.max_decel, cfg.idm_accel)
+        # friction circle: braking gets what the curve's lateral acceleration leaves of grip * g
+        a_grip = cfg.grip * 9.81
+        a_lat = v * v * g.kappa[lane]
+        max_decel = np.minimum(cfg.max_decel, np.sqrt(np.maximum(a_grip**2 - a_lat**2, 0.0)))
+        acc = np.clip(acc, -max_decel, cfg.idm_accel)
         v_new = np.maximum(v + acc * dt, 0.0)
         adv = v_new * dt
         limit = np.maximum(gap - _MIN_SAFE, 0.0)
