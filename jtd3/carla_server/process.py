@@ -1,0 +1,86 @@
+"""Run a server in a child process (tests, benchmarks): the carla client cannot share a process with it.
+
+    with ServerProcess() as server:             # 127.0.0.1, free ports; stopped on exit
+        client = carla.Client("127.0.0.1", server.port)
+        server.control("jtd3.faults", ["tick_cue"], {}, {})   # the next tick never comes
+
+``control`` sends the server's ``jtd3.*`` calls over a plain socket (never through the carla client).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import msgpack
+
+__all__ = ["ServerProcess"]
+
+
+class ServerProcess:
+    """``python -m jtd3.carla_server --port 0 --ready-json --control`` with its ports read back."""
+
+    def __init__(self, town: str = "Town01", startup_timeout_s: float = 120.0, log_level: str = "WARNING",
+                 extra_args: tuple[str, ...] = ()):
+        cmd = [sys.executable, "-m", "jtd3.carla_server", "--host", "127.0.0.1", "--port", "0",
+               "--streaming-port", "0", "--town", town, "--ready-json", "--control", "--log-level", log_level,
+               *extra_args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        import selectors  # noqa: PLC0415
+
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        if not sel.select(startup_timeout_s):
+            self.close()
+            raise TimeoutError(f"the jtd3 CARLA server did not start within {startup_timeout_s} s")
+        line = self.proc.stdout.readline()
+        if not line:
+            self.close()
+            raise RuntimeError(f"the jtd3 CARLA server exited with code {self.proc.wait()}")
+        info = json.loads(line)
+        self.host, self.port, self.streaming_port = info["host"], info["port"], info["streaming_port"]
+        self._msgid = 0
+
+    def control(self, name: str, *args: Any, timeout_s: float = 10.0) -> Any:
+        """Call one of the server's ``jtd3.*`` control calls; returns its value."""
+        self._msgid += 1
+        with socket.create_connection((self.host, self.port), timeout=timeout_s) as sock:
+            sock.sendall(msgpack.packb([0, self._msgid, name, [[False], *args]], use_bin_type=True))
+            unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+            while True:
+                data = sock.recv(1 << 16)
+                if not data:
+                    raise ConnectionError(f"the server closed the connection during {name}")
+                unpacker.feed(data)
+                for reply in unpacker:
+                    (kind, result), = reply[3]
+                    if kind != 1:
+                        raise RuntimeError(result[0])
+                    return result
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies without closing anything."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

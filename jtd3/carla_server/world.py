@@ -1,0 +1,275 @@
+"""The world the server serves: the embedded simulator's town, dynamics, cameras and collisions, with actors
+spawned by the client (no networking here; :mod:`jtd3.carla_server.server` publishes what ``tick`` returns).
+
+Every vehicle moves by :func:`jtd3.sim.dynamics.step` (the embedded simulator's kinematic bicycle) under the
+last control the client applied (its own, or its Traffic Manager's ``apply_batch``). A vehicle that carries a
+collision sensor is checked against every other vehicle and the town's buildings after each tick; on a hit it is
+put back at its pose before the tick with zero speed (the embedded simulator's collision model) and the sensor
+reports the other actor. Cameras render with :class:`jtd3.sim.render.FrontCamera` (grey, sent as BGRA).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import cv2
+import numpy as np
+
+from jtd3.backend import Vehicles, VehicleControl
+from jtd3.carla_server import layouts as L
+from jtd3.carla_server.actors import Actor, Blueprint, blueprint_library
+from jtd3.sim import dynamics
+from jtd3.sim.config import CameraConfig, SimConfig
+from jtd3.sim.events import footprint_points, obb_overlap, relative_impulse
+from jtd3.sim.render import BUILDING, FrontCamera, build_town_raster
+from jtd3.sim.roads import load_town
+
+__all__ = ["SpawnError", "World", "spawn_points"]
+
+SPECTATOR_ID = 1
+WORLD_STREAM = 1  # stream id of the pushed world state; sensors get 2, 3, ...
+STATIC_BUILDING = [0, 0, [0, "static.building", []], L.bounding_box_object((0.0, 0.0, 0.0)), bytes([3]), b""]
+
+
+class SpawnError(ValueError):
+    """A spawn the server refuses (the client gets CARLA's error text)."""
+
+
+def spawn_points(net, spacing: float = 40.0) -> list[tuple[float, ...]]:
+    """Recommended spawn points: every ``spacing`` metres along each driving lane outside junctions, 0.3 m up."""
+    out = []
+    for li in net.driving_lanes():
+        if net.lanes[li].is_junction:
+            continue
+        xy, yaw, arc, _ = net.lane_polyline(li)
+        if len(arc) < 2 or arc[-1] < 10.0:
+            continue
+        for target in np.arange(5.0, arc[-1] - 5.0, spacing):
+            k = int(np.searchsorted(arc, target))
+            out.append((float(xy[k, 0]), float(xy[k, 1]), 0.3, 0.0, float(yaw[k]), 0.0))
+    return out
+
+
+class World:
+    """Actors, settings and the clock of one episode of the served town."""
+
+    def __init__(self, sim: SimConfig, map_name: str):
+        self.sim = sim
+        self.map_name = map_name
+        self.network = load_town(sim.town, sim.town_seed)
+        self.raster = build_town_raster(self.network, sim.render)
+        self.opendrive = self.network.opendrive_text
+        self.spawn_points = spawn_points(self.network)
+        self.blueprints: dict[str, Blueprint] = blueprint_library(sim.vehicle, sim.npc)
+        self.episode_id = 1
+        self.settings = {
+            "synchronous_mode": False, "no_rendering_mode": False, "fixed_delta_seconds": None,
+            "substepping": True, "max_substep_delta_time": 0.01, "max_substeps": 10,
+            "max_culling_distance": 0.0, "deterministic_ragdolls": True, "tile_stream_distance": 3000.0,
+            "actor_active_distance": 2000.0, "spectator_as_ego": True,
+        }
+        self.frame = 0
+        self.elapsed = 0.0
+        self.actors: dict[int, Actor] = {
+            SPECTATOR_ID: Actor(SPECTATOR_ID, "spectator", [], (0.0, 0.0, 100.0, -90.0, 0.0, 0.0))
+        }
+        self._next_id = 100
+        self._next_stream = WORLD_STREAM + 1
+        self._cameras: dict[tuple, FrontCamera] = {}
+        self._speed_limits: dict[int, float] = {}
+
+    @property
+    def delta_seconds(self) -> float:
+        return float(self.settings["fixed_delta_seconds"] or 0.05)
+
+    # -- spawning ----------------------------------------------------------------------------------------
+
+    def spawn(self, type_id: str, attributes: list[list], transform: tuple[float, ...], parent: int = 0) -> Actor:
+        bp = self.blueprints.get(type_id)
+        if bp is None:
+            raise SpawnError(f"Unknown blueprint {type_id!r}; this server offers: {', '.join(sorted(self.blueprints))}")
+        if parent and parent not in self.actors:
+            raise SpawnError(f"Parent actor {parent} not found")
+        values = {a.id: [a.id, a.definition()[1], a.value] for a in bp.attributes}
+        for a in attributes:
+            if a[0] in values:
+                values[a[0]] = [a[0], values[a[0]][1], str(a[2])]
+        actor = Actor(self._next_id, type_id, list(values.values()), transform, bp, parent=parent)
+        if actor.is_vehicle:
+            x, y, _, _, yaw, _ = transform
+            if self._overlaps(x, y, yaw, bp.extent, skip=-1).size:
+                raise SpawnError("Spawn failed because of collision at spawn position")
+            actor.state = dynamics.EgoState(x, y, yaw)
+            actor.control = VehicleControl()
+            actor.speed_limit_kmh = self._speed_limit(x, y, yaw)
+        elif type_id.startswith("sensor."):
+            if type_id == "sensor.camera.rgb":
+                self._camera(actor)  # validates the size, fov and mount now: a bad camera fails its spawn
+            actor.stream_id = self._next_stream
+            self._next_stream += 1
+        self._next_id += 1
+        self.actors[actor.id] = actor
+        return actor
+
+    def destroy(self, actor_id: int) -> bool:
+        """Destroy an actor and everything attached to it; False when there is no such actor."""
+        if actor_id not in self.actors or actor_id == SPECTATOR_ID:
+            return False
+        for child in [a.id for a in self.actors.values() if a.parent == actor_id]:
+            self.destroy(child)
+        del self.actors[actor_id]
+        return True
+
+    def vehicle(self, actor_id: int) -> Actor:
+        a = self.actors.get(actor_id)
+        if a is None or not a.is_vehicle:
+            raise KeyError(f"actor {actor_id} is not a vehicle of this world")
+        return a
+
+    # -- geometry ----------------------------------------------------------------------------------------
+
+    def world_transform(self, a: Actor) -> tuple[float, ...]:
+        if a.is_vehicle:
+            s = a.state
+            return (s.x, s.y, 0.0, 0.0, s.yaw, 0.0)
+        if not a.parent or a.parent not in self.actors:
+            return a.transform
+        px, py, pz, _, pyaw, _ = self.world_transform(self.actors[a.parent])
+        x, y, z, pitch, yaw, roll = a.transform
+        c, s = math.cos(math.radians(pyaw)), math.sin(math.radians(pyaw))
+        return (px + x * c - y * s, py + x * s + y * c, pz + z, pitch, pyaw + yaw, roll)
+
+    def _vehicles(self) -> list[Actor]:
+        return [a for a in self.actors.values() if a.is_vehicle]
+
+    def _overlaps(self, x: float, y: float, yaw: float, extent, skip: int) -> np.ndarray:
+        others = [a for a in self._vehicles() if a.id != skip]
+        if not others:
+            return np.zeros(0, np.int64)
+        ox = np.array([a.state.x for a in others])
+        oy = np.array([a.state.y for a in others])
+        oyaw = np.array([a.state.yaw for a in others])
+        ext = np.array([a.extent for a in others])
+        hit = obb_overlap(x, y, yaw, extent[0], extent[1], ox, oy, oyaw, ext[:, 0], ext[:, 1])
+        return np.array([others[i].id for i in np.flatnonzero(hit)], np.int64)
+
+    def _speed_limit(self, x: float, y: float, yaw: float) -> float:
+        p = self.network.project_many(np.array([[x, y]]), np.array([yaw]))
+        lane = int(p.lane_index[0])
+        if lane not in self._speed_limits:
+            limit = self.network.speed_limit(lane)
+            self._speed_limits[lane] = 3.6 * limit if limit else self.sim.npc.default_speed_limit
+        return self._speed_limits[lane]
+
+    def _camera(self, a: Actor) -> FrontCamera:
+        x, _, z, pitch, _, _ = a.transform
+        w, h = int(a.attribute("image_size_x", "800")), int(a.attribute("image_size_y", "600"))
+        fov = float(a.attribute("fov", "90"))
+        key = (w, h, fov, x, z, pitch)
+        if key not in self._cameras:
+            try:
+                cam = CameraConfig(width=w, height=h, fov=fov, x=x, z=z, pitch=pitch)
+            except ValueError as e:
+                raise SpawnError(f"camera not supported by this server: {e}") from e
+            self._cameras[key] = FrontCamera(cam, self.sim.render, self.raster, w, h)
+        return self._cameras[key]
+
+    # -- the tick ----------------------------------------------------------------------------------------
+
+    def tick(self, dt: float | None = None) -> list[tuple[int, bytes]]:
+        """Advance every vehicle by one step; returns the messages to publish ``[(stream_id, payload)]``."""
+        dt = self.delta_seconds if dt is None else dt
+        vehicles = self._vehicles()
+        before = {a.id: a.state for a in vehicles}
+        for a in vehicles:
+            if a.simulate_physics:
+                a.state = dynamics.step(a.state, a.control, a.blueprint.vehicle, dt)
+        self.frame += 1
+        self.elapsed += dt
+        messages: list[tuple[int, bytes]] = []
+        for sensor in [s for s in self.actors.values() if s.type_id == "sensor.other.collision"]:
+            messages += self._collisions(sensor, before, dt)
+        if self.frame % 10 == 0:
+            for a in vehicles:
+                a.speed_limit_kmh = self._speed_limit(a.state.x, a.state.y, a.state.yaw)
+        messages.append((WORLD_STREAM, self.world_state()))
+        for cam in [s for s in self.actors.values() if s.type_id == "sensor.camera.rgb"]:
+            period = float(cam.attribute("sensor_tick", "0") or 0.0)
+            if self.elapsed - cam.last_image_time >= period - 1e-9:
+                cam.last_image_time = self.elapsed
+                messages.append((cam.stream_id, self.image(cam)))
+        return messages
+
+    def _collisions(self, sensor: Actor, before: dict, dt: float) -> list[tuple[int, bytes]]:
+        car = self.actors.get(sensor.parent)
+        if car is None or not car.is_vehicle:
+            return []
+        s = car.state
+        hits: list[list] = []
+        impulses = []
+        for other_id in self._overlaps(s.x, s.y, s.yaw, car.extent, skip=car.id):
+            other = self.actors[int(other_id)]
+            hits.append(self.actor_object(other))
+            impulses.append(relative_impulse(s.velocity, other.state.velocity, car.blueprint.vehicle.mass,
+                                             other.blueprint.vehicle.mass))
+        if self.sim.static_collisions:
+            pts = footprint_points(s.x, s.y, s.yaw, car.extent[0], car.extent[1])
+            if np.any(self.raster.class_at(pts[:, 0], pts[:, 1]) == BUILDING):
+                hits.append(STATIC_BUILDING)
+                impulses.append(relative_impulse(s.velocity, np.zeros(3), car.blueprint.vehicle.mass, math.inf))
+        if not hits:
+            return []
+        prev = before[car.id]
+        speed = math.hypot(prev.vx, prev.vy)
+        direction = (prev.vx / speed, prev.vy / speed) if speed > 1e-6 else (1.0, 0.0)
+        car.state = dataclasses.replace(prev, speed=0.0, vx=0.0, vy=0.0, ax=-prev.vx / dt, ay=-prev.vy / dt,
+                                        yaw_rate=0.0, steer=s.steer)
+        header = L.sensor_header(L.SENSOR_TYPES[sensor.type_id], self.frame, self.elapsed, self.world_transform(sensor))
+        me = self.actor_object(car)
+        return [(sensor.stream_id, L.collision_payload(header, me, other, (-direction[0] * j, -direction[1] * j, 0.0)))
+                for other, j in zip(hits, impulses)]
+
+    def world_state(self) -> bytes:
+        parts = [L.sensor_header(L.SENSOR_TYPES["world_observer"], self.frame, self.elapsed, (0.0,) * 6),
+                 L.episode_header(self.episode_id, time.time(), self.delta_seconds)]
+        for a in self.actors.values():
+            tf = self.world_transform(a)
+            if a.is_vehicle:
+                s = a.state
+                parts.append(L.actor_dynamic_state(a.id, tf, (s.vx, s.vy, 0.0), (0.0, 0.0, s.yaw_rate),
+                                                   (s.ax, s.ay, 0.0), L.vehicle_data(a.control_tuple, a.speed_limit_kmh)))
+            else:
+                parts.append(L.actor_dynamic_state(a.id, tf, (0.0,) * 3, (0.0,) * 3, (0.0,) * 3))
+        return b"".join(parts)
+
+    def image(self, cam: Actor) -> bytes:
+        camera = self._camera(cam)
+        parent = self.actors.get(cam.parent)
+        others = [a for a in self._vehicles() if a.id != cam.parent]
+        if others:
+            vehicles = Vehicles(
+                ids=np.array([a.id for a in others], np.int64),
+                location=np.array([[a.state.x, a.state.y, 0.0] for a in others]),
+                yaw=np.array([a.state.yaw for a in others]),
+                velocity=np.array([[a.state.vx, a.state.vy, 0.0] for a in others]),
+                extent=np.array([a.extent for a in others]),
+            )
+        else:
+            vehicles = Vehicles.empty()
+        if parent is not None and parent.is_vehicle:
+            x, y, yaw = parent.state.x, parent.state.y, parent.state.yaw
+        else:  # a free camera: its own pose, mount offsets measured from there
+            x, y, _, _, yaw, _ = self.world_transform(cam)
+            x -= camera.cam.x * math.cos(math.radians(yaw))
+            y -= camera.cam.x * math.sin(math.radians(yaw))
+        grey = camera.render(x, y, yaw, vehicles)
+        bgra = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGRA)
+        header = L.sensor_header(L.SENSOR_TYPES[cam.type_id], self.frame, self.elapsed, self.world_transform(cam))
+        return L.image_payload(header, camera.W, camera.H, float(camera.cam.fov), bgra.tobytes())
+
+    def actor_object(self, a: Actor, stream_token: bytes = b"") -> list:
+        """msgpack ``rpc::Actor`` (the stream token is filled in by the server for sensors)."""
+        uid = a.blueprint.uid if a.blueprint else 0
+        return L.actor_object(a.id, a.parent, uid, a.type_id, a.attributes, a.extent, a.semantic_tags(), stream_token)
