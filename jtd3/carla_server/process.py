@@ -2,7 +2,7 @@
 
     with ServerProcess() as server:             # 127.0.0.1, free ports; stopped on exit
         client = carla.Client("127.0.0.1", server.port)
-        server.control("jtd3.faults", ["tick_cue"], {}, {})   # the next tick never comes
+        server.control("jtd3.faults", {"tick_cue": 1}, {}, {})   # the next tick never comes
 
 ``control`` sends the server's ``jtd3.*`` calls over a plain socket (never through the carla client).
 """

@@ -38,7 +38,7 @@ TOWNS = {"Town01": "town01"}  # CARLA map name -> embedded town
 class Faults:
     """Failures to inject (tests). Sensor keys are blueprint ids (``sensor.camera.rgb``) or ``world``."""
 
-    hang: set[str] = dataclasses.field(default_factory=set)  # RPC names never answered
+    hang: dict[str, int] = dataclasses.field(default_factory=dict)  # RPC name -> how many calls go unanswered (-1: all)
     drop_frames: dict[str, set[int]] = dataclasses.field(default_factory=dict)  # sensor -> frames not sent
     delay_s: dict[str, float] = dataclasses.field(default_factory=dict)  # sensor -> seconds each frame is late
 
@@ -83,7 +83,11 @@ class CarlaServer:
 
     def _dispatch(self, call: rpc.Call) -> Any:
         self.calls[call.name] = self.calls.get(call.name, 0) + 1
-        if call.name in self.faults.hang:
+        left = self.faults.hang.get(call.name, 0)
+        if left:
+            if left > 0:
+                self.faults.hang[call.name] = left - 1
+            log.info("fault: leaving call %r unanswered", call.name)
             return None
         handler = HANDLERS.get(call.name)
         if handler is None and self.control:
