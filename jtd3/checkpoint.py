@@ -34,6 +34,8 @@ which never deletes anything.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import shutil
@@ -51,12 +53,56 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as ocp_pres
 from jtd3.config import ConfigNode, check, param
 from jtd3.replay import ReplayBuffer
 
-__all__ = ["CheckpointConfig", "CheckpointStore", "Restored", "MODES"]
+__all__ = [
+    "CheckpointConfig", "CheckpointDamagedError", "CheckpointStore", "Restored", "MODES", "committed_steps",
+    "config_digest",
+]
 
 FORMAT_VERSION = 1
 MODES = ("new", "resume", "read")
 _ITEM_TRAIN, _ITEM_LOOP, _ITEM_META, _ITEM_REPLAY = "train_state", "loop_state", "meta", "replay"
 _TRASH_PREFIX = ".replay-trash-"
+
+
+class CheckpointDamagedError(RuntimeError):
+    """A committed checkpoint cannot be read back; the message names the step, the item and the file."""
+
+    def __init__(self, message: str, *, step: int, item: str):
+        super().__init__(message)
+        self.step = step
+        self.item = item
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    """sha256 of a resolved config dict (canonical JSON), recorded in every checkpoint's meta."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _check_replay_files(step: int, directory: Path) -> None:
+    """Open every array file of a saved replay (header and size) so that a damaged one is named."""
+    files = sorted(directory.glob("*.npy"))
+    for p in [directory / "meta.json", *files]:
+        try:
+            if p.suffix == ".json":
+                json.loads(p.read_text(encoding="utf-8"))
+            else:
+                np.load(p, mmap_mode="r", allow_pickle=False)
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except BaseException as e:
+            raise CheckpointDamagedError(
+                f"checkpoint {directory.parent} is damaged: replay file {p} cannot be read ({_one_line(e)})",
+                step=step, item=_ITEM_REPLAY,
+            ) from e
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (orbax and tensorstore errors span hundreds of lines)."""
+    text = str(error).strip().splitlines()
+    first = text[0].split(" See full TensorStore details")[0] if text else ""
+    if len(first) > limit:
+        first = first[:limit] + "..."
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +116,10 @@ class CheckpointConfig(ConfigNode):
         "evaluation metrics ranking checkpoints, higher is better; later names break ties",
     )
     save_replay: bool = param(True, "store the replay buffer in checkpoints (needed for an exact resume)")
-    replay_keep_last: int = param(1, "number of newest checkpoints that keep their replay buffer")
+    replay_keep_last: int = param(
+        2, "number of newest checkpoints that keep their replay buffer (2: the replay survives the loss of the "
+        "latest checkpoint)"
+    )
 
     def __post_init__(self):
         check(self.keep_last >= 1, "checkpoint.keep_last", self.keep_last, ">= 1")
@@ -232,6 +281,16 @@ class Restored:
     loop_state: dict[str, Any]
     metrics: dict[str, float] | None
     replay_restored: bool
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # format version, recorded config, ...
+
+
+def committed_steps(directory: str | os.PathLike) -> list[int]:
+    """Committed steps in ``directory`` (orbax's listing: temporary directories of killed saves are skipped);
+    [] when it does not exist. Reads nothing else and writes nothing."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(m.step for m in ocp.step.standard_name_format().find_all(directory))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -342,10 +401,7 @@ class CheckpointStore:
     # Queries
 
     def _committed_steps_on_disk(self) -> list[int]:
-        if not self.directory.is_dir():
-            return []
-        # Orbax's step listing: committed step directories only (temporary ones are skipped).
-        return sorted(m.step for m in ocp.step.standard_name_format().find_all(self.directory))
+        return committed_steps(self.directory)
 
     def all_steps(self) -> list[int]:
         """Committed steps, ascending."""
@@ -385,12 +441,14 @@ class CheckpointStore:
         *,
         replay: ReplayBuffer | None = None,
         metrics: Mapping[str, float] | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> Path:
         """Commit checkpoint ``step`` and apply the retention rules; returns the step's directory.
 
         ``replay`` is required when ``save_replay`` is on (and ignored, not written, when it is off).
         ``metrics`` must be the evaluation of exactly this train state, with every ``best_metric`` name, or
-        None (then the checkpoint never counts as the best).
+        None (then the checkpoint never counts as the best). ``config`` (the run's resolved config as a plain
+        dict) is recorded in the step's ``meta`` with its sha256, so a resume can compare it.
         """
         if self.mode == "read":
             raise PermissionError(f"checkpoint store {self.directory} is open read-only (mode 'read')")
@@ -407,13 +465,19 @@ class CheckpointStore:
             raise ValueError("save_replay is on but no replay buffer was passed (pass replay=buffer)")
         if metrics is not None:
             metrics = self._check_metrics(metrics)
+        meta: dict[str, Any] = {
+            "format_version": FORMAT_VERSION, "replay": bool(self.save_replay), "saved_at_unix_s": time.time()
+        }
+        if config is not None:
+            config = dict(config)
+            check_json_state(config, "config")
+            meta["config"] = config
+            meta["config_sha256"] = config_digest(config)
 
         items = {
             _ITEM_TRAIN: ocp.args.StandardSave(_savable(train_state)),
             _ITEM_LOOP: ocp.args.JsonSave(dict(loop_state)),
-            _ITEM_META: ocp.args.JsonSave(
-                {"format_version": FORMAT_VERSION, "replay": bool(self.save_replay), "saved_at_unix_s": time.time()}
-            ),
+            _ITEM_META: ocp.args.JsonSave(meta),
         }
         if self.save_replay:
             items[_ITEM_REPLAY] = ReplaySave(replay)
@@ -439,8 +503,12 @@ class CheckpointStore:
         return out
 
     def _prune_replays(self) -> None:
-        """Remove the replay item from all but the newest ``replay_keep_last`` checkpoints."""
-        for step in self.all_steps()[: -self.replay_keep_last]:
+        """Remove the replay item from all but the newest ``replay_keep_last`` checkpoints that hold one.
+
+        Counting only checkpoints with a replay means a save without one (``save_replay`` turned off on a
+        resume) never deletes the last saved replay.
+        """
+        for step in self.steps_with_replay()[: -self.replay_keep_last]:
             src = self.step_path(step) / _ITEM_REPLAY
             if src.is_dir():
                 dst = self.directory / f"{_TRASH_PREFIX}{step}-{os.getpid()}-{time.time_ns()}"
@@ -456,6 +524,36 @@ class CheckpointStore:
     # ------------------------------------------------------------------------------------------------------
     # Restore
 
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """The ``meta`` item of committed step ``step`` (format version, replay flag, recorded config).
+
+        Raises FileNotFoundError for a step that is not committed, :class:`CheckpointDamagedError` when the
+        item cannot be read.
+        """
+        path = self._committed_path(step)
+        return self._restore_item(step, path, _ITEM_META, ocp.args.JsonRestore())
+
+    def _committed_path(self, step: int) -> Path:
+        self._manager.reload()
+        steps = self.all_steps()
+        path = self.step_path(int(step))
+        if int(step) not in steps:
+            raise FileNotFoundError(f"no committed checkpoint at {path} (committed steps: {steps})")
+        return path
+
+    def _restore_item(self, step: int, path: Path, item: str, args: Any) -> Any:
+        """Restore one item; any failure becomes a one-line :class:`CheckpointDamagedError` naming it."""
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except BaseException as e:  # orbax, tensorstore, json and numpy errors: the file is damaged
+            where = path / item / "metadata" if isinstance(args, ocp.args.JsonRestore) else path / item
+            raise CheckpointDamagedError(
+                f"checkpoint {path} is damaged: {item} ({where}) cannot be read ({_one_line(e)})",
+                step=step, item=item,
+            ) from e
+
     def restore(
         self, train_state_template: Any, step: int | None = None, *, replay: ReplayBuffer | None = None
     ) -> Restored:
@@ -463,10 +561,14 @@ class CheckpointStore:
 
         ``train_state_template`` is a pytree with the structure, shapes and dtypes of the saved train state
         (concrete arrays, e.g. a freshly created state, or ``jax.ShapeDtypeStruct``s); restored arrays take
-        its shardings. A ``replay`` buffer (same capacity and sizes) is loaded in place.
+        its shardings. A ``replay`` buffer (same capacity and sizes) is loaded in place; it is touched only
+        after every other item has been read, and a failure while loading it leaves it unusable (make a new
+        one before trying another step).
 
-        Raises FileNotFoundError naming the path for a missing step, ValueError when the template does not
-        match (listing the leaves) or when ``replay`` is given but the step holds none.
+        Items are read one at a time (meta, loop state, train state, replay), so a damaged file is named:
+        :class:`CheckpointDamagedError` (one line: step, item, file, cause). FileNotFoundError names the path
+        of a missing step; ValueError lists the leaves when the template does not match, or says that
+        ``replay`` was given but the step holds none.
         """
         self._manager.reload()
         steps = self.all_steps()
@@ -475,17 +577,34 @@ class CheckpointStore:
                 raise FileNotFoundError(f"no committed checkpoint in {self.directory}")
             step = steps[-1]
         step = int(step)
-        path = self.step_path(step)
-        if step not in steps:
-            raise FileNotFoundError(f"no committed checkpoint at {path} (committed steps: {steps})")
+        path = self._committed_path(step)
         if replay is not None and not (path / _ITEM_REPLAY).is_dir():
             raise ValueError(
                 f"checkpoint {path} holds no replay buffer (steps with one: {self.steps_with_replay()}); "
                 "restore without replay= or choose one of those steps"
             )
 
+        meta = self._restore_item(step, path, _ITEM_META, ocp.args.JsonRestore())
+        if not isinstance(meta, Mapping) or meta.get("format_version") != FORMAT_VERSION:
+            version = meta.get("format_version") if isinstance(meta, Mapping) else meta
+            raise ValueError(f"{path}: checkpoint format_version {version!r}, this code reads {FORMAT_VERSION}")
+        loop_state = self._restore_item(step, path, _ITEM_LOOP, ocp.args.JsonRestore())
+        if not isinstance(loop_state, Mapping):
+            raise CheckpointDamagedError(
+                f"checkpoint {path} is damaged: {_ITEM_LOOP} ({path / _ITEM_LOOP}) holds a "
+                f"{type(loop_state).__name__}, not a dict", step=step, item=_ITEM_LOOP,
+            )
+
         converted = _savable(train_state_template)
-        saved_tree = ocp.StandardCheckpointHandler().metadata(epath.Path(path / _ITEM_TRAIN)).tree
+        try:
+            saved_tree = ocp.StandardCheckpointHandler().metadata(epath.Path(path / _ITEM_TRAIN)).tree
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except BaseException as e:
+            raise CheckpointDamagedError(
+                f"checkpoint {path} is damaged: {_ITEM_TRAIN} metadata ({path / _ITEM_TRAIN}) cannot be read "
+                f"({_one_line(e)})", step=step, item=_ITEM_TRAIN,
+            ) from e
         saved = {
             m.name: (tuple(m.shape), m.dtype, isinstance(m, ocp.metadata.ScalarMetadata))
             for m in jax.tree.leaves(saved_tree, is_leaf=lambda m: hasattr(m, "dtype") and hasattr(m, "name"))
@@ -495,31 +614,32 @@ class CheckpointStore:
             raise ValueError(
                 f"the train-state template does not match checkpoint {path / _ITEM_TRAIN}:\n  " + "\n  ".join(problems)
             )
-
-        items = {
-            _ITEM_TRAIN: ocp.args.StandardRestore(_abstract(train_state_template)),
-            _ITEM_LOOP: ocp.args.JsonRestore(),
-            _ITEM_META: ocp.args.JsonRestore(),
-        }
+        train = self._restore_item(step, path, _ITEM_TRAIN, ocp.args.StandardRestore(_abstract(train_state_template)))
         if replay is not None:
-            items[_ITEM_REPLAY] = ReplayRestore(replay)
-        out = self._manager.restore(step, args=ocp.args.Composite(**items))
-        meta = out[_ITEM_META]
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: checkpoint format_version {meta.get('format_version')!r}, this code reads {FORMAT_VERSION}")
+            _check_replay_files(step, path / _ITEM_REPLAY)
+            try:
+                replay.load(os.fspath(path / _ITEM_REPLAY))
+            except (KeyboardInterrupt, SystemExit, MemoryError):
+                raise
+            except BaseException as e:
+                raise CheckpointDamagedError(
+                    f"checkpoint {path} is damaged: {_ITEM_REPLAY} ({path / _ITEM_REPLAY}) cannot be read "
+                    f"({_one_line(e)})", step=step, item=_ITEM_REPLAY,
+                ) from e
 
         restored = jax.tree.map(
             lambda t, x: jax.random.wrap_key_data(x, impl=_key_impl(t)) if _is_key(t) else x,
             train_state_template,
-            out[_ITEM_TRAIN],
+            train,
         )
         return Restored(
             step=step,
             path=path,
             train_state=restored,
-            loop_state=dict(out[_ITEM_LOOP]),
+            loop_state=dict(loop_state),
             metrics=self.metrics(step),
             replay_restored=replay is not None,
+            meta=dict(meta),
         )
 
     # ------------------------------------------------------------------------------------------------------

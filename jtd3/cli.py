@@ -1,17 +1,29 @@
-"""Command line of ``scripts/train.py``: flags -> config overrides -> a run directory -> :class:`jtd3.train.Trainer`.
+"""Command line of ``jtd3-train`` (also ``python -m jtd3.train`` and ``scripts/train.py``): flags -> config
+overrides -> checks -> a run directory -> :class:`jtd3.train.Trainer`.
 
-Resolution order (later wins): ``configs/default.yaml`` (or ``--config FILE``), the seed-compatible flags
-(``--norm``, ``--scenario``, ...), then ``--set key.sub=value`` overrides. The resolved config is written to
-``<run_dir>/config.yaml``; ``--resume RUN_DIR`` reads it back and accepts changes to ``train.*`` keys only
-(anything else would not match the saved train state).
+Resolution order (later wins): the packaged ``jtd3/configs/default.yaml`` (or ``--config FILE``), the
+seed-compatible flags (``--norm``, ``--scenario``, ...), then ``--set key.sub=value`` overrides.
+
+Every check runs before the environment, the agent or a CARLA connection is built and before anything is
+written: config values, the run name, the replay buffer's memory (with headroom for the rest of the process),
+and on ``--resume`` the keys that may not change (:func:`jtd3.train.is_state_key`: agent and env keys, the
+seed, the replay capacity) against the run's ``config.yaml`` and against the config recorded in each
+checkpoint. Every expected failure is one line ``error: ...`` on stderr and exit code 2. ``config.yaml`` is
+written atomically (temporary file + rename) once the trainer is built.
+
+Signals: the first SIGINT (Ctrl-C) or SIGTERM makes the loop save a checkpoint and exit with 128 + signal
+number; a second one exits at once (the environments are still closed).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
+import tempfile
+from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,11 +31,18 @@ import yaml
 
 from jtd3.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict, yaml_value
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 EXIT_USAGE = 2
+# Memory the process needs besides the replay buffer (JAX and XLA, the jitted update's buffers, the
+# environments, sampled batches, the checkpoint writer); see docs/reliability.md for the measurement.
+MEMORY_HEADROOM_GB = 2.0
 
-# flag -> (config key, type)
+
+def default_config_path() -> Path:
+    """The packaged default config (``jtd3/configs/default.yaml``, package data)."""
+    return Path(str(resources.files("jtd3").joinpath("configs", "default.yaml")))
+
+
+# flag -> config key
 FLAG_KEYS: dict[str, str] = {
     "norm": "agent.norm",
     "encoder": "agent.encoder",
@@ -49,11 +68,11 @@ FLAG_KEYS: dict[str, str] = {
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="scripts/train.py",
+        prog="jtd3-train",
         description="Train TD3 (JAX/Flax) to drive from a camera stack plus a kinematic vector.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--config", type=str, default=None, help=f"YAML config (default: {DEFAULT_CONFIG})")
+    p.add_argument("--config", type=str, default=None, help="YAML config (default: the packaged jtd3/configs/default.yaml)")
     p.add_argument("--norm", choices=("none", "layernorm", "batchnorm", "hybrid"), help="CNN normalization")
     p.add_argument("--encoder", choices=("separate", "shared"), help="encoder topology")
     p.add_argument("--scenario", type=int, choices=(0, 1, 2), help="NPC vehicles: 0/1/2 -> 20/50/100")
@@ -74,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logdir", type=str, help="directory holding run directories")
     p.add_argument("--run-name", type=str, help="run directory name")
     p.add_argument("--debug", action="store_true", help="log statistics every update, per conv layer")
-    p.add_argument("--resume", type=str, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--resume", type=str, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its newest intact checkpoint")
+    p.add_argument("--resume-step", type=int, metavar="N",
+                   help="with --resume: load checkpoint N (a regular one, or one the explosion alarm saved)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     return p
 
@@ -91,41 +113,131 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
     return out + list(args.set)
 
 
-def resolve(argv: Sequence[str] | None = None) -> tuple[Any, Path, bool]:
-    """Parse ``argv`` into ``(config, run_dir, resume)``; raises ConfigError/FileNotFoundError on bad input."""
+def _memory_check(config: Any) -> None:
+    """Refuse a replay buffer that does not fit, before anything is allocated or built.
+
+    With ``train.replay.memory_limit_gb`` the buffer must fit in that limit; otherwise in ``MemAvailable``
+    minus :data:`MEMORY_HEADROOM_GB` for the rest of the process.
+    """
+    from jtd3.envs.observation import kinematics_size
+    from jtd3.replay import available_memory_bytes, bytes_per_slot
+
+    env = config.env
+    frame = (env.sim.camera.height, env.sim.camera.width) if env.backend == "sim" else (
+        env.carla.output_height, env.carla.output_width)
+    per_slot = bytes_per_slot(tuple(frame), kinematics_size(env.observation), 2)["total"]
+    capacity = config.train.replay.capacity
+    needed = capacity * per_slot
+    limit_gb = config.train.replay.memory_limit_gb
+    if limit_gb is not None:
+        usable, source = limit_gb * 1e9, f"train.replay.memory_limit_gb = {limit_gb:g}"
+    else:
+        try:
+            available = available_memory_bytes()
+        except RuntimeError as e:
+            raise ConfigError(str(e)) from None
+        usable = available - MEMORY_HEADROOM_GB * 1e9
+        source = (f"{available / 1e9:.1f} GB available (MemAvailable) minus {MEMORY_HEADROOM_GB:g} GB headroom "
+                  "for JAX, the environments and checkpoint writes")
+    if needed > usable:
+        fits = max(int(usable // per_slot), 0)
+        raise ConfigError(
+            f"config key 'train.replay.capacity' = {capacity:,}: the replay buffer needs {needed / 1e9:.3g} GB "
+            f"({per_slot:,} bytes per slot) but {max(usable, 0) / 1e9:.3g} GB may be used ({source}); the largest "
+            f"capacity that fits is {fits:,}"
+        )
+
+
+def _resolve_new(args: argparse.Namespace, overrides: list[str]) -> tuple[Any, Path]:
     from jtd3.train import Config
 
-    args = build_parser().parse_args(argv)
-    overrides = _flag_overrides(args)
-    if args.resume:
-        run_dir = Path(args.resume)
-        saved = run_dir / "config.yaml"
-        if not saved.is_file():
-            raise FileNotFoundError(f"--resume {run_dir}: no run there ({saved} does not exist)")
-        if args.config:
-            raise ConfigError("--resume reads the run's own config.yaml; do not pass --config with it")
-        changed = [o.split("=", 1)[0] for o in overrides if not o.startswith("train.")]
-        changed = [k for k in changed if k != "agent.per_layer_stats"]
-        if changed:
-            raise ConfigError(
-                f"--resume: cannot change {', '.join(changed)} (only train.* keys may change when resuming; "
-                "the saved train state depends on the others)"
-            )
-        data = apply_overrides(load_yaml(str(saved)), overrides, Config)
-        config = from_dict(Config, data)
-        return config, run_dir, True
-
-    data = load_yaml(args.config or str(DEFAULT_CONFIG))
+    data = load_yaml(args.config or str(default_config_path()))
     data = apply_overrides(data, overrides, Config)
     config = from_dict(Config, data)
     name = config.train.run_name or _default_run_name(config)
     run_dir = Path(config.train.logdir) / name
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise FileExistsError(
             f"run directory {run_dir} already exists and is not empty; continue it with --resume {run_dir} "
             "or choose another --run-name"
         )
-    return config, run_dir, False
+    return config, run_dir
+
+
+def _resolve_resume(args: argparse.Namespace, overrides: list[str]) -> tuple[Any, Path, list]:
+    """The resumed run's config and the checkpoints to try; refuses state-defining changes (one line)."""
+    from jtd3.train import Config, resume_candidates, state_differences
+
+    run_dir = Path(args.resume)
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise FileNotFoundError(f"--resume {run_dir}: no run there ({saved} does not exist)")
+    if args.config:
+        raise ConfigError("--resume reads the run's own config.yaml; do not pass --config with it")
+    saved_config = from_dict(Config, load_yaml(str(saved)))
+    config = from_dict(Config, apply_overrides(to_dict(saved_config), overrides, Config))
+    diffs = state_differences(to_dict(saved_config), to_dict(config))
+    if diffs:
+        raise ConfigError(
+            f"--resume: cannot change {'; '.join(diffs)}: the saved train state, replay and RNG streams depend "
+            "on it (only train.* keys other than train.seed and train.replay.capacity may change)"
+        )
+    candidates = resume_candidates(run_dir, args.resume_step)
+    return config, run_dir, _check_recorded_configs(candidates, to_dict(config), explicit=args.resume_step is not None)
+
+
+def _check_recorded_configs(candidates: list, current: dict, *, explicit: bool) -> list:
+    """Read each candidate's meta; drop (and report) damaged ones, refuse a recorded config that differs
+    in a state-defining key (a hand edit of config.yaml)."""
+    from jtd3.checkpoint import CheckpointDamagedError, CheckpointStore
+    from jtd3.train import state_differences
+
+    usable = []
+    for cand in candidates:
+        try:
+            with CheckpointStore(cand.directory, "read") as store:
+                meta = store.read_meta(cand.step)
+        except CheckpointDamagedError as e:
+            if explicit:
+                raise
+            print(f"warning: {e}", file=sys.stderr)
+            continue
+        recorded = meta.get("config") if isinstance(meta, dict) else None
+        if recorded is None:
+            print(f"note: checkpoint {cand.path} records no config (saved by an older jtd3); not compared",
+                  file=sys.stderr)
+        else:
+            diffs = state_differences(recorded, current)
+            if diffs:
+                raise ConfigError(
+                    f"--resume: config.yaml differs from the config recorded in checkpoint {cand.path}: "
+                    f"{'; '.join(diffs)} (these keys define the saved state; restore them in config.yaml)"
+                )
+        usable.append(cand)
+    if not usable:
+        raise FileNotFoundError(
+            f"--resume: every checkpoint is damaged ({', '.join(str(c.path) for c in candidates)})"
+        )
+    return usable
+
+
+def resolve(argv: Sequence[str] | None = None) -> tuple[Any, Path, bool]:
+    """Parse and check ``argv`` into ``(config, run_dir, resume)``; raises ConfigError, FileNotFoundError or
+    FileExistsError (one-line messages) on bad input. Writes nothing."""
+    config, run_dir, candidates = _resolve(build_parser().parse_args(argv))
+    return config, run_dir, candidates is not None
+
+
+def _resolve(args: argparse.Namespace) -> tuple[Any, Path, list | None]:
+    overrides = _flag_overrides(args)
+    if args.resume_step is not None and not args.resume:
+        raise ConfigError("--resume-step needs --resume RUN_DIR")
+    if args.resume:
+        config, run_dir, candidates = _resolve_resume(args, overrides)
+    else:
+        (config, run_dir), candidates = _resolve_new(args, overrides), None
+    _memory_check(config)
+    return config, run_dir, candidates
 
 
 def _default_run_name(config: Any) -> str:
@@ -137,49 +249,122 @@ def _default_run_name(config: Any) -> str:
     )
 
 
-def _raise_system_exit(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``path`` so that readers see the old or the new content, never a part (temporary file, fsync,
+    rename in the same directory)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class _SignalHandler:
+    """First SIGINT/SIGTERM: ask the trainer to save and stop (or leave at once if it is not running yet);
+    the second: exit at once (``SystemExit`` unwinds, so the environments are still closed)."""
+
+    def __init__(self):
+        self.trainer: Any = None
+        self.count = 0
+        self.previous = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self)
+
+    def uninstall(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.trainer is None or self.count > 1:
+            raise SystemExit(128 + signum)
+        self.trainer.request_stop(signum)
+        print(f"\njtd3: {signal.Signals(signum).name} received: saving a checkpoint and stopping (send it again "
+              "to exit at once)", file=sys.stderr, flush=True)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from jtd3.checkpoint import CheckpointDamagedError
+    from jtd3.envs.carla_session import CarlaError
+
+    return (ConfigError, FileNotFoundError, FileExistsError, CheckpointDamagedError, CarlaError, MemoryError,
+            ValueError, ImportError)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``scripts/train.py``; returns the exit code."""
+    """Entry point of ``jtd3-train``; returns the exit code (0, 2 expected failure, 3 alarm, 128+N signal)."""
+    args = build_parser().parse_args(argv)
     try:
-        config, run_dir, resume = resolve(argv)
+        config, run_dir, candidates = _resolve(args)
     except (ConfigError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as e:
+        from jtd3.checkpoint import CheckpointDamagedError
+
+        if isinstance(e, CheckpointDamagedError):
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+    resume = candidates is not None
 
     # Before JAX creates a GPU client: leave GPU memory for a CARLA server on the same card.
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", str(config.train.jax_memory_fraction))
 
     from jtd3.train import Trainer
 
-    # A SIGTERM (e.g. from a job scheduler) unwinds like Ctrl-C, so the env closes cleanly: a CARLA server
-    # left in synchronous mode by a dead client freezes.
-    signal.signal(signal.SIGTERM, _raise_system_exit)
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # On resume this records the train.* keys changed on the command line (e.g. a longer max_timesteps).
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-
-    import jax
-
-    print(f"jtd3: run directory {run_dir}  (JAX devices: {', '.join(str(d) for d in jax.devices())})")
+    handler = _SignalHandler()
+    handler.install()
+    created = not run_dir.exists()
     try:
-        trainer = Trainer(config, run_dir, resume=resume)
-    except Exception as e:  # connection and checkpoint problems: a message, not a traceback
-        from jtd3.envs.carla_session import CarlaUnavailableError
+        import jax
 
-        if isinstance(e, (CarlaUnavailableError, FileNotFoundError, FileExistsError, ValueError)):
-            print(f"error: {e}", file=sys.stderr)
+        print(f"jtd3: run directory {run_dir}  (JAX devices: {', '.join(str(d) for d in jax.devices())})")
+        try:
+            trainer = Trainer(config, run_dir, resume=resume, resume_candidates=candidates)
+        except _expected_errors() as e:  # connection, memory and checkpoint problems: one line, not a traceback
+            if created and run_dir.exists():
+                shutil.rmtree(run_dir)  # nothing of value: no checkpoint was written
+            print(f"error: {_one_line(e)}", file=sys.stderr)
             return EXIT_USAGE
-        raise
-    try:
-        code = trainer.run()
+        except BaseException:
+            if created and run_dir.exists():
+                shutil.rmtree(run_dir)
+            raise
+        try:
+            # On resume this records the train.* keys changed on the command line (e.g. a longer max_timesteps).
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+            handler.trainer = trainer
+            code = trainer.run()
+        finally:
+            handler.trainer = None
+            trainer.close()
     finally:
-        trainer.close()
+        handler.uninstall()
     print(f"jtd3: TensorBoard logs   {run_dir}   (tensorboard --logdir {run_dir.parent})")
     print(f"jtd3: checkpoints        {run_dir / 'checkpoints'}")
     print(f"jtd3: evaluation table   {run_dir / 'eval.csv'}")
     print(f"jtd3: final report       {run_dir / 'final_report.json'}")
     return code
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    text = lines[0] if len(lines) == 1 else lines[0] + " (" + " ".join(x.strip() for x in lines[1:]) + ")"
+    return text
+
+
+def main() -> None:
+    """Console script ``jtd3-train``."""
+    sys.exit(train_main())

@@ -42,10 +42,15 @@ from jtd3.envs.config import EnvConfig
 from jtd3.exploration import ExplorationConfig, RandomDrivingPolicy, noise_scale
 from jtd3.replay import ReplayConfig
 
-__all__ = ["Config", "TrainConfig", "Trainer", "episode_seed", "eval_seed", "eval_summary"]
+__all__ = [
+    "Config", "ResumeCandidate", "TrainConfig", "Trainer", "episode_seed", "eval_seed", "eval_summary",
+    "resume_candidates", "state_differences",
+]
 
 EXIT_OK = 0
+EXIT_CARLA = 2  # CARLA failed carla.max_consecutive_failures times in a row (after saving a checkpoint)
 EXIT_ALARM = 3
+ALARM_DIR = "alarms"  # run_dir/alarms/<step>: checkpoints saved by the explosion alarm, kept apart
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,10 +94,14 @@ class TrainConfig(ConfigNode):
         check(self.learning_starts >= 0, "train.learning_starts", self.learning_starts, ">= 0")
         check(self.checkpoint_freq % self.eval_freq == 0, "train.checkpoint_freq", self.checkpoint_freq,
               f"a multiple of train.eval_freq ({self.eval_freq}) so that every checkpoint carries its evaluation")
-        check(self.explosion_l2_threshold > 0, "train.explosion_l2_threshold", self.explosion_l2_threshold, "> 0")
+        check(math.isfinite(self.explosion_l2_threshold) and self.explosion_l2_threshold > 0,
+              "train.explosion_l2_threshold", self.explosion_l2_threshold, "a finite number > 0 (the alarm cannot "
+              "be switched off: an infinite threshold would hide exploding features)")
         check(0.0 < self.jax_memory_fraction <= 1.0, "train.jax_memory_fraction", self.jax_memory_fraction,
               "in (0, 1]")
         check(bool(self.logdir), "train.logdir", self.logdir, "a non-empty path")
+        check(self.run_name is None or _is_plain_name(self.run_name), "train.run_name", self.run_name,
+              "one directory name inside train.logdir (no '/', not '.' or '..', not empty)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +111,11 @@ class Config(ConfigNode):
     agent: AgentConfig = nested(AgentConfig)
     env: EnvConfig = nested(EnvConfig)
     train: TrainConfig = nested(TrainConfig)
+
+
+def _is_plain_name(name: str) -> bool:
+    """A single path component that stays inside its parent directory."""
+    return bool(name) and name not in (".", "..") and "/" not in name and os.sep not in name and "\0" not in name
 
 
 def load_config(data: dict[str, Any]) -> Config:
@@ -180,38 +194,139 @@ class _MetricWindow:
         return out
 
 
+class StopRequested(Exception):
+    """A signal asked the run to stop while an evaluation was running (raised by the evaluation's policy)."""
+
+
+class CarlaGaveUp(Exception):
+    """``carla.max_consecutive_failures`` CARLA failures in a row: the run saves and stops."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumeCandidate:
+    """A committed checkpoint a resume may load: ``directory`` is a checkpoint store, ``kind`` says which."""
+
+    directory: Path
+    step: int
+    kind: str  # "regular" (run_dir/checkpoints) or "alarm" (run_dir/alarms/<step>[-k], saved by the alarm)
+
+    @property
+    def path(self) -> Path:
+        return self.directory / str(self.step)
+
+
+def resume_candidates(run_dir: str | os.PathLike, step: int | None = None) -> list[ResumeCandidate]:
+    """The checkpoints a resume of ``run_dir`` tries, in order: the regular ones newest first (a damaged one
+    falls back to the next), or exactly step ``step`` (a regular checkpoint, else one saved by the alarm).
+
+    Raises FileNotFoundError (one line) when there is none.
+    """
+    from jtd3.checkpoint import committed_steps
+
+    run_dir = Path(run_dir)
+    regular_dir = run_dir / "checkpoints"
+    regular = committed_steps(regular_dir)
+    alarms = []
+    if (run_dir / ALARM_DIR).is_dir():
+        for d in sorted((run_dir / ALARM_DIR).iterdir(), key=lambda p: p.name):
+            alarms += [ResumeCandidate(d, s, "alarm") for s in committed_steps(d)]
+    alarm_steps = sorted({c.step for c in alarms})
+    alarm_note = (
+        f"; the explosion alarm saved step(s) {alarm_steps} in {run_dir / ALARM_DIR} (kept apart: "
+        "--resume-step N loads one)" if alarm_steps else ""
+    )
+    if step is None:
+        if not regular:
+            raise FileNotFoundError(f"--resume {run_dir}: no committed checkpoint in {regular_dir}{alarm_note}")
+        return [ResumeCandidate(regular_dir, s, "regular") for s in reversed(regular)]
+    if step in regular:
+        return [ResumeCandidate(regular_dir, step, "regular")]
+    matching = [c for c in alarms if c.step == step]
+    if matching:
+        return [max(matching, key=lambda c: c.directory.stat().st_mtime_ns)]
+    raise FileNotFoundError(
+        f"--resume-step {step}: no committed checkpoint at step {step} in {run_dir} (regular steps: {regular}"
+        f"{', alarm steps: ' + str(alarm_steps) if alarm_steps else ''})"
+    )
+
+
+def flat_config(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for a nested config dict (lists are values)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# Keys a resume may change: everything else defines the saved state (agent and env keys, the seed that derives
+# every episode seed and RNG stream, the replay layout) or would not take effect.
+def is_state_key(key: str) -> bool:
+    """True for a config key whose value the saved train state, replay or RNG streams depend on."""
+    if key == "agent.per_layer_stats":  # --debug: extra statistics, not state
+        return False
+    return key.startswith(("agent.", "env.")) or key in STATE_TRAIN_KEYS
+
+
+STATE_TRAIN_KEYS = ("train.seed", "train.replay.capacity")
+
+
+def state_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key (was X, now Y)`` for every state-defining key that differs between two resolved config dicts."""
+    a, b = flat_config(recorded), flat_config(current)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if is_state_key(key) and a.get(key, "<absent>") != b.get(key, "<absent>"):
+            out.append(f"{key} (was {a.get(key, '<absent>')!r}, now {b.get(key, '<absent>')!r})")
+    return out
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 class Trainer:
     """One training run in ``run_dir``.
 
+    Nothing is written to ``run_dir`` before the environments, the agent and the replay buffer exist (a
+    CARLA server that cannot be reached leaves no run directory behind).
+
     Args:
         config: the resolved configuration (saved as ``run_dir/config.yaml`` by the CLI).
-        run_dir: the run directory (TensorBoard events, ``checkpoints/``, ``eval.csv``, reports).
-        resume: continue from the latest checkpoint in ``run_dir/checkpoints``.
+        run_dir: the run directory (TensorBoard events, ``checkpoints/``, ``alarms/``, ``eval.csv``, reports).
+        resume: continue from a checkpoint in ``run_dir``.
+        resume_candidates: the checkpoints to try, in order (default: :func:`resume_candidates`); a damaged
+            one is reported and the next is tried.
     """
 
-    def __init__(self, config: Config, run_dir: str | os.PathLike, *, resume: bool = False):
+    def __init__(
+        self,
+        config: Config,
+        run_dir: str | os.PathLike,
+        *,
+        resume: bool = False,
+        resume_candidates: list[ResumeCandidate] | None = None,
+    ):
         import jax
 
         from jtd3 import agent as agent_lib
-        from jtd3.checkpoint import CheckpointStore
-        from jtd3.envs import make_env
         from jtd3.logging import RunLogger
-        from jtd3.replay import ReplayBuffer
 
         self.config = config
+        self.config_record = to_dict(config)
         self.run_dir = Path(run_dir)
         self.resume = resume
         tc = config.train
         self.tc = tc
         self._agent = agent_lib
+        self.stop_signal: int | None = None
+        self.max_failures = config.env.carla.max_consecutive_failures
 
-        self.env = make_env(config.env, seed=None)
-        # evaluation episodes start at the route's beginning whatever the training episodes do
-        self.eval_env = make_env(dataclasses.replace(config.env, route_start="beginning"), seed=None)
+        self.env, self.eval_env = self._make_envs()
         self.state = agent_lib.create(config.agent, self.env.observation_space, self.env.action_space, tc.seed)
-        self.replay = ReplayBuffer.from_config(
-            tc.replay, self.env.observation_space, self.env.action_space, seed=tc.seed
-        )
+        self.replay = self._new_replay()
         self.rng = np.random.default_rng(np.random.SeedSequence([tc.seed, 2]))
         self._key = jax.random.PRNGKey(np.random.SeedSequence([tc.seed, 3]).generate_state(1)[0])
         self.warmup = RandomDrivingPolicy(tc.exploration)
@@ -227,14 +342,55 @@ class Trainer:
         self._resumed_replay = False
         self.best_success = -1.0
         self.episode_actions: list[list[float]] = []
+        self.lost_episodes = 0  # training episodes ended by a CARLA error
+        self.consecutive_failures = 0
+        self.restored_from: ResumeCandidate | None = None
 
-        ckpt_dir = self.run_dir / "checkpoints"
-        self.ckpt = CheckpointStore.from_config(ckpt_dir, "resume" if resume else "new", tc.checkpoint)
         purge_step = None
         if resume:
-            purge_step = self._restore()
+            purge_step = self._restore(resume_candidates)
+        else:
+            from jtd3.checkpoint import CheckpointStore
+
+            self.ckpt = CheckpointStore.from_config(self.run_dir / "checkpoints", "new", tc.checkpoint)
         self.logger = RunLogger(self.run_dir, purge_step=purge_step)
         self.window = _MetricWindow()
+
+    def _make_envs(self):
+        from jtd3.envs import DrivingEnv, make_env
+
+        env = make_env(self.config.env, seed=None)
+        # evaluation episodes start at the route's beginning whatever the training episodes do
+        eval_config = dataclasses.replace(self.config.env, route_start="beginning")
+        if self.config.env.backend == "carla":
+            # One session per server: evaluation runs on the training env's CARLA session between training
+            # episodes (a second session on the same server would fight over its settings and actors).
+            try:
+                return env, DrivingEnv(eval_config, backend=env.backend)
+            except BaseException:
+                env.close()
+                raise
+        try:
+            return env, make_env(eval_config, seed=None)
+        except BaseException:
+            env.close()
+            raise
+
+    @property
+    def shared_backend(self) -> bool:
+        """True when evaluation runs on the training env's backend (CARLA): evaluating ends the training episode."""
+        return self.eval_env.backend is self.env.backend
+
+    def _new_replay(self):
+        from jtd3.replay import ReplayBuffer
+
+        return ReplayBuffer.from_config(
+            self.tc.replay, self.env.observation_space, self.env.action_space, seed=self.tc.seed
+        )
+
+    def request_stop(self, signum: int) -> None:
+        """Ask the loop to save a checkpoint and return ``128 + signum`` at the next safe point."""
+        self.stop_signal = signum
 
     # ------------------------------------------------------------------------------------------------------
     # State
@@ -254,14 +410,66 @@ class Trainer:
             "warmup_speed_count": self.warmup_speed_count,
             "last_eval": _json_floats(self.last_eval),
             "best_success": self.best_success,
+            "lost_episodes": self.lost_episodes,
         }
 
-    def _restore(self) -> int:
+    def _restore(self, candidates: list[ResumeCandidate] | None) -> int:
+        """Load the first intact checkpoint of ``candidates``; returns the TensorBoard purge step."""
         import jax.numpy as jnp
 
-        template = self.state
-        with_replay = self.tc.checkpoint.save_replay
-        restored = self.ckpt.restore(template, replay=self.replay if with_replay else None)
+        from jtd3.checkpoint import CheckpointDamagedError, CheckpointStore, committed_steps
+
+        if candidates is None:
+            candidates = resume_candidates(self.run_dir)
+        damaged: list[ResumeCandidate] = []
+        restored = None
+        for cand in candidates:
+            with_replay = (cand.path / "replay").is_dir()
+            try:
+                with CheckpointStore(cand.directory, "read") as store:
+                    restored = store.restore(self.state, cand.step, replay=self.replay if with_replay else None)
+            except CheckpointDamagedError as e:
+                damaged.append(cand)
+                rest = [c.step for c in candidates if c not in damaged]
+                _warn(f"warning: {e}" + (f"; trying checkpoint {rest[0]}" if rest else ""))
+                self.replay = self._new_replay()  # a failed load may have touched it
+                continue
+            self.restored_from = cand
+            break
+        if restored is None:
+            raise CheckpointDamagedError(
+                f"--resume {self.run_dir}: no intact checkpoint (damaged: {', '.join(str(c.path) for c in damaged)})",
+                step=candidates[-1].step, item="all",
+            )
+        recorded = restored.meta.get("config")
+        if recorded is not None:
+            diffs = state_differences(recorded, self.config_record)
+            if diffs:
+                raise ConfigError(
+                    f"--resume: checkpoint {restored.path} was saved with other state-defining settings: "
+                    f"{'; '.join(diffs)}"
+                )
+        if not with_replay:
+            _warn(f"note: checkpoint {restored.path} holds no replay buffer; the replay starts empty and the "
+                  "resume is not exact")
+
+        # Move aside what this resume supersedes, then open the store for writing: damaged regular checkpoints
+        # and regular checkpoints newer than the one loaded (--resume-step N or a fallback) are kept, not deleted.
+        regular_dir = self.run_dir / "checkpoints"
+        for c in damaged:
+            if c.kind == "regular":
+                self._move_aside(c, "damaged_checkpoints")
+        for s in committed_steps(regular_dir):
+            if s > restored.step:
+                self._move_aside(ResumeCandidate(regular_dir, s, "regular"), "superseded_checkpoints")
+        mode = "resume" if committed_steps(regular_dir) else "new"
+        self.ckpt = CheckpointStore.from_config(regular_dir, mode, self.tc.checkpoint)
+        if self.restored_from.kind == "alarm":
+            alarm = restored.loop_state.get("alarm") or []
+            what = ", ".join(f"{n} = {v}" for n, v in alarm) or "unknown metric"
+            _warn(f"note: resuming from the checkpoint the explosion alarm saved at env step {restored.step} "
+                  f"({restored.path}; it holds the state that fired the alarm: {what})")
+
         self.state = restored.train_state
         ls = restored.loop_state
         self.env_steps = int(ls["env_steps"])
@@ -277,9 +485,20 @@ class Trainer:
             k: (float("nan") if v is None else float(v)) for k, v in ls["last_eval"].items()
         }
         self.best_success = float(ls["best_success"])
+        self.lost_episodes = int(ls.get("lost_episodes", 0))
         self._resumed_replay = with_replay
         # Events the killed process wrote after the checkpoint are hidden; those at its step stay.
         return restored.step + 1
+
+    def _move_aside(self, cand: ResumeCandidate, where: str) -> None:
+        target = self.run_dir / where / str(cand.step)
+        k = 1
+        while target.exists():
+            k += 1
+            target = self.run_dir / where / f"{cand.step}-{k}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(cand.path, target)
+        _warn(f"note: moved checkpoint {cand.path} to {target}")
 
     # ------------------------------------------------------------------------------------------------------
 
@@ -301,6 +520,41 @@ class Trainer:
         self.episode_actions = []
         self._ep = {"return": 0.0, "length": 0, "speed_sum": 0.0, "components": defaultdict(float)}
         return obs, info
+
+    def _new_episode(self, *, cut: bool) -> dict[str, np.ndarray]:
+        """Start the next training episode; ``cut``: the current one ends without terminated/truncated
+        (evaluation on the shared CARLA session, a lost episode, a resume). CARLA errors are recovered from."""
+        from jtd3.envs.carla_session import CarlaError
+
+        if cut:
+            self.replay.start_new_episode()
+        try:
+            return self._start_episode()[0]
+        except CarlaError as e:
+            return self._recover(e, "reset")
+
+    def _recover(self, error: BaseException, during: str) -> dict[str, np.ndarray]:
+        """A CARLA error ended the training episode: count it, start a new episode (the session reconnects,
+        or restarts the server with ``carla.server_command``); raise CarlaGaveUp after
+        ``carla.max_consecutive_failures`` failures in a row. What is in the replay stays consistent: the
+        failed step added nothing and the next episode starts a new replay episode."""
+        from jtd3.envs.carla_session import CarlaError
+
+        while True:
+            self.consecutive_failures += 1
+            self.lost_episodes += 1
+            first = (str(error).strip().splitlines() or [""])[0]
+            _warn(f"jtd3: CARLA {type(error).__name__} during {during} at env step {self.env_steps}: {first} "
+                  f"(episode abandoned; {self.consecutive_failures}/{self.max_failures} failures in a row)")
+            self.logger.scalars({"charts/carla_lost_episodes": self.lost_episodes}, self.env_steps)
+            if self.consecutive_failures >= self.max_failures:
+                raise CarlaGaveUp(f"{type(error).__name__} during {during}: {first}") from error
+            self.episodes += 1
+            self.replay.start_new_episode()
+            try:
+                return self._start_episode()[0]
+            except CarlaError as e:
+                error, during = e, "reset"
 
     def _resimulate_episode(self) -> dict[str, np.ndarray]:
         """Bring the env back to the checkpoint's mid-episode state by replaying the recorded actions."""
@@ -347,21 +601,50 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Train until ``max_timesteps``; returns the process exit code (0, or 3 on an explosion alarm)."""
+        """Train until ``max_timesteps``; returns the process exit code: 0, 3 on an explosion alarm, 2 when
+        CARLA failed ``max_consecutive_failures`` times in a row, ``128 + signum`` after :meth:`request_stop`
+        (each after saving a checkpoint)."""
+        try:
+            return self._run()
+        except CarlaGaveUp as e:
+            path = self._save_now()
+            print(
+                f"error: CARLA failed {self.consecutive_failures} times in a row (carla.max_consecutive_failures = "
+                f"{self.max_failures}; last: {e}); checkpoint saved at env step {self.env_steps}: {path}; "
+                f"continue with --resume {self.run_dir} when the server works again",
+                file=sys.stderr, flush=True,
+            )
+            return EXIT_CARLA
+
+    def _save_now(self) -> Path:
+        if self.ckpt.latest_step() == self.env_steps:
+            return self.ckpt.step_path(self.env_steps)
+        return self._checkpoint(with_metrics=True)
+
+    def _stopped(self) -> int:
+        import signal as signal_lib
+
+        path = self._save_now()
+        self.logger.flush()
+        name = signal_lib.Signals(self.stop_signal).name
+        print(f"\njtd3: stopped by {name} at env step {self.env_steps}; checkpoint saved: {path}; continue with "
+              f"--resume {self.run_dir}", file=sys.stderr, flush=True)
+        return 128 + int(self.stop_signal)
+
+    def _run(self) -> int:
         import jax
 
         from jtd3.diagnostics import check_explosion, tree_all_finite
+        from jtd3.envs.carla_session import CarlaError
 
         tc = self.tc
+        self.last_episode_return = float("nan")
         resumed_mid_episode = self.resume and len(self.episode_actions) > 0
-        if resumed_mid_episode and getattr(self, "_resumed_replay", False) and self.config.env.backend == "sim":
+        if resumed_mid_episode and self._resumed_replay and self.config.env.backend == "sim":
             obs = self._resimulate_episode()
         else:
-            if self.resume:
-                self.replay.start_new_episode()
-            obs, _ = self._start_episode()
+            obs = self._new_episode(cut=self.resume)
 
-        self.last_episode_return = float("nan")
         bar = None
         if tc.progress_bar:
             from tqdm import tqdm
@@ -371,10 +654,17 @@ class Trainer:
         t_last, steps_last = time.perf_counter(), self.env_steps
         try:
             while self.env_steps < tc.max_timesteps:
+                if self.stop_signal is not None:
+                    return self._stopped()
                 action = self._act(obs)
                 if not np.isfinite(action).all():
                     return self._alarm([("actions/non_finite", float("nan"))])
-                next_obs, reward, terminated, truncated, info = self.env.step(action)
+                try:
+                    next_obs, reward, terminated, truncated, info = self.env.step(action)
+                except CarlaError as e:
+                    obs = self._recover(e, "step")
+                    continue
+                self.consecutive_failures = 0
                 self.replay.add(obs, action, reward, next_obs, terminated, truncated)
                 self.episode_actions.append([float(a) for a in action])
                 self._account(reward, info)
@@ -386,7 +676,7 @@ class Trainer:
                 if terminated or truncated:
                     self._log_episode(info)
                     self.episodes += 1
-                    obs, _ = self._start_episode()
+                    obs = self._new_episode(cut=False)
 
                 if self.env_steps == tc.learning_starts and self.warmup_speed_count:
                     self.logger.scalars(
@@ -431,7 +721,14 @@ class Trainer:
                         )
 
                 if self.env_steps % tc.eval_freq == 0:
-                    self._evaluate()
+                    try:
+                        self._evaluate_safely()
+                    except StopRequested:
+                        pass
+                    if self.shared_backend:
+                        obs = self._new_episode(cut=True)
+                    if self.stop_signal is not None:
+                        return self._stopped()
                 if self.env_steps % tc.checkpoint_freq == 0:
                     self._checkpoint(with_metrics=True)
                 if bar is not None:
@@ -441,7 +738,10 @@ class Trainer:
                 bar.close()
 
         if self.env_steps % tc.eval_freq != 0:
-            self._evaluate()
+            try:
+                self._evaluate_safely()
+            except StopRequested:
+                return self._stopped()
         if self.ckpt.latest_step() != self.env_steps:
             self._checkpoint(with_metrics=True)
         self._write_final_report()
@@ -449,12 +749,27 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------------
 
+    def _evaluate_safely(self) -> dict[str, float] | None:
+        """:meth:`_evaluate`; a CARLA error abandons this evaluation (counted as a failure)."""
+        from jtd3.envs.carla_session import CarlaError
+
+        try:
+            return self._evaluate()
+        except CarlaError as e:
+            self.consecutive_failures += 1
+            first = (str(e).strip().splitlines() or [""])[0]
+            _warn(f"jtd3: CARLA {type(e).__name__} during the evaluation at env step {self.env_steps}: {first} "
+                  f"(evaluation abandoned; {self.consecutive_failures}/{self.max_failures} failures in a row)")
+            if self.consecutive_failures >= self.max_failures:
+                raise CarlaGaveUp(f"{type(e).__name__} during evaluation: {first}") from e
+            return None
+
     def _evaluate(self) -> dict[str, float]:
         from jtd3.evaluate import evaluate
         from jtd3.logging import append_csv_row
 
         report, _ = evaluate(
-            self.eval_env, self.policy(), self.tc.num_eval_episodes, seed=eval_seed(self.tc.seed),
+            self.eval_env, self._guarded_policy(), self.tc.num_eval_episodes, seed=eval_seed(self.tc.seed),
             policy_name="td3", gamma=self.config.agent.gamma,
         )
         summary = eval_summary(report)
@@ -473,6 +788,17 @@ class Trainer:
 
         return AgentPolicy(self.state)
 
+    def _guarded_policy(self):
+        """:meth:`policy` that raises :class:`StopRequested` once a signal asked the run to stop."""
+        policy = self.policy()
+
+        def act(obs):
+            if self.stop_signal is not None:
+                raise StopRequested
+            return policy(obs)
+
+        return act
+
     def _checkpoint(self, *, with_metrics: bool) -> Path:
         metrics = None
         if with_metrics and self.last_eval is not None and self._eval_step == self.env_steps:
@@ -480,21 +806,42 @@ class Trainer:
         return self.ckpt.save(
             self.env_steps, self.state, self._loop_state(),
             replay=self.replay if self.tc.checkpoint.save_replay else None, metrics=metrics,
+            config=self.config_record,
         )
+
+    def _alarm_checkpoint(self, alarms: list[tuple[str, float]]) -> Path:
+        """Save the alarm's state apart, in ``alarms/<step>`` (``<step>-<k>`` if taken): a plain resume
+        never loads it; ``--resume-step <step>`` does, and says what it is."""
+        from jtd3.checkpoint import CheckpointStore
+
+        base = self.run_dir / ALARM_DIR
+        directory, k = base / str(self.env_steps), 1
+        while directory.exists():
+            k += 1
+            directory = base / f"{self.env_steps}-{k}"
+        loop_state = self._loop_state()
+        loop_state["alarm"] = [[name, repr(float(value))] for name, value in alarms]
+        cfg = dataclasses.replace(self.tc.checkpoint, keep_best=0)
+        with CheckpointStore.from_config(directory, "new", cfg) as store:
+            return store.save(
+                self.env_steps, self.state, loop_state,
+                replay=self.replay if self.tc.checkpoint.save_replay else None, config=self.config_record,
+            )
 
     def _alarm(self, alarms: list[tuple[str, float]]) -> int:
         self.logger.scalars({f"alerts/{name}": value for name, value in alarms}, self.env_steps)
         self.logger.flush()
-        path = self.ckpt.save(
-            self.env_steps, self.state, self._loop_state(),
-            replay=self.replay if self.tc.checkpoint.save_replay else None,
-        ) if self.ckpt.latest_step() != self.env_steps else self.ckpt.step_path(self.env_steps)
+        path = self._alarm_checkpoint(alarms)
         name, value = alarms[0]
         others = "" if len(alarms) == 1 else f" (and {', '.join(n for n, _ in alarms[1:])})"
+        latest = self.ckpt.latest_step()
+        plain = (f"a plain --resume continues from the latest regular checkpoint (step {latest})"
+                 if latest is not None else "there is no regular checkpoint yet")
         print(
             f"\nEXPLOSION ALARM at env step {self.env_steps} (update {self.updates}): {name} = {value:.6g}"
             f"{others}; threshold for the feature L2 norm: {self.tc.explosion_l2_threshold:g}. "
-            f"Checkpoint saved: {path}",
+            f"Checkpoint of the alarm's state saved apart: {path} ({plain}; --resume-step {self.env_steps} "
+            f"loads the alarm's state)",
             file=sys.stderr,
         )
         return EXIT_ALARM
@@ -504,6 +851,7 @@ class Trainer:
             "env_steps": self.env_steps,
             "updates": self.updates,
             "episodes": self.episodes,
+            "lost_episodes": self.lost_episodes,
             "warmup_mean_speed_kmh": (
                 self.warmup_speed_sum / self.warmup_speed_count if self.warmup_speed_count else None
             ),
@@ -514,7 +862,17 @@ class Trainer:
         (self.run_dir / "final_report.json").write_text(json.dumps(out, indent=2))
 
     def close(self) -> None:
-        self.logger.close()
-        self.ckpt.close()
+        """Close the logger, the checkpoint store and the environments (the CARLA session last: its server
+        is left asynchronous with its original settings and none of our actors)."""
+        for closer in (getattr(self, "logger", None), getattr(self, "ckpt", None)):
+            if closer is not None:
+                closer.close()
+        if not self.shared_backend:
+            self.eval_env.close()
         self.env.close()
-        self.eval_env.close()
+
+
+if __name__ == "__main__":  # python -m jtd3.train
+    from jtd3.cli import train_main
+
+    sys.exit(train_main())

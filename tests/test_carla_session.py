@@ -576,7 +576,8 @@ def test_every_config_field_is_read():
         with pytest.raises(CarlaEpisodeLost):
             s.step(VehicleControl())
         s.close()
-    fields = {f for f in CarlaConfig.__dataclass_fields__}
+    # max_consecutive_failures is the training loop's (jtd3.train.Trainer); test_config_keys covers it
+    fields = {f for f in CarlaConfig.__dataclass_fields__} - {"max_consecutive_failures"}
     assert fields - {f for cls, f in reads if cls == "CarlaConfig"} == set()
 
 

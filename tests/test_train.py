@@ -20,7 +20,7 @@ import yaml
 
 from tiny_run import TINY_RUN
 
-from jtd3.checkpoint import CheckpointStore
+from jtd3.checkpoint import CheckpointStore, committed_steps
 from jtd3.cli import train_main
 from jtd3.config import to_dict
 from jtd3.logging import read_scalars
@@ -89,7 +89,10 @@ def test_explosion_alarm_on_feature_norm_writes_a_checkpoint_and_exits_3(tmp_pat
     err = capsys.readouterr().err
     first_update = 64  # learning_starts 60, train_freq 4
     assert f"EXPLOSION ALARM at env step {first_update}" in err and "cnn_features_l2_norm" in err, err
-    store = CheckpointStore(run_dir / "checkpoints", "read")
+    assert "there is no regular checkpoint yet" in err and f"--resume-step {first_update}" in err, err
+    # the alarm's state is kept apart: never the "latest" of the regular checkpoints
+    assert committed_steps(run_dir / "checkpoints") == []
+    store = CheckpointStore(run_dir / "alarms" / str(first_update), "read")
     assert store.latest_step() == first_update
     store.close()
     scalars = read_scalars(run_dir)
@@ -118,7 +121,7 @@ def test_explosion_alarm_on_injected_nan(tmp_path, capsys, monkeypatch):
     assert code == 3
     err = capsys.readouterr().err
     assert "EXPLOSION ALARM at env step 64" in err and "= nan" in err and "losses/critic_loss" in err, err
-    assert (run_dir / "checkpoints" / "64").is_dir()
+    assert (run_dir / "alarms" / "64" / "64").is_dir() and not (run_dir / "checkpoints" / "64").exists()
 
 
 def _closed_port() -> int:

@@ -42,9 +42,13 @@ import atexit
 import dataclasses
 import logging
 import math
+import os
 import queue
 import re
+import shlex
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -70,6 +74,7 @@ __all__ = [
     "CarlaError",
     "CarlaSensorTimeout",
     "CarlaSession",
+    "ServerProcess",
     "CarlaSpawnError",
     "CarlaUnavailableError",
     "CarlaVersionError",
@@ -143,6 +148,22 @@ class CarlaConfig(ConfigNode):
     sensor_timeout_s: float = param(2.0, "how long to wait for a sensor frame matching the tick (s)")
     reconnect_retries: int = param(3, "reconnect attempts after a server timeout before giving up")
     reconnect_backoff_s: float = param(2.0, "wait before reconnect attempt k is k * reconnect_backoff_s (s)")
+    server_command: str | None = param(
+        None,
+        "command (split like a shell would, no shell features) that starts a CARLA server answering on host:port, "
+        "e.g. '/opt/carla/CarlaUE4.sh -RenderOffScreen -carla-rpc-port=2000'; with it the session starts the "
+        "server when none answers, restarts it when it dies or stops answering, and stops it on close; null: "
+        "never start one",
+    )
+    server_start_timeout_s: float = param(120.0, "how long a server started by server_command may take to answer (s)")
+    restart_every_episodes: int = param(
+        0, "restart the server started by server_command every this many episodes (the usual workaround for "
+        "CARLA's memory leaks in long runs); 0: never"
+    )
+    max_consecutive_failures: int = param(
+        5, "training saves a checkpoint and stops after this many CARLA failures in a row (lost episodes, "
+        "failed resets or evaluations); each failure ends its episode cleanly and training goes on"
+    )
 
     def __post_init__(self) -> None:
         check(bool(self.host), "carla.host", self.host, "a non-empty host name")
@@ -160,6 +181,16 @@ class CarlaConfig(ConfigNode):
         check(self.spawn_retries >= 0, "carla.spawn_retries", self.spawn_retries, ">= 0")
         check(self.reconnect_retries >= 0, "carla.reconnect_retries", self.reconnect_retries, ">= 0")
         check(self.reconnect_backoff_s >= 0, "carla.reconnect_backoff_s", self.reconnect_backoff_s, ">= 0")
+        check(self.server_command is None or bool(self.server_command.strip()), "carla.server_command",
+              self.server_command, "a command or null")
+        check(math.isfinite(self.server_start_timeout_s) and self.server_start_timeout_s > 0,
+              "carla.server_start_timeout_s", self.server_start_timeout_s, "> 0")
+        check(self.restart_every_episodes >= 0, "carla.restart_every_episodes", self.restart_every_episodes, ">= 0")
+        check(self.restart_every_episodes == 0 or self.server_command is not None, "carla.restart_every_episodes",
+              self.restart_every_episodes, "0 unless carla.server_command is set (only a server the run started "
+              "can be restarted)")
+        check(self.max_consecutive_failures >= 1, "carla.max_consecutive_failures", self.max_consecutive_failures,
+              ">= 1")
         check(self.spawn_lift_m >= 0, "carla.spawn_lift_m", self.spawn_lift_m, ">= 0")
         check(self.npc_min_distance_m >= 0, "carla.npc_min_distance_m", self.npc_min_distance_m, ">= 0")
         check(self.tm_leading_distance_m >= 0, "carla.tm_leading_distance_m", self.tm_leading_distance_m, ">= 0")
@@ -509,6 +540,64 @@ def _lane_invasion(event: Any) -> LaneInvasionEvent:
     return LaneInvasionEvent(frame=int(event.frame), crossed_markings=names)
 
 
+class ServerProcess:
+    """A CARLA server started with ``carla.server_command``, in its own process group.
+
+    :meth:`start` runs the command and waits until ``host:port`` answers CARLA's RPC probe (at most
+    ``start_timeout_s``); :meth:`stop` sends SIGTERM to the process group, then SIGKILL after 15 s.
+    """
+
+    def __init__(self, command: str, host: str, port: int, start_timeout_s: float):
+        self.command, self.host, self.port, self.start_timeout_s = command, host, port, start_timeout_s
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        argv = shlex.split(self.command)
+        try:
+            self._proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL)
+        except OSError as e:
+            raise CarlaUnavailableError(f"carla.server_command {self.command!r} could not start: {e}") from e
+        deadline = time.monotonic() + self.start_timeout_s
+        last: BaseException | None = None
+        while time.monotonic() < deadline:
+            code = self._proc.poll()
+            if code is not None:
+                raise CarlaUnavailableError(
+                    f"carla.server_command {self.command!r} exited with code {code} before a server answered on "
+                    f"{self.host}:{self.port}"
+                )
+            try:
+                probe_carla_rpc(self.host, self.port, 1.0)
+                log.info("started a CARLA server (pid %d): %s", self._proc.pid, self.command)
+                return
+            except CarlaError as e:
+                last = e
+                time.sleep(0.5)
+        self.stop()
+        raise CarlaUnavailableError(
+            f"carla.server_command {self.command!r}: no CARLA server answered on {self.host}:{self.port} within "
+            f"carla.server_start_timeout_s = {self.start_timeout_s:g} s (last: {last})"
+        )
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(timeout=wait_s)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
 @dataclasses.dataclass
 class _Episode:
     """What one episode created on the server (carla handles live only here)."""
@@ -576,9 +665,14 @@ class CarlaSession:
         self.cleanup_problems: list[str] = []  # what the last teardown could not do (also logged)
         self.npc_spawn_failures: list[str] = []  # server errors of the last reset's NPC batch (also logged)
         self.sensor_stats: dict[str, dict[str, int]] = {}  # stale/early/duplicate counts of the last episode
+        self._server: ServerProcess | None = None  # the server this session started (carla.server_command)
+        self._server_spec = (cfg.server_command, cfg.server_start_timeout_s)  # what to start, if anything
+        self._resets_since_start = 0
+        self._warned_not_ours = False
+        self.server_starts = 0  # servers this session started (first start and restarts)
         _LIVE_SESSIONS.add(self)
         try:
-            self._connect()
+            self._connect_or_start()
         except BaseException:
             self.close()  # a half-done connect may already have switched the server to synchronous mode
             raise
@@ -609,11 +703,13 @@ class CarlaSession:
         cfg = self.config
         with self._lock:
             self._check_open()
+            self._maybe_scheduled_restart()
+            self._resets_since_start += 1
             failures = 0
             while True:
                 try:
                     if self._world is None:  # a reconnect after an earlier timeout failed
-                        self._connect()
+                        self._connect_or_start()
                     return self._reset_once(spawn, int(num_vehicles), int(seed))
                 except BaseException as e:
                     self._teardown_episode()
@@ -684,6 +780,9 @@ class CarlaSession:
                 log.warning("CARLA session %s:%d closed with problems: %s", self.config.host, self.config.port,
                             "; ".join(problems))
             self._drop_connection()
+            if self._server is not None:
+                self._server.stop()
+                self._server = None
 
     def __enter__(self) -> "CarlaSession":
         return self
@@ -755,13 +854,61 @@ class CarlaSession:
     def _drop_connection(self) -> None:
         self._client = self._world = self._tm = None
 
+    def _connect_or_start(self) -> None:
+        """Connect; with ``server_command``, start the server when none answers (or ours died) first."""
+        if self._server is not None and not self._server.alive():
+            self._restart_server("the server this run started has exited")
+        try:
+            self._connect()
+        except CarlaUnavailableError as e:
+            if self._server_spec[0] is None:
+                raise
+            self._drop_connection()
+            self._restart_server(f"no server answered ({str(e).splitlines()[0]})")
+            self._connect()
+
+    def _restart_server(self, reason: str) -> None:
+        """(Re)start the server with ``server_command``; the new server's settings are its own."""
+        cfg = self.config
+        command, start_timeout_s = self._server_spec
+        if self._server is not None:
+            log.warning("stopping the CARLA server this run started: %s", reason)
+            self._server.stop()
+        log.warning("starting a CARLA server (%s): %s", reason, command)
+        self._drop_connection()
+        self._server = ServerProcess(command, cfg.host, cfg.port, start_timeout_s)
+        self.server_starts += 1
+        self._original_settings = None  # a fresh server: record its own settings at the next connect
+        self._orphans = None  # the old world and its actors are gone
+        self._resets_since_start = 0
+        self._server.start()
+
+    def _maybe_scheduled_restart(self) -> None:
+        """Restart our server every ``restart_every_episodes`` episodes (CARLA leaks memory in long runs)."""
+        every = self.config.restart_every_episodes
+        if not every or self._resets_since_start < every:
+            return
+        if self._server is None:
+            if not self._warned_not_ours:
+                log.warning("carla.restart_every_episodes = %d: the server at %s:%d was not started by this run; "
+                            "it is not restarted", every, self.config.host, self.config.port)
+                self._warned_not_ours = True
+            return
+        self._teardown_episode()
+        self._restart_server(f"carla.restart_every_episodes = {every}")
+        self._connect()
+
     def _reconnect(self, cause: BaseException) -> None:
-        """Drop the client and connect again, at most ``reconnect_retries`` times, then give up clearly."""
+        """Drop the client and connect again, at most ``reconnect_retries`` times (with ``server_command``,
+        then once more after restarting the server), then give up clearly."""
         cfg = self.config
         attempts = cfg.reconnect_retries
+        command = self._server_spec[0]
         self._drop_connection()
         last = cause
         for k in range(1, attempts + 1):
+            if self._server is not None and not self._server.alive():
+                break  # the server we started is dead: restart it below instead of waiting for it
             time.sleep(cfg.reconnect_backoff_s * k)
             try:
                 self._connect()
@@ -770,6 +917,14 @@ class CarlaSession:
             except CarlaUnavailableError as e:
                 last = e
             self._drop_connection()
+        if command is not None:
+            try:
+                self._restart_server(f"lost the server ({str(last).splitlines()[0]})")
+                self._connect()
+                return
+            except CarlaUnavailableError as e:
+                last = e
+                self._drop_connection()
         raise CarlaUnavailableError(
             f"lost the CARLA server at {cfg.host}:{cfg.port} and {attempts} reconnect attempt(s) failed "
             f"(carla.reconnect_retries = {cfg.reconnect_retries}); last error: {last}\n"
