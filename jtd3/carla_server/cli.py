@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-json", action="store_true", help="print one JSON line with the ports when ready")
     p.add_argument("--control", action="store_true",
                    help="answer the jtd3.* control calls (fault injection for tests); off by default")
+    p.add_argument("--exit-on-stdin-eof", action="store_true",
+                   help="stop when standard input closes (a parent process that starts the server and dies)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     server.on_close = done.set
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
+    if args.exit_on_stdin_eof:
+        threading.Thread(target=lambda: (sys.stdin.read(), done.set()), name="stdin-eof", daemon=True).start()
     if args.ready_json:
         print(json.dumps({"host": server.host, "port": server.port, "streaming_port": server.streams.port}), flush=True)
     else:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from jtd3.backend import VehicleControl
 from jtd3.carla_server import layouts as L
 from jtd3.carla_server import rpc
-from jtd3.carla_server.world import SPECTATOR_ID, SpawnError
+from jtd3.carla_server.actors import Actor
+from jtd3.carla_server.world import SPECTATOR_ID, WORLD_STREAM, SpawnError
 
 if TYPE_CHECKING:
     from jtd3.carla_server.server import CarlaServer
@@ -132,19 +133,27 @@ def _set_settings(s: CarlaServer, settings: list) -> list:
     return rpc.value(s.world.frame)
 
 
+def _vehicle(s: CarlaServer, actor_id: int) -> Actor:
+    """A vehicle, alive or destroyed recently (see ``World.actor_or_destroyed``)."""
+    a, _ = s.world.actor_or_destroyed(int(actor_id))
+    if not a.is_vehicle:
+        raise KeyError(f"actor {actor_id} is not a vehicle")
+    return a
+
+
 def _apply_control(s: CarlaServer, actor_id: int, control: list) -> list:
-    v = s.world.vehicle(int(actor_id))
+    v = _vehicle(s, actor_id)
     v.control, v.control_tuple = _control(control)
     return rpc.void()
 
 
 def _set_physics(s: CarlaServer, actor_id: int, enabled: bool) -> list:
-    s.world.actors[int(actor_id)].simulate_physics = bool(enabled)
+    s.world.actor_or_destroyed(int(actor_id))[0].simulate_physics = bool(enabled)
     return rpc.void()
 
 
 def _autopilot(s: CarlaServer, actor_id: int, enabled: bool) -> list:
-    s.world.vehicle(int(actor_id)).autopilot = bool(enabled)
+    _vehicle(s, actor_id).autopilot = bool(enabled)
     return rpc.void()
 
 
@@ -154,7 +163,7 @@ def _teleport(s: CarlaServer, actor_id: int, transform: list) -> list:
 
 
 def _bounding_box(s: CarlaServer, actor_id: int, *_: Any) -> list:
-    a = s.world.actors[int(actor_id)]
+    a, _alive = s.world.actor_or_destroyed(int(actor_id))
     return rpc.value(L.bounding_box_object(a.extent, a.id))
 
 
@@ -183,12 +192,12 @@ def _tm_destroy(s: CarlaServer, port: int) -> list:
 
 
 def _light_state(s: CarlaServer, actor_id: int) -> list:
-    s.world.vehicle(int(actor_id))  # the lights are always off (VehicleLightState::None)
+    _vehicle(s, actor_id)  # the lights are always off (VehicleLightState::None)
     return rpc.value(0)
 
 
 def _set_light_state(s: CarlaServer, actor_id: int, *_: Any) -> list:
-    s.world.vehicle(int(actor_id))  # accepted, not rendered
+    _vehicle(s, actor_id)  # accepted, not rendered
     return rpc.void()
 
 
@@ -204,8 +213,8 @@ def _set_weather(s: CarlaServer, weather: list) -> list:
 
 HANDLERS: dict[str, Callable[..., Any]] = {
     "version": lambda s: rpc.value(VERSION),
-    "get_episode_info": lambda s: rpc.value([s.world.episode_id, [s.streams.token(1)]]),
-    "get_sensor_token": lambda s, stream_id: rpc.value([s.streams.token(int(stream_id))]),
+    "get_episode_info": lambda s: rpc.value([s.world.episode_id, [s.streams.token(WORLD_STREAM)]]),
+    "get_sensor_token": lambda s, stream_id: rpc.value([s.streams.expect(int(stream_id))]),
     "get_map_info": lambda s: rpc.value([s.map_path, [L.transform_object(t) for t in s.world.spawn_points]]),
     "get_map_data": lambda s: rpc.value(s.world.opendrive),
     "get_available_maps": lambda s: rpc.value([s.map_path]),

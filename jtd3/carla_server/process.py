@@ -23,14 +23,17 @@ __all__ = ["ServerProcess"]
 
 
 class ServerProcess:
-    """``python -m jtd3.carla_server --port 0 --ready-json --control`` with its ports read back."""
+    """``python -m jtd3.carla_server --port 0 --ready-json --control`` with its ports read back.
+
+    The server stops when this process closes its standard input: at :meth:`close`, or when this process dies.
+    """
 
     def __init__(self, town: str = "Town01", startup_timeout_s: float = 120.0, log_level: str = "WARNING",
                  extra_args: tuple[str, ...] = ()):
         cmd = [sys.executable, "-m", "jtd3.carla_server", "--host", "127.0.0.1", "--port", "0",
-               "--streaming-port", "0", "--town", town, "--ready-json", "--control", "--log-level", log_level,
+               "--streaming-port", "0", "--town", town, "--ready-json", "--control", "--exit-on-stdin-eof", "--log-level", log_level,
                *extra_args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         import selectors  # noqa: PLC0415
 
         sel = selectors.DefaultSelector()
@@ -76,8 +79,9 @@ class ServerProcess:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
     def __enter__(self) -> "ServerProcess":
         return self

@@ -13,7 +13,6 @@ import logging
 import socket
 import struct
 import threading
-from typing import Callable
 
 __all__ = ["StreamServer", "TOKEN_SIZE", "decode_token", "encode_token"]
 
@@ -22,6 +21,7 @@ log = logging.getLogger(__name__)
 TOKEN_SIZE = 24
 _TOKEN = struct.Struct("<IHBB16s")
 _SIZE = struct.Struct("<I")
+SUBSCRIBE_WAIT_S = 2.0
 PROTOCOL_TCP, ADDRESS_V4 = 1, 1
 
 
@@ -51,11 +51,19 @@ class StreamServer:
         self._lock = threading.Lock()
         self._subscribed = threading.Condition(self._lock)
         self._closed = False
-        self.on_subscribe: Callable[[int], None] | None = None
+        self._expected: set[int] = set()  # tokens handed out, subscriber not connected yet
         threading.Thread(target=self._accept, name=f"carla-stream:{self.port}", daemon=True).start()
 
     def token(self, stream_id: int) -> bytes:
         return encode_token(stream_id, self.host, self.port)
+
+    def expect(self, stream_id: int) -> bytes:
+        """The token of ``stream_id`` for a client about to subscribe: the next :meth:`publish` on it waits
+        (at most ``SUBSCRIBE_WAIT_S``) for the client's connection, which it opens asynchronously after
+        ``get_sensor_token`` returns; without the wait a sensor's first frames would go to nobody."""
+        with self._lock:
+            self._expected.add(stream_id)
+        return self.token(stream_id)
 
     def _accept(self) -> None:
         while not self._closed:
@@ -86,6 +94,7 @@ class StreamServer:
                 conn.close()
                 return
             self._subscribers.setdefault(stream_id, []).append(conn)
+            self._expected.discard(stream_id)
             self._subscribed.notify_all()
         log.debug("stream %d: subscriber connected", stream_id)
         # Detect the client closing its end (unsubscribe): a read returns b"".
@@ -119,6 +128,12 @@ class StreamServer:
         """Send one message to every subscriber of ``stream_id``; returns how many received it."""
         with self._lock:
             subs = list(self._subscribers.get(stream_id, ()))
+            pending = stream_id in self._expected
+        if not subs and pending:
+            self.wait_subscribed(stream_id, SUBSCRIBE_WAIT_S)
+            with self._lock:
+                subs = list(self._subscribers.get(stream_id, ()))
+                self._expected.discard(stream_id)
         if not subs:
             return 0
         message = _SIZE.pack(len(payload)) + payload

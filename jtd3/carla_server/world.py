@@ -30,6 +30,8 @@ __all__ = ["SpawnError", "World", "spawn_points"]
 
 SPECTATOR_ID = 1
 WORLD_STREAM = 1  # stream id of the pushed world state; sensors get 2, 3, ...
+MAX_DESTROYED = 10_000
+MIN_CAMERA_HEIGHT = 0.05  # metres; a camera mounted lower (e.g. at the vehicle origin) renders from this height
 STATIC_BUILDING = [0, 0, [0, "static.building", []], L.bounding_box_object((0.0, 0.0, 0.0)), bytes([3]), b""]
 
 
@@ -75,6 +77,7 @@ class World:
         self.actors: dict[int, Actor] = {
             SPECTATOR_ID: Actor(SPECTATOR_ID, "spectator", [], (0.0, 0.0, 100.0, -90.0, 0.0, 0.0))
         }
+        self.destroyed: dict[int, Actor] = {}  # id -> actor, the most recent MAX_DESTROYED
         self._next_id = 100
         self._next_stream = WORLD_STREAM + 1
         self._cameras: dict[tuple, FrontCamera] = {}
@@ -119,8 +122,23 @@ class World:
             return False
         for child in [a.id for a in self.actors.values() if a.parent == actor_id]:
             self.destroy(child)
-        del self.actors[actor_id]
+        self.destroyed[actor_id] = self.actors.pop(actor_id)
+        while len(self.destroyed) > MAX_DESTROYED:
+            del self.destroyed[next(iter(self.destroyed))]
         return True
+
+    def actor_or_destroyed(self, actor_id: int) -> tuple[Actor, bool]:
+        """``(actor, alive)``: a live actor, or one destroyed recently; ``KeyError`` for an id never spawned.
+
+        The client's Traffic Manager keeps calling about vehicles until it sees them gone from the pushed
+        state, one tick after they were destroyed; an error reply on its thread aborts the client process,
+        so those calls are answered as if the actor were still there (and change nothing).
+        """
+        if actor_id in self.actors:
+            return self.actors[actor_id], True
+        if actor_id in self.destroyed:
+            return self.destroyed[actor_id], False
+        raise KeyError(f"actor {actor_id} not found")
 
     def vehicle(self, actor_id: int) -> Actor:
         a = self.actors.get(actor_id)
@@ -165,6 +183,7 @@ class World:
 
     def _camera(self, a: Actor) -> FrontCamera:
         x, _, z, pitch, _, _ = a.transform
+        z = max(z, MIN_CAMERA_HEIGHT)  # the ground renderer needs the eye above the ground
         w, h = int(a.attribute("image_size_x", "800")), int(a.attribute("image_size_y", "600"))
         fov = float(a.attribute("fov", "90"))
         key = (w, h, fov, x, z, pitch)
