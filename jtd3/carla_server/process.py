@@ -19,7 +19,21 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["ServerProcess"]
+__all__ = ["ServerProcess", "shutdown_traffic_manager"]
+
+
+def shutdown_traffic_manager(host: str, port: int, tm_port: int, timeout_s: float = 5.0) -> None:
+    """Stop the carla client's Traffic Manager on ``tm_port`` in this process.
+
+    A Traffic Manager left in asynchronous mode (as ``CarlaSession.close`` leaves it) keeps calling the server
+    from its own thread; when that server goes away, the timeout on that thread aborts this process. Call this
+    before stopping a server that a session of this process used.
+    """
+    import carla  # noqa: PLC0415
+
+    client = carla.Client(host, port)
+    client.set_timeout(timeout_s)
+    client.get_trafficmanager(tm_port).shut_down()
 
 
 class ServerProcess:
