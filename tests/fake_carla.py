@@ -18,6 +18,11 @@ so the fake cannot drift into an API CARLA does not have). Fake-only controls li
   thread, as CARLA's streaming threads do). The default delivers ``[(0.0, frame)]``. Camera pixels encode
   the label (``label % 251``), so a test sees which frame was used.
 - ``server.events[frame]``: ``[("collision", other_id), ("lane", ("Broken",)), ...]`` raised at that frame.
+- ``server.down_rpcs = n``: the next n RPCs of any name time out (a server gone for a while, then back).
+- ``server.at_tick[n] = hook``: ``hook(server)`` runs when the n-th ``tick`` RPC arrives, before it is served
+  (fault injection at a chosen moment of a training run).
+- ``server.restart()``: what a crashed and restarted server looks like: no actors, default (asynchronous)
+  settings, a new world id, no Traffic Manager state, answering again.
 
 Physics is a toy (the ego follows throttle/brake/steer, autopilot NPCs drive straight at 5 m/s); positions
 read as the origin until the first tick after spawning, as on a real server.
@@ -380,6 +385,10 @@ class FakeServer:
         self.on_tick: dict[int, Callable[[Any], None]] = {}
         self._callback_ids = itertools.count(1)
         self.rpc_calls = 0
+        self.down_rpcs = 0
+        self.at_tick: dict[int, Callable[[FakeServer], None]] = {}
+        self.tick_rpcs = 0
+        self.restarts = 0
         self._timers: list[threading.Timer] = []
         self._lock = threading.RLock()
 
@@ -398,10 +407,34 @@ class FakeServer:
         for t in list(self._timers):
             t.join()
 
+    def restart(self) -> None:
+        """A fresh server process on the same port (after a crash): the old world and its actors are gone."""
+        with self._lock:
+            for r in self.records.values():
+                r.alive = False
+                r.callback = None
+            self.settings = _settings_dict(WorldSettings())
+            self.world_id += 1
+            self.tm = {}
+            self.on_tick = {}
+            self.down = False
+            self.down_rpcs = 0
+            self.fail.clear()
+            self.restarts += 1
+            self.log.append(("restart", self.world_id))
+
     # -- internals ---------------------------------------------------------------------------------------
 
     def rpc(self, name: str, host: str, port: int, timeout_s: float) -> None:
         self.rpc_calls += 1
+        if name == "tick":
+            self.tick_rpcs += 1
+            hook = self.at_tick.pop(self.tick_rpcs, None)
+            if hook is not None:
+                hook(self)
+        if self.down_rpcs > 0:
+            self.down_rpcs -= 1
+            raise RuntimeError(TIMEOUT_MESSAGE.format(ms=int(round(timeout_s * 1000)), host=host, port=port))
         if self.errors[name] > 0:
             self.errors[name] -= 1
             raise RuntimeError(f"fake server error in {name}")
@@ -674,24 +707,27 @@ class Map:
 class TrafficManager:
     def __init__(self, server: FakeServer, port: int) -> None:
         self._server, self._port = server, port
-        server.tm.setdefault(port, {"sync": False, "seed": None, "distance": None, "hybrid": False})
+        self._state()
+
+    def _state(self) -> dict[str, Any]:
+        return self._server.tm.setdefault(self._port, {"sync": False, "seed": None, "distance": None, "hybrid": False})
 
     def get_port(self) -> int:
         return self._port
 
     def set_synchronous_mode(self, mode_switch: bool = True) -> None:
-        self._server.tm[self._port]["sync"] = bool(mode_switch)
+        self._state()["sync"] = bool(mode_switch)
         self._server.log.append(("tm_sync", self._port, bool(mode_switch)))
 
     def set_random_device_seed(self, value: int) -> None:
-        self._server.tm[self._port]["seed"] = value
+        self._state()["seed"] = value
         self._server.log.append(("tm_seed", self._port, value))
 
     def set_global_distance_to_leading_vehicle(self, distance: float) -> None:
-        self._server.tm[self._port]["distance"] = distance
+        self._state()["distance"] = distance
 
     def set_hybrid_physics_mode(self, enabled: bool = False) -> None:
-        self._server.tm[self._port]["hybrid"] = enabled
+        self._state()["hybrid"] = enabled
 
 
 class World:
