@@ -255,7 +255,8 @@ HANDLERS: dict[str, Callable[..., Any]] = {
         s, actor_id, [loc, [0.0, s.world.world_transform(s.world.actors[int(actor_id)])[4], 0.0]]),
 }
 
-def _faults(s: CarlaServer, hang: dict, drop_frames: dict, delay_s: dict) -> list:
+def _faults(s: CarlaServer, hang: dict, drop_frames: dict, delay_s: dict, duplicate: list = ()) -> list:
+    s.faults.duplicate = set(duplicate)
     s.faults.hang = {str(k): int(v) for k, v in hang.items()}
     s.faults.drop_frames = {k: set(v) for k, v in drop_frames.items()}
     s.faults.delay_s = {k: float(v) for k, v in delay_s.items()}

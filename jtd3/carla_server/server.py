@@ -41,6 +41,7 @@ class Faults:
     hang: dict[str, int] = dataclasses.field(default_factory=dict)  # RPC name -> how many calls go unanswered (-1: all)
     drop_frames: dict[str, set[int]] = dataclasses.field(default_factory=dict)  # sensor -> frames not sent
     delay_s: dict[str, float] = dataclasses.field(default_factory=dict)  # sensor -> seconds each frame is late
+    duplicate: set[str] = dataclasses.field(default_factory=set)  # sensors whose every frame is sent twice
 
 
 class CarlaServer:
@@ -126,12 +127,13 @@ class CarlaServer:
             if frame in self.faults.drop_frames.get(kind, ()):
                 continue
             delay = self.faults.delay_s.get(kind, 0.0)
-            if delay > 0:
-                timer = threading.Timer(delay, self.streams.publish, (stream_id, payload))
-                timer.daemon = True
-                timer.start()
-            else:
-                self.streams.publish(stream_id, payload)
+            for _ in range(2 if kind in self.faults.duplicate else 1):
+                if delay > 0:
+                    timer = threading.Timer(delay, self.streams.publish, (stream_id, payload))
+                    timer.daemon = True
+                    timer.start()
+                else:
+                    self.streams.publish(stream_id, payload)
 
     def set_settings(self, obj: list) -> None:
         settings = L.settings_dict(obj, self.world.settings)
