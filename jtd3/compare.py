@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["collect_camera_batch", "drift_probe", "summarise_runs", "plot_runs", "write_report"]
+__all__ = [
+    "collect_camera_batch", "drift_probe", "plot_runs", "read_eval_csv", "save_figure", "summarise_runs", "write_report",
+]
 
 NORMS = ("none", "layernorm", "batchnorm", "hybrid")
 DRIFT_FACTORS = (1.0, 10.0, 100.0)
@@ -118,7 +120,7 @@ def summarise_runs(runs: dict[str, Path]) -> dict[str, dict[str, Any]]:
     for label, run_dir in runs.items():
         scalars = read_scalars(run_dir)
         curves = {name: scalars.get(tag, []) for name, tag in CURVES.items()}
-        evals = _read_eval_csv(run_dir / "eval.csv")
+        evals = read_eval_csv(run_dir / "eval.csv")
         final = evals[-1] if evals else {}
         best = max(evals, key=lambda r: (r["success_rate"], r["route_completion"])) if evals else {}
         l2 = [v for _, v in curves["critic features L2"]]
@@ -135,7 +137,8 @@ def summarise_runs(runs: dict[str, Path]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _read_eval_csv(path: Path) -> list[dict[str, float]]:
+def read_eval_csv(path: Path) -> list[dict[str, float]]:
+    """The rows of a run's ``eval.csv`` as floats (empty when there is none)."""
     import csv
 
     if not path.is_file():
@@ -171,7 +174,7 @@ def plot_runs(summary: dict[str, dict[str, Any]], drift: list[dict[str, Any]], o
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label)
         ax.set(xlabel="env steps", ylabel="per-sample L2 (mean)", title=title, yscale="log")
-    paths.append(_save_figure(fig, axes, out_dir / "features.png"))
+    paths.append(save_figure(fig, axes, out_dir / "features.png"))
 
     names = ("critic loss", "Q1 mean", "episode reward", "eval route completion")
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.5))
@@ -184,11 +187,11 @@ def plot_runs(summary: dict[str, dict[str, Any]], drift: list[dict[str, Any]], o
         ax.set(xlabel="env steps", title=name)
         if name == "critic loss":
             ax.set_yscale("log")
-    paths.append(_save_figure(fig, axes, out_dir / "learning.png"))
+    paths.append(save_figure(fig, axes, out_dir / "learning.png"))
     return paths
 
 
-def _save_figure(fig: Any, axes: Sequence[Any], path: Path) -> Path:
+def save_figure(fig: Any, axes: Sequence[Any], path: Path) -> Path:
     """Grid and legend on every axis, then write ``fig`` to ``path`` and close it."""
     import matplotlib.pyplot as plt
 

@@ -1,4 +1,4 @@
-"""Exploration for the actor loop: the warm-up policy and the Gaussian noise schedule.
+"""Exploration for the actor loop: the warm-up policy and the Gaussian noise schedule (linear or exponential).
 
 The original project warmed up with uniform random ``throttle_brake`` in [-1, 1]: half of the time it brakes,
 and the car barely moved (its replay held almost no driving). :class:`RandomDrivingPolicy` instead drives:
@@ -13,6 +13,7 @@ All randomness comes from a NumPy ``Generator`` owned by the loop (its state is 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -38,8 +39,18 @@ class ExplorationConfig(ConfigNode):
     warmup_steer_sigma: float = param(0.3, "stationary std of the warm-up steering OU process ([-1, 1] units)")
     warmup_steer_theta: float = param(0.15, "mean-reversion rate per step of the warm-up steering OU process")
     noise_start: float = param(0.1, "std of the Gaussian action noise when learning starts ([-1, 1] units)")
-    noise_end: float = param(0.1, "std of the Gaussian action noise after noise_decay_steps")
-    noise_decay_steps: int = param(0, "env steps after learning_starts over which the std decays linearly (0: none)")
+    noise_end: float = param(0.1, "std of the Gaussian action noise after the decay (linear) or its limit (exponential)")
+    noise_schedule: str = choice(
+        "linear",
+        ("linear", "exponential"),
+        "linear: noise_start -> noise_end over noise_decay_steps; exponential: noise_end + (noise_start - noise_end) "
+        "* exp(-t / noise_decay_steps), t = env steps since learning_starts (the original's "
+        "0.1 + 0.2 exp(-(step - 10000) / 4000))",
+    )
+    noise_decay_steps: int = param(
+        0, "env steps after learning_starts over which the std decays (linear) or its time constant "
+        "(exponential); 0: constant noise_start"
+    )
 
     def __post_init__(self):
         lo, hi = self.warmup_throttle
@@ -51,15 +62,27 @@ class ExplorationConfig(ConfigNode):
               "in (0, 1]")
         check(self.noise_start >= 0.0, "train.exploration.noise_start", self.noise_start, ">= 0")
         check(self.noise_end >= 0.0, "train.exploration.noise_end", self.noise_end, ">= 0")
+        check(self.noise_schedule in ("linear", "exponential"), "train.exploration.noise_schedule",
+              self.noise_schedule, "one of 'linear', 'exponential'")
         check(self.noise_decay_steps >= 0, "train.exploration.noise_decay_steps", self.noise_decay_steps, ">= 0")
 
 
 def noise_scale(config: ExplorationConfig, steps_since_learning_starts: int) -> float:
-    """Std of the Gaussian exploration noise: linear from ``noise_start`` to ``noise_end``."""
-    if config.noise_decay_steps == 0:
-        return config.noise_start
-    frac = min(max(steps_since_learning_starts, 0) / config.noise_decay_steps, 1.0)
-    return config.noise_start + frac * (config.noise_end - config.noise_start)
+    """Std of the Gaussian exploration noise ``t = steps_since_learning_starts`` env steps after learning starts.
+
+    ``linear``: ``noise_start`` -> ``noise_end`` over ``noise_decay_steps``, then ``noise_end``;
+    ``exponential``: ``noise_end + (noise_start - noise_end) * exp(-t / noise_decay_steps)``.
+    ``noise_decay_steps = 0``: always ``noise_start``.
+    """
+    schedule, decay = config.noise_schedule, config.noise_decay_steps
+    start, end = config.noise_start, config.noise_end
+    if decay == 0:
+        return start
+    t = max(steps_since_learning_starts, 0)
+    if schedule == "exponential":
+        return end + (start - end) * math.exp(-t / decay)
+    frac = min(t / decay, 1.0)
+    return start + frac * (end - start)
 
 
 class RandomDrivingPolicy:

@@ -32,19 +32,24 @@ OBS_SPACE = spaces.Dict(
     }
 )
 ACT_SPACE = spaces.Box(-1.0, 1.0, (2,), np.float32)
-ENCODERS = ("separate", "shared")
+ENCODERS = ("separate", "shared")  # jtd3's wirings; "original" (the PyTorch original's) has its own tests below
+ALL_ENCODERS = (*ENCODERS, "original")
 CRITIC_KEYS = {
     "losses/critic_loss", "losses/q1_mean", "losses/q2_mean", "losses/target_q_mean", "losses/td_error",
     "losses/actor_loss", "losses/actor_q", "losses/actor_updates",
+    "debug/actor_q_max", "debug/actor_q_min", "debug/actor_q_on_critic_features",
     "grad_norm/critic_cnn", "grad_norm/critic_mlp", "grad_norm/actor_mlp",
     "param_norm/critic_cnn", "param_norm/critic_mlp", "param_norm/actor_mlp",
 }  # fmt: skip
-ACTOR_ONLY = {"losses/actor_loss", "losses/actor_q", "grad_norm/actor_mlp", "grad_norm/actor_cnn"}
+ACTOR_ONLY = {
+    "losses/actor_loss", "losses/actor_q", "grad_norm/actor_mlp", "grad_norm/actor_cnn", "debug/actor_q_max",
+    "debug/actor_q_min", "debug/actor_q_on_critic_features",
+}  # fmt: skip
 
 
 def expected_keys(encoder: str) -> set[str]:
     keys = set(CRITIC_KEYS) | {f"debug/critic_cnn_features_{s}" for s in FEATURE_STATS}
-    if encoder == "separate":
+    if encoder in ("separate", "original"):
         keys |= {"grad_norm/actor_cnn", "param_norm/actor_cnn"}
         keys |= {f"debug/actor_cnn_features_{s}" for s in FEATURE_STATS}
     return keys
@@ -88,8 +93,10 @@ def assert_trees_differ(a, b, what):
 # Shapes and finiteness, every norm x topology
 
 
-@pytest.mark.parametrize("encoder", ENCODERS)
-@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize(
+    ("norm", "encoder"),
+    [(n, e) for e in ENCODERS for n in NORMS] + [("layernorm", "original"), ("batchnorm", "original")],
+)
 def test_update_and_act_shapes_and_finiteness(norm, encoder):
     r = run(norm, encoder)
     s0, s2 = r["s0"], r["s2"]
@@ -105,15 +112,17 @@ def test_update_and_act_shapes_and_finiteness(norm, encoder):
     actions = agent.act(s2, r["batch"]["obs"], jax.random.key(1), 0.3)
     chex.assert_shape(actions, (B, 2))
     assert bool(jnp.all(jnp.abs(actions) <= 1.0))
-    # the actor reads its encoder (separate) or the critic's encoder (shared): it has one only in `separate`
-    assert ("encoder" in s2.actor_params) == (encoder == "separate")
+    # the actor reads its encoder (separate, original) or the critic's encoder (shared)
+    assert ("encoder" in s2.actor_params) == (encoder != "shared")
+    # target encoders exist in jtd3's wirings only; the original had target copies of the MLP heads alone
+    assert ("encoder" in s2.critic_target_params) == (encoder != "original")
 
 
 # ----------------------------------------------------------------------------------------------------------
 # TD3 invariants
 
 
-@pytest.mark.parametrize("encoder", ENCODERS)
+@pytest.mark.parametrize("encoder", ALL_ENCODERS)
 def test_policy_delay_critic_steps_do_not_touch_actor_or_targets(encoder):
     r = run("layernorm", encoder)
     s0, s1, s2, m1, m2 = r["s0"], r["s1"], r["s2"], r["m1"], r["m2"]
@@ -132,10 +141,11 @@ def test_policy_delay_critic_steps_do_not_touch_actor_or_targets(encoder):
     assert_trees_differ(s2.critic_target_params, s1.critic_target_params, "critic target on a policy step")
 
 
-@pytest.mark.parametrize("encoder", ENCODERS)
+@pytest.mark.parametrize("encoder", ALL_ENCODERS)
 def test_actor_loss_never_moves_critic_parameters(encoder):
     """The same critic step with and without the actor step after it leaves identical critic parameters:
-    in `shared` mode the actor loss does not move the encoder, in `separate` mode not the critic encoder."""
+    in `shared` mode the actor loss does not move the encoder, in `separate` mode not the critic encoder, in
+    `original` mode (Q1 scored on actor-encoder features) not Q1's head."""
     r = run("layernorm", encoder)
     policy_state = r["s1"]  # step 1: a policy step
     critic_only_state = policy_state.replace(step=jnp.zeros((), jnp.int32))  # step 0: critic only
@@ -159,11 +169,7 @@ def test_separate_actor_encoder_learns_only_through_the_action():
     state, batch = r["s1"], r["batch"]
     _, m = agent.update(state, batch)
     assert float(m["grad_norm/actor_cnn"]) > 0.0  # normally the encoder learns, through the action
-    head = state.actor_params["head"]
-    kernel = head["mlp"]["fc0"]["kernel"]
-    blind = kernel.at[: state.spec.config.features_dim].set(0.0)  # rows that read the encoder features
-    blind_head = {"mlp": {**head["mlp"], "fc0": {**head["mlp"]["fc0"], "kernel": blind}}}
-    blind_state = state.replace(actor_params={**state.actor_params, "head": blind_head})
+    blind_state = _blind_actor(state)
     new, m = agent.update(blind_state, batch)
     assert float(m["grad_norm/actor_cnn"]) == 0.0, float(m["grad_norm/actor_cnn"])
     chex.assert_trees_all_equal(new.actor_params["encoder"], state.actor_params["encoder"])
@@ -181,7 +187,98 @@ def test_separate_actor_encoder_learns_only_through_the_action():
     np.testing.assert_allclose(float(m["losses/actor_loss"]), -float(jnp.mean(q1)), rtol=1e-4)
 
 
-@pytest.mark.parametrize("encoder", ENCODERS)
+def _blind_actor(state):
+    """The state with an actor head whose first layer ignores the encoder features (the action then does not
+    depend on the actor encoder)."""
+    head = state.actor_params["head"]
+    kernel = head["mlp"]["fc0"]["kernel"]
+    blind = kernel.at[: state.spec.config.features_dim].set(0.0)
+    blind_head = {"mlp": {**head["mlp"], "fc0": {**head["mlp"]["fc0"], "kernel": blind}}}
+    return state.replace(actor_params={**state.actor_params, "head": blind_head})
+
+
+def test_original_actor_loss_scores_q1_on_the_actor_encoders_features():
+    """`original`: the actor loss is -mean Q1(actor_features, pi(actor_features)) with Q1's head held; the actor
+    encoder learns through Q1's state input too (the original's bug, reproduced on purpose)."""
+    r = run("layernorm", "original")
+    state, batch = r["s1"], r["batch"]  # the update with index 1 is a policy step
+    spec, mods = state.spec, modules(state.spec)
+    obs = batch["obs"]
+
+    # With an actor head blind to its features the action does not depend on the actor encoder, yet the
+    # encoder still gets a gradient and moves: it flows through Q1's state input (in `separate` it is exactly 0).
+    blind = _blind_actor(state)
+    new, m = agent.update(blind, batch)
+    assert float(m["grad_norm/actor_cnn"]) > 0.0
+    assert_trees_differ(new.actor_params["encoder"], blind.actor_params["encoder"], "actor encoder (blind head)")
+
+    # Independent recomputation of the loss, of the actor-side and critic-side Q and of the actor-encoder
+    # gradient, with the critic heads after this step's critic update.
+    new, m = agent.update(state, batch)
+    q_head = {"params": new.critic_params["head"]}
+
+    def loss(ap, through_state_input=True):
+        feats = encode(spec, ap["encoder"], {}, obs["camera"], True)[0]
+        pi = mods.actor_head.apply({"params": ap["head"]}, feats, obs["kinematics"])
+        q_feats = feats if through_state_input else jax.lax.stop_gradient(feats)
+        return -jnp.mean(mods.critic_head.apply(q_head, q_feats, obs["kinematics"], pi)[0])
+
+    np.testing.assert_allclose(float(m["losses/actor_loss"]), float(loss(state.actor_params)), rtol=1e-4)
+    np.testing.assert_allclose(float(m["losses/actor_q"]), -float(loss(state.actor_params)), rtol=1e-4)
+    grads = jax.grad(loss)(state.actor_params)
+    from jtd3.diagnostics import global_norm
+
+    np.testing.assert_allclose(float(m["grad_norm/actor_cnn"]), float(global_norm(grads["encoder"])), rtol=1e-3)
+    action_only = jax.grad(functools.partial(loss, through_state_input=False))(state.actor_params)
+    assert abs(float(global_norm(action_only["encoder"])) - float(global_norm(grads["encoder"]))) > 1e-3 * float(
+        global_norm(grads["encoder"])
+    ), "the actor-encoder gradient did not include the path through Q1's state input"
+    # The critic-side Q of the same actions: Q1 on the critic encoder's (pre-update) features.
+    a_feats = encode(spec, state.actor_params["encoder"], {}, obs["camera"], True)[0]
+    pi = mods.actor_head.apply({"params": state.actor_params["head"]}, a_feats, obs["kinematics"])
+    c_feats = encode(spec, state.critic_params["encoder"], {}, obs["camera"], True)[0]
+    q_critic = mods.critic_head.apply(q_head, c_feats, obs["kinematics"], pi)[0]
+    np.testing.assert_allclose(float(m["debug/actor_q_on_critic_features"]), float(jnp.mean(q_critic)), rtol=1e-4)
+    q_actor = mods.critic_head.apply(q_head, a_feats, obs["kinematics"], pi)[0]
+    np.testing.assert_allclose(float(m["debug/actor_q_max"]), float(jnp.max(q_actor)), rtol=1e-4)
+    np.testing.assert_allclose(float(m["debug/actor_q_min"]), float(jnp.min(q_actor)), rtol=1e-4)
+
+
+def test_jtd3_wirings_score_the_policy_on_critic_features_only():
+    """In `separate` and `shared` the Q the actor maximises is the critic-side Q of its actions."""
+    for encoder in ENCODERS:
+        m = run("layernorm", encoder)["m2"]
+        assert float(m["losses/actor_q"]) == float(m["debug/actor_q_on_critic_features"])
+        assert float(m["debug/actor_q_min"]) <= float(m["losses/actor_q"]) <= float(m["debug/actor_q_max"])
+
+
+def test_original_td_target_uses_the_online_critic_encoder_and_the_target_heads():
+    """`original` has no target encoders: the TD target runs the online critic encoder (running averages) on
+    next_obs and feeds the target actor head and the target Q heads."""
+    r = run("layernorm", "original")
+    state = r["s2"]  # after a policy step: the target heads differ from the online ones
+    assert set(state.actor_target_params) == {"head"} and set(state.critic_target_params) == {"head"}
+    assert state.actor_target_stats == {} and state.critic_target_stats == {}
+    assert_trees_differ(state.critic_target_params["head"], state.critic_params["head"], "target vs online heads")
+    batch = make_batch(3, terminated=0.0)
+    _, m = agent.update(state, batch)
+
+    spec, mods, cfg = state.spec, modules(state.spec), state.spec.config
+    _, k_noise = jax.random.split(jax.random.wrap_key_data(state.key))
+    nxt = batch["next_obs"]
+    feats = encode(spec, state.critic_params["encoder"], {}, nxt["camera"], False)[0]
+    a = mods.actor_head.apply({"params": state.actor_target_params["head"]}, feats, nxt["kinematics"])
+    a = smoothed_target_action(a, k_noise, cfg.policy_noise, cfg.noise_clip)
+    q = mods.critic_head.apply({"params": state.critic_target_params["head"]}, feats, nxt["kinematics"], a)
+    expected = batch["reward"] + cfg.gamma * jnp.min(q, axis=0)
+    np.testing.assert_allclose(float(m["losses/target_q_mean"]), float(jnp.mean(expected)), rtol=1e-5)
+    # ... and it really reads the online critic encoder: swap in another encoder and the target changes.
+    swapped = state.replace(critic_params={**state.critic_params, "encoder": state.actor_params["encoder"]})
+    _, m_swapped = agent.update(swapped, batch)
+    assert abs(float(m_swapped["losses/target_q_mean"]) - float(m["losses/target_q_mean"])) > 1e-4
+
+
+@pytest.mark.parametrize("encoder", ALL_ENCODERS)
 def test_polyak_target_update(encoder):
     r = run("layernorm", encoder)
     s1, s2 = r["s1"], r["s2"]
@@ -190,6 +287,7 @@ def test_polyak_target_update(encoder):
         (s2.actor_params, s1.actor_target_params, s2.actor_target_params),
         (s2.critic_params, s1.critic_target_params, s2.critic_target_params),
     ):
+        online = {k: online[k] for k in old}  # original: the targets are the heads only
         expected = jax.tree.map(lambda o, t: tau * o + (1 - tau) * t, online, old)
         chex.assert_trees_all_close(new, expected, rtol=1e-6, atol=1e-7)
     x, y = {"a": jnp.array([2.0, 4.0])}, {"a": jnp.array([0.0, 8.0])}
@@ -357,8 +455,8 @@ def test_optimizer_learning_rates_clipping_and_weight_decay():
     params = _toy_params()
     grads = jax.tree.map(lambda p: jnp.full_like(p, 1e3), params)
 
-    def first_step(cfg, g):
-        opt = make_optimizer(cfg, params)
+    def first_step(cfg, g, side="critic"):
+        opt = make_optimizer(cfg, params, side)
         updates, _ = opt.update(g, opt.init(params), params)
         return jax.tree.map(lambda u: float(jnp.max(jnp.abs(u))), updates)
 
@@ -376,6 +474,20 @@ def test_optimizer_learning_rates_clipping_and_weight_decay():
     assert step["encoder"]["conv"]["kernel"] == pytest.approx(1e-4 * 0.1, rel=1e-5)
     assert step["head"]["kernel"] == pytest.approx(3e-4 * 0.1, rel=1e-5)
     assert step["encoder"]["conv"]["bias"] == 0.0
+    # coupled (PyTorch Adam(weight_decay)): wd * param joins the gradient of every parameter, biases too, and
+    # Adam normalises it: the first step is ~lr wherever param != 0
+    step = first_step(AgentConfig(weight_decay=0.1, weight_decay_mode="coupled"), jax.tree.map(jnp.zeros_like, params))
+    assert step["encoder"]["conv"]["bias"] == pytest.approx(1e-4, rel=1e-3)
+    assert step["head"]["kernel"] == pytest.approx(3e-4, rel=1e-3)
+    # whole-side clipping (CNN and MLP together) applies to its side only, before the L2 term
+    tiny = AgentConfig(actor_grad_clip=1e-10, critic_grad_clip=None)
+    for side, shrunk in (("actor", True), ("critic", False)):
+        step = first_step(tiny, grads, side)
+        assert (step["encoder"]["conv"]["kernel"] < 1e-6) == shrunk and (step["head"]["kernel"] < 3e-6) == shrunk
+    step = first_step(AgentConfig(critic_grad_clip=1e-10, weight_decay=1.0, weight_decay_mode="coupled"), grads)
+    assert step["head"]["kernel"] == pytest.approx(3e-4, rel=1e-3)  # the decay term is added after clipping
+    with pytest.raises(ValueError, match="unknown optimiser side 'policy'"):
+        make_optimizer(AgentConfig(), params, "policy")
 
 
 def test_every_config_field_is_read_and_per_layer_stats_are_reported():
@@ -384,6 +496,7 @@ def test_every_config_field_is_read_and_per_layer_stats_are_reported():
         gamma=0.9, tau=0.01, policy_noise=0.1, noise_clip=0.3, policy_delay=3, cnn_lr=2e-4, mlp_lr=5e-4,
         cnn_grad_clip=10.0, mlp_grad_clip=5.0, weight_decay=1e-5, bn_momentum=0.9, target_bn_stats="copy",
         conv_impl="im2col", conv_chunk=3, per_layer_stats=True, encoder="separate", actor_out_init=1e-2,
+        actor_grad_clip=1.0, critic_grad_clip=10.0, weight_decay_mode="coupled",
     )  # fmt: skip
     batch = make_batch(0)
     with track_reads() as reads:
@@ -408,7 +521,7 @@ def test_bool_terminated_is_accepted():
 def test_bad_config_values_name_the_valid_choices():
     with pytest.raises(ConfigError, match=r"'norm' = 'groupnorm'.*'none', 'layernorm', 'batchnorm', 'hybrid'"):
         from_dict(AgentConfig, {"norm": "groupnorm"})
-    with pytest.raises(ConfigError, match=r"'encoder' = 'both'.*'separate', 'shared'"):
+    with pytest.raises(ConfigError, match=r"'encoder' = 'both'.*'separate', 'shared', 'original'"):
         from_dict(AgentConfig, {"encoder": "both"})
     with pytest.raises(ConfigError, match=r"'activation' = 'tanh'.*'leaky_relu', 'relu'"):
         from_dict(AgentConfig, {"activation": "tanh"})
@@ -419,6 +532,10 @@ def test_bad_config_values_name_the_valid_choices():
         AgentConfig(tau=0.0)
     with pytest.raises(ValueError, match=r"agent.cnn_grad_clip"):
         AgentConfig(cnn_grad_clip=-1.0)
+    with pytest.raises(ValueError, match=r"agent.actor_grad_clip"):
+        AgentConfig(actor_grad_clip=0.0)
+    with pytest.raises(ConfigError, match=r"'weight_decay_mode' = 'l2'.*'decoupled', 'coupled'"):
+        from_dict(AgentConfig, {"weight_decay_mode": "l2"})
 
 
 def test_bad_observations_and_spaces_name_the_expected_shape():

@@ -12,10 +12,11 @@ import dataclasses
 from jtd3.config import ConfigNode, check, choice, param
 from jtd3.networks import ACTIVATIONS, NORMS
 
-__all__ = ["AgentConfig", "CONV_IMPL_CHOICES", "ENCODERS", "TARGET_BN_STATS"]
+__all__ = ["AgentConfig", "CONV_IMPL_CHOICES", "ENCODERS", "TARGET_BN_STATS", "WEIGHT_DECAY_MODES"]
 
-ENCODERS = ("separate", "shared")
+ENCODERS = ("separate", "shared", "original")
 TARGET_BN_STATS = ("polyak", "copy")
+WEIGHT_DECAY_MODES = ("decoupled", "coupled")
 CONV_IMPL_CHOICES = ("auto", "im2col", "xla")
 
 
@@ -30,8 +31,10 @@ class AgentConfig(ConfigNode):
         "shared",
         ENCODERS,
         "shared (default, DrQ style): one critic-owned encoder, the actor reads stop_gradient(features); about 1.6x "
-        "the update speed of separate on CPU. separate (the original's topology): actor and critic own a NatureCNN "
-        "each, the actor's learns only through the action",
+        "the update speed of separate on CPU. separate: actor and critic own a NatureCNN each, the actor's learns "
+        "only through the action. original: the PyTorch original's wiring, kept to reproduce its failure (Q1 scored "
+        "on the actor encoder's features, gradients into the actor encoder through Q1's state input; no target "
+        "encoders: the TD target uses the online critic encoder with the target heads)",
     )
     features_dim: int = param(512, "NatureCNN output size")
     actor_hidden: tuple[int, ...] = param((256, 256), "actor MLP hidden sizes")
@@ -54,7 +57,19 @@ class AgentConfig(ConfigNode):
     mlp_grad_clip: float | None = param(
         None, "clip the MLP gradients (per optimiser: actor / critic) to this global norm; null = off"
     )
-    weight_decay: float = param(0.0, "decoupled (AdamW) weight decay on conv/dense kernels; 0 = plain Adam")
+    actor_grad_clip: float | None = param(
+        None, "clip the actor's whole gradient (CNN and MLP together) to this global norm first; null = off"
+    )
+    critic_grad_clip: float | None = param(
+        None, "clip the critic's whole gradient (CNN and MLP together) to this global norm first; null = off"
+    )
+    weight_decay: float = param(0.0, "weight decay rate (see weight_decay_mode); 0 = plain Adam")
+    weight_decay_mode: str = choice(
+        "decoupled",
+        WEIGHT_DECAY_MODES,
+        "decoupled: AdamW, decay on conv/dense kernels only; coupled: PyTorch Adam(weight_decay=...), L2 term "
+        "weight_decay * param added to the (clipped) gradient of every parameter before Adam",
+    )
     # --- BatchNorm (norm = batchnorm | hybrid)
     bn_momentum: float = param(0.99, "running-average decay of BatchNorm stats (Flax convention; PyTorch 0.1)")
     target_bn_stats: str = choice(
@@ -90,7 +105,7 @@ class AgentConfig(ConfigNode):
         check(self.policy_delay >= 1, "agent.policy_delay", self.policy_delay, ">= 1")
         check(self.cnn_lr > 0.0, "agent.cnn_lr", self.cnn_lr, "> 0")
         check(self.mlp_lr > 0.0, "agent.mlp_lr", self.mlp_lr, "> 0")
-        for key in ("cnn_grad_clip", "mlp_grad_clip"):
+        for key in ("cnn_grad_clip", "mlp_grad_clip", "actor_grad_clip", "critic_grad_clip"):
             value = getattr(self, key)
             check(value is None or value > 0.0, f"agent.{key}", value, "> 0 or null (off)")
         check(self.weight_decay >= 0.0, "agent.weight_decay", self.weight_decay, ">= 0")
@@ -102,6 +117,7 @@ class AgentConfig(ConfigNode):
             ("activation", ACTIVATIONS),
             ("encoder", ENCODERS),
             ("target_bn_stats", TARGET_BN_STATS),
+            ("weight_decay_mode", WEIGHT_DECAY_MODES),
             ("conv_impl", CONV_IMPL_CHOICES),
         ):
             value = getattr(self, key)

@@ -17,6 +17,17 @@ One update (critic step ``t = state.step``, 0-based):
    is never evaluated on actor-encoder features, and the actor gradient is taken with respect to actor
    parameters only, so the actor loss cannot move any critic parameter.
 
+``encoder: original`` reproduces the PyTorch original's wiring, whose failure jtd3 fixes (kept to show it):
+the actor loss is ``-mean Q1(actor_features, pi(actor_features))`` — Q1's head scored on the **actor**
+encoder's features, so the actor encoder learns through Q1's state input as well as through the action
+(Q1's parameters are held: the gradient is w.r.t. actor parameters only). There are no target encoders: the
+TD target runs the **online** critic encoder (pre-update, running averages, no gradient) on ``next_obs`` and
+feeds it to the target actor head and the target Q heads; Polyak updates move the MLP heads only.
+Actor-side Q (``losses/actor_q``, ``debug/actor_q_{max,min}``: the Q the actor loss maximises) and the
+critic-side Q of the same actions (``debug/actor_q_on_critic_features``) are logged next to the critic's own
+Q (``losses/q1_mean``, the original's ``train/q1_value``); in the other topologies the two actor-side values
+coincide.
+
 Metrics are a flat dict of float32 scalars; see :func:`update` and docs/agent.md for the names.
 """
 
@@ -169,13 +180,25 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
     key, k_noise = jax.random.split(key)
 
     # 1. TD target: target networks, running averages, no gradients. In `shared` mode one target-encoder
-    #    pass over next_obs feeds both the target actor and the target critic.
+    #    pass over next_obs feeds both the target actor and the target critic. `original`: there are no
+    #    target encoders; the online critic encoder (pre-update, running averages) feeds both target heads.
     ct, at = state.critic_target_params, state.actor_target_params
-    c_next, _, _ = encode(spec, ct["encoder"], state.critic_target_stats.get("encoder"), next_obs["camera"], False)
-    if spec.separate:
-        a_next, _, _ = encode(spec, at["encoder"], state.actor_target_stats.get("encoder"), next_obs["camera"], False)
-    else:
+    if spec.original:
+        c_next, _, _ = encode(
+            spec, state.critic_params["encoder"], state.critic_stats.get("encoder"), next_obs["camera"], False
+        )
+        c_next = lax.stop_gradient(c_next)
         a_next = c_next
+    else:
+        c_next, _, _ = encode(
+            spec, ct["encoder"], state.critic_target_stats.get("encoder"), next_obs["camera"], False
+        )
+        if spec.separate:
+            a_next, _, _ = encode(
+                spec, at["encoder"], state.actor_target_stats.get("encoder"), next_obs["camera"], False
+            )
+        else:
+            a_next = c_next
     next_action = mods.actor_head.apply({"params": at["head"]}, a_next, next_kin)
     next_action = smoothed_target_action(next_action, k_noise, cfg.policy_noise, cfg.noise_clip)
     next_q = mods.critic_head.apply({"params": ct["head"]}, c_next, next_kin, next_action)
@@ -193,7 +216,7 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
     (critic_loss, (q, c_feats, c_stats, c_layers)), c_grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
         state.critic_params
     )
-    critic_opt = make_optimizer(cfg, state.critic_params)
+    critic_opt = make_optimizer(cfg, state.critic_params, "critic")
     c_updates, critic_opt_state = critic_opt.update(c_grads, state.critic_opt_state, state.critic_params)
     critic_params = optax.apply_updates(state.critic_params, c_updates)
     critic_stats = {"encoder": c_stats} if "encoder" in state.critic_stats else state.critic_stats
@@ -220,28 +243,46 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
             else:
                 a_feats, a_stats, a_layers = c_feats_ng, None, {}
             pi = mods.actor_head.apply({"params": ap["head"]}, a_feats, kin)
-            q1 = mods.critic_head.apply({"params": critic_params["head"]}, c_feats_ng, kin, pi)[0]
-            return -jnp.mean(q1), (q1, a_feats, a_stats, a_layers)
+            # The critic-side Q of the policy's action: Q1 on the critic encoder's features.
+            q1_critic = mods.critic_head.apply({"params": critic_params["head"]}, c_feats_ng, kin, pi)[0]
+            if spec.original:
+                # The original's actor loss: Q1 (its parameters held: gradients w.r.t. `ap` only) scored on the
+                # ACTOR encoder's features, so the actor encoder also learns through Q1's state input.
+                q1 = mods.critic_head.apply({"params": critic_params["head"]}, a_feats, kin, pi)[0]
+            else:
+                q1 = q1_critic
+            return -jnp.mean(q1), (q1, lax.stop_gradient(q1_critic), a_feats, a_stats, a_layers)
 
-        (actor_loss, (q1, a_feats, a_stats, a_layers)), a_grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(
-            state.actor_params
-        )
-        actor_opt = make_optimizer(cfg, state.actor_params)
+        (actor_loss, (q1, q1_critic, a_feats, a_stats, a_layers)), a_grads = jax.value_and_grad(
+            actor_loss_fn, has_aux=True
+        )(state.actor_params)
+        actor_opt = make_optimizer(cfg, state.actor_params, "actor")
         a_updates, actor_opt_state = actor_opt.update(a_grads, state.actor_opt_state, state.actor_params)
         actor_params = optax.apply_updates(state.actor_params, a_updates)
         actor_stats = {"encoder": a_stats} if spec.separate else state.actor_stats
-        new = dict(
-            actor_params=actor_params,
-            actor_opt_state=actor_opt_state,
-            actor_stats=actor_stats,
-            actor_target_params=polyak(actor_params, state.actor_target_params, cfg.tau),
-            critic_target_params=polyak(critic_params, state.critic_target_params, cfg.tau),
-            actor_target_stats=_follow_stats(cfg.target_bn_stats, actor_stats, state.actor_target_stats, cfg.tau),
-            critic_target_stats=_follow_stats(cfg.target_bn_stats, critic_stats, state.critic_target_stats, cfg.tau),
-        )
+        if spec.original:  # target copies of the MLP heads only; no target encoders, no target BN stats
+            targets = dict(
+                actor_target_params={"head": polyak(actor_params["head"], at["head"], cfg.tau)},
+                critic_target_params={"head": polyak(critic_params["head"], ct["head"], cfg.tau)},
+                actor_target_stats=state.actor_target_stats,
+                critic_target_stats=state.critic_target_stats,
+            )
+        else:
+            targets = dict(
+                actor_target_params=polyak(actor_params, at, cfg.tau),
+                critic_target_params=polyak(critic_params, ct, cfg.tau),
+                actor_target_stats=_follow_stats(cfg.target_bn_stats, actor_stats, state.actor_target_stats, cfg.tau),
+                critic_target_stats=_follow_stats(
+                    cfg.target_bn_stats, critic_stats, state.critic_target_stats, cfg.tau
+                ),
+            )
+        new = dict(actor_params=actor_params, actor_opt_state=actor_opt_state, actor_stats=actor_stats, **targets)
         m = {
             "losses/actor_loss": actor_loss,
             "losses/actor_q": jnp.mean(q1),
+            "debug/actor_q_max": jnp.max(q1),
+            "debug/actor_q_min": jnp.min(q1),
+            "debug/actor_q_on_critic_features": jnp.mean(q1_critic),
             "grad_norm/actor_mlp": global_norm(a_grads["head"]),
         }
         if spec.separate:
@@ -314,9 +355,10 @@ def update(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.A
     "reward": (B,), "next_obs": {...}, "terminated": (B,) float or bool}``.
 
     Metrics: ``losses/{critic_loss, q1_mean, q2_mean, target_q_mean, td_error, actor_loss, actor_q,
-    actor_updates}``, ``grad_norm/{critic_cnn, critic_mlp, actor_mlp[, actor_cnn]}``,
-    ``param_norm/{...}``, ``debug/{critic,actor}_cnn_features_{l2_norm, l2_norm_max, mean, std, min, max,
-    dead_fraction}`` (``actor`` and ``actor_cnn`` only with separate encoders) and, with
+    actor_updates}``, ``debug/actor_q_{max, min, on_critic_features}``, ``grad_norm/{critic_cnn, critic_mlp,
+    actor_mlp[, actor_cnn]}``, ``param_norm/{...}``, ``debug/{critic,actor}_cnn_features_{l2_norm,
+    l2_norm_max, mean, std, min, max, dead_fraction}`` (``actor`` and ``actor_cnn`` only when the actor owns
+    an encoder: ``separate``, ``original``) and, with
     ``per_layer_stats``, ``debug/{critic,actor}_conv{1,2,3}_{...}``. Actor-side metrics (actor_loss,
     actor_q, grad_norm/actor_*, debug/actor_*) describe this step's actor update and are 0.0 when
     ``losses/actor_updates`` is 0 (a non-policy step); skip them then. ``param_norm/*`` are the norms of the

@@ -2,15 +2,16 @@
 
 Layout of the parameter trees (``encoder`` = NatureCNN, ``head`` = MLP):
 
-============================  ==================================  ==================================
-tree                          ``encoder: separate``               ``encoder: shared``
-============================  ==================================  ==================================
-``actor_params``              ``{"encoder", "head"}``             ``{"head"}``
-``critic_params``             ``{"encoder", "head"}``             ``{"encoder", "head"}`` (the one encoder)
-``*_target_params``           same structure as the online tree   same structure as the online tree
-``actor_stats``               ``{"encoder": batch_stats}``        ``{}``
-``critic_stats``              ``{"encoder": batch_stats}``        ``{"encoder": batch_stats}``
-============================  ==================================  ==================================
+============================  ==================================  ==================================  ==============================
+tree                          ``encoder: separate``               ``encoder: shared``                 ``encoder: original``
+============================  ==================================  ==================================  ==============================
+``actor_params``              ``{"encoder", "head"}``             ``{"head"}``                        ``{"encoder", "head"}``
+``critic_params``             ``{"encoder", "head"}``             ``{"encoder", "head"}`` (the one)   ``{"encoder", "head"}``
+``*_target_params``           same structure as the online tree   same structure as the online tree   ``{"head"}`` (no target CNNs)
+``actor_stats``               ``{"encoder": batch_stats}``        ``{}``                              ``{"encoder": batch_stats}``
+``critic_stats``              ``{"encoder": batch_stats}``        ``{"encoder": batch_stats}``        ``{"encoder": batch_stats}``
+``*_target_stats``            same structure as the online one    same structure as the online one    ``{}``
+============================  ==================================  ==================================  ==============================
 
 ``*_stats`` hold BatchNorm running averages (``{}`` inside when the norm has no BatchNorm). The state's
 array leaves form a plain pytree (dicts, optax named tuples, arrays) that orbax saves and restores exactly;
@@ -35,7 +36,9 @@ from gymnasium import spaces
 from jtd3.agent.config import AgentConfig
 from jtd3.networks import ActorHead, NatureCNN, TwinCriticHead
 
-__all__ = ["AgentSpec", "Modules", "TrainState", "create", "make_optimizer", "modules", "resolve_conv_impl"]
+__all__ = [
+    "OPTIMIZER_SIDES", "AgentSpec", "Modules", "TrainState", "create", "make_optimizer", "modules", "resolve_conv_impl",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +59,13 @@ class AgentSpec:
 
     @property
     def separate(self) -> bool:
-        return self.config.encoder == "separate"
+        """The actor owns a NatureCNN (``separate`` and ``original``)."""
+        return self.config.encoder in ("separate", "original")
+
+    @property
+    def original(self) -> bool:
+        """The PyTorch original's wiring: Q1 on actor-encoder features in the actor loss, no target encoders."""
+        return self.config.encoder == "original"
 
 
 @struct.dataclass
@@ -152,26 +161,39 @@ def _kernel_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda p, _: getattr(p[-1], "key", None) == "kernel", params)
 
 
-def make_optimizer(config: AgentConfig, params: Any) -> optax.GradientTransformation:
-    """Adam(W) with ``cnn_lr`` for the ``encoder`` subtree and ``mlp_lr`` for the rest of ``params``.
+OPTIMIZER_SIDES = ("actor", "critic")
 
-    Each side optionally clips its own gradients to a global norm first (``cnn_grad_clip``,
-    ``mlp_grad_clip``); ``weight_decay > 0`` switches to AdamW with decay on conv/dense kernels only.
+
+def make_optimizer(config: AgentConfig, params: Any, side: str) -> optax.GradientTransformation:
+    """The optimiser of one side (``"actor"`` or ``"critic"``) over its parameter tree ``params``.
+
+    In order: the side's whole gradient (CNN and MLP together) is clipped to ``actor_grad_clip`` /
+    ``critic_grad_clip`` (global norm; the original's ``clip_grad_norm_`` per side); then each part (the
+    ``encoder`` subtree and the rest) is clipped to ``cnn_grad_clip`` / ``mlp_grad_clip``; then Adam with
+    ``cnn_lr`` / ``mlp_lr``. Weight decay (``weight_decay > 0``): ``decoupled`` is AdamW on conv/dense
+    kernels only; ``coupled`` is PyTorch's ``Adam(weight_decay=wd)``: ``wd * param`` is added to the clipped
+    gradient of every parameter (biases and norm scales too) before Adam's moments.
     """
+    if side not in OPTIMIZER_SIDES:
+        raise ValueError(f"unknown optimiser side {side!r}; valid choices: 'actor', 'critic'")
     labels = jax.tree_util.tree_map_with_path(lambda p, _: _label(p), params)
     present = set(jax.tree.leaves(labels))
     settings = {"cnn": (config.cnn_lr, config.cnn_grad_clip), "mlp": (config.mlp_lr, config.mlp_grad_clip)}
-    weight_decay = config.weight_decay
+    weight_decay, mode = config.weight_decay, config.weight_decay_mode
+    side_clip = config.actor_grad_clip if side == "actor" else config.critic_grad_clip
     transforms = {}
     for name, (lr, clip) in settings.items():
         if name not in present:
             continue
-        if weight_decay > 0.0:
+        if weight_decay > 0.0 and mode == "coupled":
+            opt = optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(lr))
+        elif weight_decay > 0.0:
             opt = optax.adamw(lr, weight_decay=weight_decay, mask=_kernel_mask)
         else:
             opt = optax.adam(lr)
         transforms[name] = opt if clip is None else optax.chain(optax.clip_by_global_norm(clip), opt)
-    return optax.multi_transform(transforms, labels)
+    opt = optax.multi_transform(transforms, labels)
+    return opt if side_clip is None else optax.chain(optax.clip_by_global_norm(side_clip), opt)
 
 
 def create(config: AgentConfig, observation_space: spaces.Space, action_space: spaces.Space, seed: int) -> TrainState:
@@ -213,19 +235,25 @@ def create(config: AgentConfig, observation_space: spaces.Space, action_space: s
         actor_stats = {"encoder": actor_enc_stats}
     actor_params = nn.unbox(actor_params)
     critic_params = nn.unbox(critic_params)
-    actor_opt = make_optimizer(config, actor_params)
-    critic_opt = make_optimizer(config, critic_params)
+    actor_opt = make_optimizer(config, actor_params, "actor")
+    critic_opt = make_optimizer(config, critic_params, "critic")
     copy = functools.partial(jax.tree.map, jnp.copy)
+    if spec.original:  # the original had target copies of the MLP heads only
+        actor_target, critic_target = {"head": copy(actor_params["head"])}, {"head": copy(critic_params["head"])}
+        actor_target_stats, critic_target_stats = {}, {}
+    else:
+        actor_target, critic_target = copy(actor_params), copy(critic_params)
+        actor_target_stats, critic_target_stats = copy(actor_stats), copy(critic_stats)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         actor_params=actor_params,
         critic_params=critic_params,
-        actor_target_params=copy(actor_params),
-        critic_target_params=copy(critic_params),
+        actor_target_params=actor_target,
+        critic_target_params=critic_target,
         actor_stats=actor_stats,
         critic_stats=critic_stats,
-        actor_target_stats=copy(actor_stats),
-        critic_target_stats=copy(critic_stats),
+        actor_target_stats=actor_target_stats,
+        critic_target_stats=critic_target_stats,
         actor_opt_state=actor_opt.init(actor_params),
         critic_opt_state=critic_opt.init(critic_params),
         key=jax.random.key_data(key),
