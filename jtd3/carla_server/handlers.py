@@ -273,7 +273,7 @@ CONTROL: dict[str, Callable[..., Any]] = {
     "jtd3.faults": _faults,
     "jtd3.kill": _kill,
     "jtd3.calls": lambda s: rpc.value(dict(s.calls)),
-    "jtd3.state": lambda s: rpc.value({"frame": s.world.frame, "settings": {
+    "jtd3.state": lambda s: rpc.value({"frame": s.world.frame, "compute_s": s.compute_s, "settings": {
         k: v for k, v in s.world.settings.items()}, "actors": {a.id: a.type_id for a in s.world.actors.values()}}),
 }
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from typing import Any, Callable
 
 from jtd3.carla_server import layouts as L
@@ -62,6 +63,7 @@ class CarlaServer:
                             rayleigh_scattering_scale=0.0331)
         self.control = control  # answer jtd3.* control calls (tests)
         self.on_close: Callable[[], None] | None = None
+        self.compute_s = 0.0  # seconds spent in World.tick (benchmarks: the protocol's share of a step)
         self.calls: dict[str, int] = {}  # how often each call was made (unknown ones included)
         self._unknown_logged: set[str] = set()
         self._stop = threading.Event()
@@ -114,7 +116,9 @@ class CarlaServer:
 
     def tick(self) -> int:
         with self.lock:
+            t = time.perf_counter()
             messages = self.world.tick()
+            self.compute_s += time.perf_counter() - t  # simulation and rendering, without the publishing
             frame = self.world.frame
             self._publish(messages)
         return frame
