@@ -44,9 +44,7 @@ def world(server):
     settings.fixed_delta_seconds = 0.05
     world.apply_settings(settings)
     yield world
-    settings = world.get_settings()
-    settings.synchronous_mode = False
-    world.apply_settings(settings)
+    client.get_world().apply_settings(carla.WorldSettings(synchronous_mode=False))  # the episode may have changed
 
 
 @pytest.fixture
@@ -289,3 +287,18 @@ def test_asynchronous_mode_runs_by_itself(world):
         assert later.frame > first.frame
     finally:
         world.apply_settings(carla.WorldSettings(synchronous_mode=True, fixed_delta_seconds=0.05))
+
+
+def test_load_and_reload_world_start_a_new_episode(world, server):  # last: the module's world object expires
+    client = carla.Client("127.0.0.1", server.port)
+    client.set_timeout(5.0)
+    ego = world.spawn_actor(world.get_blueprint_library().find("vehicle.tesla.model3"),
+                            carla.Transform(carla.Location(x=START[0], y=START[1], z=0.5), carla.Rotation(yaw=START[2])))
+    frame = world.tick()
+    new = client.load_world("Town01", reset_settings=False)
+    assert new.id == world.id + 1 and new.get_settings().synchronous_mode
+    assert [a.type_id for a in new.get_actors()] == ["spectator"]
+    assert new.tick() > frame  # the frame counter goes on across episodes
+    assert not new.get_snapshot().has_actor(ego.id)
+    again = client.reload_world()  # reset_settings defaults to True
+    assert again.id == new.id + 1 and not again.get_settings().synchronous_mode

@@ -156,13 +156,18 @@ class CarlaServer:
             a.transform = transform
 
     def load_episode(self, map_name: str, reset_settings: bool) -> None:
-        name = map_name.rsplit("/", 1)[-1]
+        """A new episode of the (only) map: every actor goes; the frame counter goes on, as CARLA's does.
+
+        An empty ``map_name`` (``client.reload_world()``) reloads the current map.
+        """
+        name = map_name.rsplit("/", 1)[-1] or self.map_name
         if name != self.map_name:
             raise ValueError(f"map {map_name!r} not found; this server serves {self.map_name} only")
-        settings = self.world.settings
-        episode = self.world.episode_id
+        old = self.world
+        settings = old.settings
         self.world = World(self.sim, self.map_name)
-        self.world.episode_id = episode + 1
+        self.world.episode_id = old.episode_id + 1
+        self.world.continue_ids(old)
         if not reset_settings:
             self.world.settings = settings
 

@@ -83,6 +83,12 @@ class World:
         self._cameras: dict[tuple, FrontCamera] = {}
         self._speed_limits: dict[int, float] = {}
 
+    def continue_ids(self, old: "World") -> None:
+        """Go on from ``old``'s frame counter, actor ids and stream ids (a new episode reuses none of them)."""
+        self.frame = old.frame
+        self._next_id = old._next_id
+        self._next_stream = old._next_stream
+
     @property
     def delta_seconds(self) -> float:
         return float(self.settings["fixed_delta_seconds"] or 0.05)
