@@ -435,17 +435,24 @@ def test_action_repeat_holds_the_action_and_sums_the_rewards():
     two.close()
 
 
-def test_standing_still_truncates_as_stalled_and_moving_resets_the_clock():
+@pytest.mark.parametrize("mode", ["failure", "truncation"])
+def test_standing_still_ends_the_episode_as_stalled_and_moving_resets_the_clock(mode):
     from jtd3.config import from_dict
     from jtd3.envs import make_env
 
-    env = make_env(from_dict(EnvConfig, {"stall_timeout_s": 1.0}))  # 20 steps of 0.05 s
+    env = make_env(from_dict(EnvConfig, {"stall_timeout_s": 1.0, "stall_termination": mode}))  # 20 steps of 0.05 s
     env.reset(seed=0)
     for t in range(19):
         _, _, terminated, truncated, info = env.step(np.array([0.0, -1.0], np.float32))
         assert not (terminated or truncated), t
+        assert info["reward_components"]["stalled"] == 0.0
     _, _, terminated, truncated, info = env.step(np.array([0.0, -1.0], np.float32))
-    assert truncated and not terminated and info["termination_reason"] == "stalled"
+    assert info["termination_reason"] == "stalled"
+    if mode == "failure":  # a failed route: terminal, with the stalled penalty
+        assert terminated and not truncated and not info["success"]
+        assert info["reward_components"]["stalled"] == -env.unwrapped.config.reward.weights.stalled
+    else:  # like the time limit: the TD target bootstraps, no penalty
+        assert truncated and not terminated and info["reward_components"]["stalled"] == 0.0
     env.reset(seed=0)
     for t in range(200):  # driving never stalls
         _, _, terminated, truncated, info = env.step(np.array([0.0, 0.4], np.float32))

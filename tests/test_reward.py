@@ -164,8 +164,43 @@ def test_reward_ordering_of_reference_policies_on_the_simulator():
         assert r[name].episode_return < 0.0, (name, r[name].episode_return)
     assert r["offroad"].termination_reason in ("off_route", "collision")
     assert r["still"].termination_reason == "stalled" and r["still"].distance_m < 0.1
-    assert r["still"].steps == round(EnvConfig().stall_timeout_s / EnvConfig().sim.dt)
-    # Standing still is cheap per step (its penalty must not dominate learning); with the discount a TD learner
-    # uses, driving off the road is clearly worse than standing still (no incentive to end episodes early).
+    cfg = EnvConfig()
+    assert r["still"].steps == round(cfg.stall_timeout_s / (cfg.sim.dt * cfg.action_repeat))
+    assert r["still"].components["stalled"] == -cfg.reward.weights.stalled  # a stall is a failed route
+    # Standing still is cheap per step (its penalty must not dominate learning) and a stall is a failure; with the
+    # discount a TD learner uses, driving off the road is still clearly worse than standing still (no incentive to
+    # end episodes early).
     assert r["offroad"].discounted_return < r["still"].discounted_return - 5.0
     assert r["pid"].discounted_return > 20.0
+
+
+def test_target_speed_profile_slows_for_curves_before_reaching_them():
+    from jtd3.envs.reward import target_speed_profile
+
+    # 100 m straight, a 90-degree arc of radius 10 m, 50 m straight
+    radius, arc = 10.0, 10.0 * math.pi / 2
+    s = np.arange(0.0, 150.0 + arc, 0.25)
+    yaw = np.where(s < 100.0, 0.0, np.where(s < 100.0 + arc, np.degrees((s - 100.0) / radius), 90.0))
+    cfg = RewardConfig(curve_lateral_accel=2.5, curve_decel=2.0)
+    v = target_speed_profile(s, yaw, cfg)
+    v_max, v_curve = 30 / 3.6, math.sqrt(2.5 * radius)
+    mid = np.abs(s - (100.0 + arc / 2)) < 2.0
+    assert np.allclose(v[mid], v_curve, rtol=0.02)  # sqrt(a / curvature) inside the curve
+    assert np.allclose(v[s < 60.0], v_max)  # far from the curve: the straight-road target
+    assert np.allclose(v[s > 100.0 + arc + 10.0], v_max)  # it does not anticipate backwards in time
+    # before the curve it never falls faster than curve_decel over arc length
+    before = s < 100.0
+    dv2 = np.diff(v[before] ** 2) / np.diff(s[before])
+    assert dv2.min() >= -2.0 * 2.0 - 1e-6
+    assert v[np.searchsorted(s, 95.0)] < v_max  # and it does start falling before the curve
+    # switched off: the constant target everywhere
+    flat = target_speed_profile(s, yaw, RewardConfig())
+    assert np.allclose(flat, v_max)
+
+
+def test_efficiency_scores_against_the_target_speed_given():
+    cfg = RewardConfig()
+    slow = inputs(speed_along_route=5.0, target_speed=5.0)
+    assert components(slow, cfg)["efficiency"] == pytest.approx(cfg.weights.efficiency)
+    fast = dataclasses.replace(slow, speed_along_route=30 / 3.6)
+    assert components(fast, cfg)["efficiency"] < 0.4 * cfg.weights.efficiency

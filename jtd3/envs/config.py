@@ -86,6 +86,9 @@ class RewardWeights(ConfigNode):
     lane_invasion: float = param(1.0, "per lane-invasion event (a marking crossed), component -count")
     proximity: float = param(0.5, "per step, time-to-collision / gap to the vehicle ahead, component in [-1, 0]")
     standstill: float = param(0.02, "per step standing still with the road ahead free, component -1")
+    stalled: float = param(
+        50.0, "on the step that ends the episode stalled when env.stall_termination is failure, component -1"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +96,15 @@ class RewardConfig(ConfigNode):
     """Weights and constants of the reward (nothing in jtd3/envs/reward.py is a hard-coded number)."""
 
     weights: RewardWeights = nested(RewardWeights)
-    target_speed_kmh: float = param(30.0, "efficiency: speed along the route that scores 1 (km/h)")
+    target_speed_kmh: float = param(30.0, "efficiency: speed along the route that scores 1 (km/h) on straight road")
+    curve_lateral_accel: float = param(
+        3.0, "efficiency: in curves the target speed drops to sqrt(curve_lateral_accel / curvature) (m/s^2; a "
+        "careful driver: about 2-3); 0: the target is target_speed_kmh everywhere"
+    )
+    curve_decel: float = param(
+        2.0, "efficiency: the target speed falls towards a curve's speed no faster than this deceleration over arc "
+        "length (m/s^2): the target asks to slow down before the curve, not in it"
+    )
     lateral_scale_m: float = param(2.0, "lane keeping: lateral deviation from the route scoring -1 (m)")
     heading_scale_deg: float = param(30.0, "lane keeping: heading error to the route scoring -1 (degrees)")
     jerk_scale: float = param(20.0, "comfort: jerk magnitude (m/s^3) scoring -1 (larger values are clipped)")
@@ -115,10 +126,11 @@ class RewardConfig(ConfigNode):
             v = getattr(self.weights, f.name)
             check(math.isfinite(v) and v >= 0, f"reward.weights.{f.name}", v, ">= 0 (a component carries its sign)")
         for name in ("target_speed_kmh", "lateral_scale_m", "heading_scale_deg", "jerk_scale",
-                     "collision_speed_scale_kmh", "ttc_threshold_s", "min_gap_m", "ahead_range_m"):
+                     "collision_speed_scale_kmh", "ttc_threshold_s", "min_gap_m", "ahead_range_m", "curve_decel"):
             v = getattr(self, name)
             check(math.isfinite(v) and v > 0, f"reward.{name}", v, "> 0")
-        for name in ("ahead_lateral_margin_m", "standstill_speed_kmh", "standstill_free_gap_m", "headway_s"):
+        for name in ("ahead_lateral_margin_m", "standstill_speed_kmh", "standstill_free_gap_m", "headway_s",
+                     "curve_lateral_accel"):
             v = getattr(self, name)
             check(math.isfinite(v) and v >= 0, f"reward.{name}", v, ">= 0")
 
@@ -143,7 +155,10 @@ class EnvConfig(ConfigNode):
         "TD3 learned to stop before the Town01 turn). Evaluation always starts at the beginning (the trainer's "
         "and scripts/evaluate.py set it; jtd3.evaluate.evaluate refuses an environment that does not)",
     )
-    route_start_margin_m: float = param(50.0, "route_start random: the start is at least this far (m) from the goal")
+    route_start_margin_m: float = param(
+        20.0, "route_start random: the start is at least this far (m) from the goal (on the reference route, starts "
+        "then cover its turn at 216-234 m)"
+    )
     route_min_length_m: float = param(150.0, "random routes: shortest length (m)")
     route_max_length_m: float = param(300.0, "random routes: longest length (m); ~860 steps at 25 km/h")
     route_waypoint_spacing_m: float = param(3.0, "random routes: spacing of the route waypoints (m; reference: ~3.1)")
@@ -152,13 +167,20 @@ class EnvConfig(ConfigNode):
     )
     max_episode_steps: int = param(1000, "steps before truncation (time limit, not termination)")
     stall_timeout_s: float = param(
-        10.0, "truncate the episode (reason 'stalled', like the time limit: the TD target bootstraps) after the "
-        "vehicle has stood still this long with the road ahead free (reward.standstill_speed_kmh and "
-        "reward.standstill_free_gap_m decide); 0 disables. Keeps the replay from filling with parked episodes"
+        10.0, "end the episode (reason 'stalled') after the vehicle has stood still this long with the road ahead "
+        "free (reward.standstill_speed_kmh and reward.standstill_free_gap_m decide); 0 disables. Keeps the replay "
+        "from filling with parked episodes"
+    )
+    stall_termination: str = choice(
+        "failure", ("failure", "truncation"),
+        "failure: a stall terminates the episode as a failed route with the reward.weights.stalled penalty (as "
+        "CARLA's leaderboard fails a blocked agent; without it TD3 learned that parking is safe); truncation: like "
+        "the time limit, the TD target bootstraps",
     )
     action_repeat: int = param(
-        1, "simulator ticks per environment step: the action is held, rewards are summed, the frame stack takes "
-        "the last tick's frame (1: control at 1 / dt = 20 Hz, as the original; max_episode_steps counts env steps)"
+        2, "simulator ticks per environment step: the action is held, rewards are summed, the frame stack takes "
+        "the last tick's frame (2: control at 10 Hz, as DrQ-v2; 1: 20 Hz, as the original; max_episode_steps "
+        "counts env steps)"
     )
     off_route_distance_m: float = param(2.5, "terminate when the vehicle centre is farther than this from the route (m)")
     goal_tolerance_m: float = param(3.0, "the route is completed within this arc length of its end (m)")

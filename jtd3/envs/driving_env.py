@@ -5,8 +5,9 @@ frame repeated); ``kinematics`` float32 ``(5 + 2 * n_waypoints,)`` (layout: :mod
 Action ``Box(-1, 1, (2,))`` float32 = ``[steer, throttle_brake]``; throttle_brake > 0 throttle, < 0 brake.
 Reward: :mod:`jtd3.envs.reward`. Termination (``terminated``): collision, off route (centre farther than
 ``off_route_distance_m`` from the route), route completed (within ``goal_tolerance_m`` of its end along the
-route). Truncation (``truncated``): ``max_episode_steps``, or standing still with the road ahead free for
-``stall_timeout_s``. ``info`` holds plain Python values only (see
+route), stalled (standing still with the road ahead free for ``stall_timeout_s``) when ``stall_termination``
+is ``failure``. Truncation (``truncated``): ``max_episode_steps``; stalled when ``stall_termination`` is
+``truncation``. ``info`` holds plain Python values only (see
 :meth:`DrivingEnv.step`).
 
 Route bookkeeping is :mod:`jtd3.envs.route_tracker` (one arc length over one :class:`RoutePolyline`). Lane
@@ -39,8 +40,8 @@ from jtd3.sim.world import SimWorld
 __all__ = ["DrivingEnv", "GroundTruth", "TERMINATION_REASONS", "make_backend", "make_env"]
 
 TERMINATION_REASONS = ("collision", "off_route", "route_completed", "time_limit", "stalled")
-"""``info["termination_reason"]`` values (``None`` while the episode runs); ``time_limit`` and ``stalled`` are
-truncations (the TD target bootstraps), the others terminations."""
+"""``info["termination_reason"]`` values (``None`` while the episode runs); ``time_limit`` is a truncation (the TD
+target bootstraps), ``stalled`` too with ``stall_termination: truncation``; the others are terminations."""
 
 REFERENCE_ROUTE_MAX_OFFSET_M = 1.0
 """The reference route's waypoints must lie this close to a driving-lane centre of the loaded town (they sit
@@ -155,6 +156,7 @@ class DrivingEnv(gym.Env):
             self.backend.close()
             raise
         self._lanes: LaneDrawing | None = None
+        self._profile_route: RoutePolyline | None = None
         self._episode = 0
         self._done = True
         self._snapshot: Snapshot | None = None
@@ -191,6 +193,11 @@ class DrivingEnv(gym.Env):
         self._distance = 0.0
         self._waypoints_passed = 0
         self._return = 0.0
+        if self.route is not self._profile_route:  # the target speed along this route, every 0.5 m
+            grid = np.arange(0.0, self.route.length + 0.5, 0.5)
+            self._profile_s = grid
+            self._profile_v = reward_lib.target_speed_profile(grid, self.route.point_at(grid)[2], cfg.reward)
+            self._profile_route = self.route
         track = route_tracker.start(self.route, float(snap.ego.location[0]), float(snap.ego.location[1]))
         self._track = track
         self._start_s = min(float(track.state.s), self.route.length - 1e-6)
@@ -223,10 +230,9 @@ class DrivingEnv(gym.Env):
                 break
         if reason is None and self._steps >= cfg.max_episode_steps:
             reason = "time_limit"
-        if reason is None and cfg.stall_timeout_s > 0 and self._standing_s >= cfg.stall_timeout_s - 1e-9:
-            reason = "stalled"
-        terminated = reason in ("collision", "off_route", "route_completed")
-        truncated = reason in ("time_limit", "stalled")
+        stall_fails = cfg.stall_termination == "failure"
+        terminated = reason in ("collision", "off_route", "route_completed") or (reason == "stalled" and stall_fails)
+        truncated = reason == "time_limit" or (reason == "stalled" and not stall_fails)
         self._stack = obs_lib.push_frame(self._stack, self._snapshot.camera)
         reward = reward_lib.total(weighted)
         self._return += reward
@@ -283,9 +289,13 @@ class DrivingEnv(gym.Env):
             off_route=reason == "off_route",
             lane_invasions=len(snap.lane_invasions),
             ahead=reward_lib.vehicle_ahead(ego, snap.vehicles, cfg.reward),
+            target_speed=float(np.interp(track.state.s, self._profile_s, self._profile_v)),
         )
         self._prev_speed = ego.speed
         self._standing_s = self._standing_s + self.tick_dt if reward_lib.is_standing(inputs, cfg.reward) else 0.0
+        if reason is None and cfg.stall_timeout_s > 0 and self._standing_s >= cfg.stall_timeout_s - 1e-9:
+            reason = "stalled"
+            inputs = dataclasses.replace(inputs, stalled=cfg.stall_termination == "failure")
         return reason, reward_lib.components(inputs, cfg.reward)
 
     def render(self):

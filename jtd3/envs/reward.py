@@ -9,7 +9,7 @@ component       raw value on one step                                           
 progress        route arc length gained, s_new - s_old                           m (~0.42 @30)   1.0
 waypoint        route waypoints passed for the first time                       count (0 or 1)  0.5
 goal            1 on the step the route is completed                            {0, 1}          50
-efficiency      clip(1 - |v_route - v_target| / v_target, -1, 1)                [-1, 1]         1.0
+efficiency      clip(1 - |v_route - v_target(s)| / v_target(s), -1, 1)          [-1, 1]         1.0
 lane_keeping    -(min(|d| / lateral_scale, 1) + min(|psi| / heading_scale, 1))  [-2, 0]         0.2
 comfort         -min(|jerk| / jerk_scale, 1)                                     [-1, 0]         0.02
 collision       -(1 + v_impact / collision_speed_scale) on a collision step      <= -1           20
@@ -18,9 +18,12 @@ off_route       -1 on the step that ends the episode off the route              
 lane_invasion   -(lane-invasion events this step)                               count           1.0
 proximity       -max(clip(1 - ttc / ttc_threshold), clip(1 - gap / gap_safe))   [-1, 0]         0.5
 standstill      -1 when slower than standstill_speed and no vehicle close ahead  {-1, 0}         0.02
+stalled         -1 on the step that ends the episode stalled (a failure)         {-1, 0}         50
 ==============  ===============================================================  ==============  ============
 
-``v_route`` is the velocity along the route tangent, ``d`` and ``psi`` the signed lateral offset and heading
+``v_target(s)`` is the route's target speed profile (:func:`target_speed_profile`): ``target_speed_kmh`` on
+straight road, ``sqrt(curve_lateral_accel / curvature)`` in curves, falling towards a curve at
+``curve_decel`` over arc length. ``v_route`` is the velocity along the route tangent, ``d`` and ``psi`` the signed lateral offset and heading
 error relative to the route at the vehicle's foot point, ``jerk`` the change of the acceleration vector per
 second, ``v_impact`` the larger of the speeds before and after the collision step, ``ttc`` = gap / closing
 speed to the nearest vehicle ahead (inside the ego's lane corridor, see :func:`vehicle_ahead`), ``gap_safe`` =
@@ -38,13 +41,17 @@ import numpy as np
 from jtd3.backend import ActorState, Vehicles
 from jtd3.envs.config import RewardConfig
 
-__all__ = ["Ahead", "RewardInputs", "components", "is_standing", "total", "vehicle_ahead", "COMPONENTS"]
+__all__ = [
+    "Ahead", "RewardInputs", "components", "is_standing", "route_curvature", "target_speed_profile", "total",
+    "vehicle_ahead",
+    "COMPONENTS",
+]
 
 KMH = 1.0 / 3.6  # m/s per km/h
 
 COMPONENTS = (
     "progress", "waypoint", "goal", "efficiency", "lane_keeping", "comfort",
-    "collision", "off_road", "off_route", "lane_invasion", "proximity", "standstill",
+    "collision", "off_road", "off_route", "lane_invasion", "proximity", "standstill", "stalled",
 )
 
 
@@ -82,6 +89,37 @@ class RewardInputs:
     off_route: bool  # this step ends the episode off the route
     lane_invasions: int  # markings crossed this step
     ahead: Ahead | None
+    target_speed: float | None = None  # m/s, the route's target speed here; None: target_speed_kmh
+    stalled: bool = False  # this step ends the episode stalled, as a failure
+
+
+def route_curvature(s: np.ndarray, yaw_deg: np.ndarray, window_m: float = 8.0) -> np.ndarray:
+    """Unsigned curvature (1/m) at each arc length ``s`` (ascending, metres) of a route whose heading there is
+    ``yaw_deg``: the heading change over ``window_m`` of arc length centred on each point (shorter at the ends).
+    The window smooths the corners of a polyline through waypoints a few metres apart."""
+    s = np.asarray(s, dtype=np.float64)
+    heading = np.unwrap(np.radians(np.asarray(yaw_deg, dtype=np.float64)))
+    lo = np.interp(s - window_m / 2, s, heading)
+    hi = np.interp(s + window_m / 2, s, heading)
+    span = np.minimum(s + window_m / 2, s[-1]) - np.maximum(s - window_m / 2, s[0])
+    return np.abs(hi - lo) / np.maximum(span, 1e-6)
+
+
+def target_speed_profile(s: np.ndarray, yaw_deg: np.ndarray, cfg: RewardConfig) -> np.ndarray:
+    """Target speed (m/s) at each arc length ``s`` (ascending, metres) of a route whose heading there is
+    ``yaw_deg``: ``min(target_speed, sqrt(curve_lateral_accel / curvature))`` (:func:`route_curvature`), then
+    limited from the end backwards so that it never falls faster than ``curve_decel`` over arc length
+    (v^2 <= v_next^2 + 2 a ds). ``curve_lateral_accel`` 0: the constant target."""
+    s = np.asarray(s, dtype=np.float64)
+    v_max = cfg.target_speed_kmh * KMH
+    v = np.full(s.shape, v_max)
+    if cfg.curve_lateral_accel <= 0.0 or len(s) < 2:
+        return v
+    curvature = route_curvature(s, yaw_deg)
+    v = np.minimum(v, np.sqrt(cfg.curve_lateral_accel / np.maximum(curvature, 1e-9)))
+    for i in range(len(s) - 2, -1, -1):  # anticipate: brake into the curve at curve_decel
+        v[i] = min(v[i], math.sqrt(v[i + 1] ** 2 + 2.0 * cfg.curve_decel * (s[i + 1] - s[i])))
+    return v
 
 
 def vehicle_ahead(ego: ActorState, vehicles: Vehicles, cfg: RewardConfig) -> Ahead | None:
@@ -113,7 +151,7 @@ def vehicle_ahead(ego: ActorState, vehicles: Vehicles, cfg: RewardConfig) -> Ahe
 def components(inp: RewardInputs, cfg: RewardConfig) -> dict[str, float]:
     """Weighted components, in :data:`COMPONENTS` order; the reward is their sum (:func:`total`)."""
     w = cfg.weights
-    v_target = cfg.target_speed_kmh * KMH
+    v_target = cfg.target_speed_kmh * KMH if inp.target_speed is None else inp.target_speed
     v_collision = cfg.collision_speed_scale_kmh * KMH
     raw = {
         "progress": inp.progress_m,
@@ -129,12 +167,13 @@ def components(inp: RewardInputs, cfg: RewardConfig) -> dict[str, float]:
         "lane_invasion": -float(inp.lane_invasions),
         "proximity": -_proximity(inp.ahead, cfg.ttc_threshold_s, cfg.min_gap_m, cfg.headway_s),
         "standstill": -1.0 if is_standing(inp, cfg) else 0.0,
+        "stalled": -1.0 if inp.stalled else 0.0,
     }
     weights = {
         "progress": w.progress, "waypoint": w.waypoint, "goal": w.goal, "efficiency": w.efficiency,
         "lane_keeping": w.lane_keeping, "comfort": w.comfort, "collision": w.collision, "off_road": w.off_road,
         "off_route": w.off_route, "lane_invasion": w.lane_invasion, "proximity": w.proximity,
-        "standstill": w.standstill,
+        "standstill": w.standstill, "stalled": w.stalled,
     }
     return {k: float(weights[k] * raw[k]) for k in COMPONENTS}
 
