@@ -7,8 +7,6 @@ jtd3.sim and compared), so every streamed layout and msgpack shape is checked en
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import queue
 
 import numpy as np

@@ -22,7 +22,7 @@ import pytest
 
 from jtd3.carla_server import layouts as L
 from jtd3.carla_server import rpc
-from jtd3.carla_server.handlers import (APPLY_TRANSFORM, APPLY_VEHICLE_CONTROL, DESTROY, SET_AUTOPILOT,
+from jtd3.carla_server.commands import (APPLY_TRANSFORM, APPLY_VEHICLE_CONTROL, DESTROY, SET_AUTOPILOT,
                                         SET_SIMULATE_PHYSICS, SET_VEHICLE_LIGHT_STATE, SPAWN)
 from jtd3.carla_server.streaming import StreamServer, decode_token, encode_token
 

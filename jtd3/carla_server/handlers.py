@@ -9,27 +9,23 @@ too (``void`` / ``value`` shape chosen by :data:`VOID_CALLS`), and are logged on
 from __future__ import annotations
 
 import logging
-import threading
 from typing import TYPE_CHECKING, Any, Callable
 
-from jtd3.backend import VehicleControl
 from jtd3.carla_server import layouts as L
 from jtd3.carla_server import rpc
 from jtd3.carla_server.actors import Actor
-from jtd3.carla_server.world import SPECTATOR_ID, WORLD_STREAM, SpawnError
+from jtd3.carla_server.commands import apply_batch, spawn, vehicle_control
+from jtd3.carla_server.sensors import SpawnError
+from jtd3.carla_server.world import SPECTATOR_ID, WORLD_STREAM
 
 if TYPE_CHECKING:
     from jtd3.carla_server.server import CarlaServer
 
-__all__ = ["HANDLERS", "VOID_CALLS", "apply_command"]
+__all__ = ["ERRORS", "HANDLERS", "VERSION", "VOID_CALLS"]
 
 log = logging.getLogger(__name__)
 
 VERSION = "0.9.16"
-# Command variant indices (boost::variant order of rpc::Command::CommandType in the 0.9.16 wheel).
-SPAWN, DESTROY, APPLY_VEHICLE_CONTROL, APPLY_TRANSFORM, SET_SIMULATE_PHYSICS, SET_AUTOPILOT = 0, 1, 2, 6, 14, 16
-SET_VEHICLE_LIGHT_STATE = 18
-FUTURE_ACTOR = 0
 
 # Calls whose result is Response<void> (everything else unknown is answered as Response<T> with an error).
 VOID_CALLS = frozenset({
@@ -53,75 +49,6 @@ VOID_CALLS = frozenset({
 })
 
 
-def _control(obj: list) -> tuple[VehicleControl, tuple]:
-    throttle, steer, brake, hand_brake, reverse, manual, gear = (list(obj) + [0, 0, 0, False, False, False, 0])[:7]
-    control = VehicleControl(throttle=float(throttle), steer=float(steer), brake=float(brake),
-                             hand_brake=bool(hand_brake), reverse=bool(reverse))
-    return control, (control.throttle, control.steer, control.brake, control.hand_brake, control.reverse,
-                     bool(manual), int(gear))
-
-
-def _spawn(s: CarlaServer, description: list, transform: list, parent: int = 0) -> list:
-    _uid, type_id, attributes = description[:3]
-    actor = s.world.spawn(str(type_id), list(attributes), L.transform_tuple(transform), int(parent))
-    return s.actor_object(actor)
-
-
-def apply_command(s: CarlaServer, command: list) -> int:
-    """Run one ``rpc::Command`` ``[[variant index, fields]]``; returns the actor id (raises on failure).
-
-    ``SpawnActor`` fields: ``[description, transform, parent (optional), attachment_type, socket_name,
-    do_after]``; ``FutureActor`` (0) in a ``do_after`` command stands for the spawned actor.
-    """
-    index, fields = command[0]
-    w = s.world
-    if index == SPAWN:
-        description, transform, parent = fields[:3]
-        do_after = fields[5] if len(fields) > 5 else []
-        parent_id = L.from_optional(parent) or 0
-        actor_id = int(_spawn(s, description, transform, int(parent_id))[0])
-        for sub in do_after:
-            sub_index, sub_fields = sub[0]
-            sub_fields = list(sub_fields)
-            if sub_fields and sub_fields[0] == FUTURE_ACTOR:
-                sub_fields[0] = actor_id
-            try:
-                apply_command(s, [[sub_index, sub_fields]])
-            except (KeyError, ValueError, rpc.CallError) as e:
-                log.warning("command after spawning actor %d failed: %s", actor_id, e)
-        return actor_id
-    actor_id = int(fields[0])
-    if index == DESTROY:
-        if not w.destroy(actor_id):
-            raise rpc.CallError(f"Actor {actor_id} not found")
-    elif index == APPLY_VEHICLE_CONTROL:
-        v = w.vehicle(actor_id)
-        v.control, v.control_tuple = _control(fields[1])
-    elif index == SET_AUTOPILOT:
-        w.vehicle(actor_id).autopilot = bool(fields[1])
-    elif index == SET_SIMULATE_PHYSICS:
-        w.actors[actor_id].simulate_physics = bool(fields[1])
-    elif index == APPLY_TRANSFORM:
-        s.teleport(actor_id, L.transform_tuple(fields[1]))
-    elif index == SET_VEHICLE_LIGHT_STATE:
-        w.vehicle(actor_id)
-    else:
-        raise rpc.CallError(f"command {index} (rpc::Command variant index) is not supported by the jtd3 server")
-    return actor_id
-
-
-def _apply_batch(s: CarlaServer, commands: list, do_tick: bool = False) -> rpc.Raw:
-    out = []
-    for command in commands:
-        try:
-            out.append(rpc.value(apply_command(s, command)))
-        except (KeyError, ValueError, rpc.CallError) as e:
-            out.append(rpc.error_value(str(e.args[0]) if e.args else str(e)))
-    if do_tick:
-        s.tick()
-    return rpc.Raw(out)
-
-
 def _destroy(s: CarlaServer, actor_id: int) -> list:
     if not s.world.destroy(int(actor_id)):
         return rpc.error_value(f"Actor {actor_id} not found (destroy_actor)")
@@ -143,7 +70,7 @@ def _vehicle(s: CarlaServer, actor_id: int) -> Actor:
 
 def _apply_control(s: CarlaServer, actor_id: int, control: list) -> list:
     v = _vehicle(s, actor_id)
-    v.control, v.control_tuple = _control(control)
+    v.control, v.control_tuple = vehicle_control(control)
     return rpc.void()
 
 
@@ -239,42 +166,20 @@ HANDLERS: dict[str, Callable[..., Any]] = {
     "destroy_traffic_manager": _tm_destroy,
     "get_actor_definitions": lambda s: rpc.value([bp.definition() for bp in s.world.blueprints.values()]),
     "get_spectator": lambda s: rpc.value(s.actor_object(s.world.actors[SPECTATOR_ID])),
-    "spawn_actor": lambda s, description, transform: rpc.value(_spawn(s, description, transform)),
+    "spawn_actor": lambda s, description, transform: rpc.value(spawn(s, description, transform)),
     "spawn_actor_with_parent": lambda s, description, transform, parent, *_: rpc.value(
-        _spawn(s, description, transform, int(parent))),
+        spawn(s, description, transform, int(parent))),
     "destroy_actor": _destroy,
     "get_actors_by_id": lambda s, ids: rpc.value(
         [s.actor_object(s.world.actors[int(i)]) for i in ids if int(i) in s.world.actors]),
     "get_actor_bounding_box": _bounding_box,
     "apply_control_to_vehicle": _apply_control,
-    "apply_batch": _apply_batch,
+    "apply_batch": apply_batch,
     "set_actor_simulate_physics": _set_physics,
     "set_actor_autopilot": _autopilot,
     "set_actor_transform": _teleport,
     "set_actor_location": lambda s, actor_id, loc: _teleport(
         s, actor_id, [loc, [0.0, s.world.world_transform(s.world.actors[int(actor_id)])[4], 0.0]]),
-}
-
-def _faults(s: CarlaServer, hang: dict, drop_frames: dict, delay_s: dict, duplicate: list = ()) -> list:
-    s.faults.duplicate = set(duplicate)
-    s.faults.hang = {str(k): int(v) for k, v in hang.items()}
-    s.faults.drop_frames = {k: set(v) for k, v in drop_frames.items()}
-    s.faults.delay_s = {k: float(v) for k, v in delay_s.items()}
-    return rpc.value(True)
-
-
-def _kill(s: CarlaServer) -> None:
-    threading.Thread(target=s.kill, daemon=True).start()  # after this call's reply
-    return rpc.value(True)
-
-
-# Test control calls (``--control``; never sent by a carla client): fault injection and what was called.
-CONTROL: dict[str, Callable[..., Any]] = {
-    "jtd3.faults": _faults,
-    "jtd3.kill": _kill,
-    "jtd3.calls": lambda s: rpc.value(dict(s.calls)),
-    "jtd3.state": lambda s: rpc.value({"frame": s.world.frame, "compute_s": s.compute_s, "settings": {
-        k: v for k, v in s.world.settings.items()}, "actors": {a.id: a.type_id for a in s.world.actors.values()}}),
 }
 
 ERRORS = (KeyError, ValueError, TypeError, IndexError, SpawnError, rpc.CallError)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import msgpack
 
-__all__ = ["CallError", "Raw", "RpcServer", "Void", "encode_reply", "value", "void", "error_value", "error_void"]
+__all__ = ["Call", "CallError", "Raw", "RpcServer", "encode_reply", "error_value", "error_void", "value", "void"]
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,6 @@ class Raw:
     """A result sent as is, without the ``Response`` wrapper (``apply_batch``)."""
 
     obj: Any
-
-
-class Void:
-    """Marker: the call returns ``Response<void>``."""
 
 
 def value(obj: Any) -> list:
@@ -67,9 +63,6 @@ def error_void(message: str) -> list:
 
 def encode_reply(msgid: int, result: Any) -> bytes:
     return msgpack.packb([RESPONSE, msgid, None, result], use_bin_type=True)
-
-
-Handler = Callable[..., Any]
 
 
 @dataclasses.dataclass

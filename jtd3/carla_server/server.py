@@ -23,7 +23,8 @@ from typing import Any, Callable
 from jtd3.carla_server import layouts as L
 from jtd3.carla_server import rpc
 from jtd3.carla_server.actors import Actor
-from jtd3.carla_server.handlers import CONTROL, ERRORS, HANDLERS, VOID_CALLS
+from jtd3.carla_server.control import CONTROL
+from jtd3.carla_server.handlers import ERRORS, HANDLERS, VOID_CALLS
 from jtd3.carla_server.streaming import StreamServer
 from jtd3.carla_server.world import World
 from jtd3.sim.config import SimConfig
@@ -107,7 +108,10 @@ class CarlaServer:
         except ERRORS as e:
             message = f"{call.name}: {e.args[0] if e.args else e}"
             log.debug("call failed: %s", message)
-            return rpc.error_void(message) if call.name in VOID_CALLS else rpc.error_value(message)
+        except Exception as e:  # noqa: BLE001 (a server bug: answer it; an unanswered call can abort the client)
+            log.exception("call %r failed", call.name)
+            message = f"{call.name}: jtd3 CARLA server error: {type(e).__name__}: {e}"
+        return rpc.error_void(message) if call.name in VOID_CALLS else rpc.error_value(message)
 
     # -- world operations used by the handlers -------------------------------------------------------------
 

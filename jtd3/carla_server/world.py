@@ -5,25 +5,25 @@ Every vehicle moves by :func:`jtd3.sim.dynamics.step` (the embedded simulator's 
 last control the client applied (its own, or its Traffic Manager's ``apply_batch``). A vehicle that carries a
 collision sensor is checked against every other vehicle and the town's buildings after each tick; on a hit it is
 put back at its pose before the tick with zero speed (the embedded simulator's collision model) and the sensor
-reports the other actor. Cameras render with :class:`jtd3.sim.render.FrontCamera` (grey, sent as BGRA).
+reports the other actor. Cameras render with :class:`jtd3.sim.render.FrontCamera` (grey, sent as BGRA); both in
+:mod:`jtd3.carla_server.sensors`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 
-import cv2
 import numpy as np
 
-from jtd3.backend import Vehicles, VehicleControl
+from jtd3.backend import VehicleControl
 from jtd3.carla_server import layouts as L
 from jtd3.carla_server.actors import Actor, Blueprint, blueprint_library
+from jtd3.carla_server.sensors import SpawnError, camera, collisions, image
 from jtd3.sim import dynamics
-from jtd3.sim.config import CameraConfig, SimConfig
-from jtd3.sim.events import footprint_points, obb_overlap, relative_impulse
-from jtd3.sim.render import BUILDING, FrontCamera, build_town_raster
+from jtd3.sim.config import SimConfig
+from jtd3.sim.events import obb_overlap
+from jtd3.sim.render import FrontCamera, build_town_raster
 from jtd3.sim.roads import load_town
 
 __all__ = ["SpawnError", "World", "spawn_points"]
@@ -31,12 +31,6 @@ __all__ = ["SpawnError", "World", "spawn_points"]
 SPECTATOR_ID = 1
 WORLD_STREAM = 1  # stream id of the pushed world state; sensors get 2, 3, ...
 MAX_DESTROYED = 10_000
-MIN_CAMERA_HEIGHT = 0.05  # metres; a camera mounted lower (e.g. at the vehicle origin) renders from this height
-STATIC_BUILDING = [0, 0, [0, "static.building", []], L.bounding_box_object((0.0, 0.0, 0.0)), bytes([3]), b""]
-
-
-class SpawnError(ValueError):
-    """A spawn the server refuses (the client gets CARLA's error text)."""
 
 
 def spawn_points(net, spacing: float = 40.0) -> list[tuple[float, ...]]:
@@ -80,7 +74,7 @@ class World:
         self.destroyed: dict[int, Actor] = {}  # id -> actor, the most recent MAX_DESTROYED
         self._next_id = 100
         self._next_stream = WORLD_STREAM + 1
-        self._cameras: dict[tuple, FrontCamera] = {}
+        self.cameras: dict[tuple, FrontCamera] = {}  # by (width, height, fov, x, z, pitch)
         self._speed_limits: dict[int, float] = {}
 
     def continue_ids(self, old: "World") -> None:
@@ -108,14 +102,14 @@ class World:
         actor = Actor(self._next_id, type_id, list(values.values()), transform, bp, parent=parent)
         if actor.is_vehicle:
             x, y, _, _, yaw, _ = transform
-            if self._overlaps(x, y, yaw, bp.extent, skip=-1).size:
+            if self.overlaps(x, y, yaw, bp.extent, skip=-1).size:
                 raise SpawnError("Spawn failed because of collision at spawn position")
             actor.state = dynamics.EgoState(x, y, yaw)
             actor.control = VehicleControl()
             actor.speed_limit_kmh = self._speed_limit(x, y, yaw)
         elif type_id.startswith("sensor."):
             if type_id == "sensor.camera.rgb":
-                self._camera(actor)  # validates the size, fov and mount now: a bad camera fails its spawn
+                camera(self, actor)  # validates the size, fov and mount now: a bad camera fails its spawn
             actor.stream_id = self._next_stream
             self._next_stream += 1
         self._next_id += 1
@@ -165,11 +159,11 @@ class World:
         c, s = math.cos(math.radians(pyaw)), math.sin(math.radians(pyaw))
         return (px + x * c - y * s, py + x * s + y * c, pz + z, pitch, pyaw + yaw, roll)
 
-    def _vehicles(self) -> list[Actor]:
+    def vehicles(self) -> list[Actor]:
         return [a for a in self.actors.values() if a.is_vehicle]
 
-    def _overlaps(self, x: float, y: float, yaw: float, extent, skip: int) -> np.ndarray:
-        others = [a for a in self._vehicles() if a.id != skip]
+    def overlaps(self, x: float, y: float, yaw: float, extent, skip: int) -> np.ndarray:
+        others = [a for a in self.vehicles() if a.id != skip]
         if not others:
             return np.zeros(0, np.int64)
         ox = np.array([a.state.x for a in others])
@@ -187,26 +181,12 @@ class World:
             self._speed_limits[lane] = 3.6 * limit if limit else self.sim.npc.default_speed_limit
         return self._speed_limits[lane]
 
-    def _camera(self, a: Actor) -> FrontCamera:
-        x, _, z, pitch, _, _ = a.transform
-        z = max(z, MIN_CAMERA_HEIGHT)  # the ground renderer needs the eye above the ground
-        w, h = int(a.attribute("image_size_x", "800")), int(a.attribute("image_size_y", "600"))
-        fov = float(a.attribute("fov", "90"))
-        key = (w, h, fov, x, z, pitch)
-        if key not in self._cameras:
-            try:
-                cam = CameraConfig(width=w, height=h, fov=fov, x=x, z=z, pitch=pitch)
-            except ValueError as e:
-                raise SpawnError(f"camera not supported by this server: {e}") from e
-            self._cameras[key] = FrontCamera(cam, self.sim.render, self.raster, w, h)
-        return self._cameras[key]
-
     # -- the tick ----------------------------------------------------------------------------------------
 
     def tick(self, dt: float | None = None) -> list[tuple[int, bytes]]:
         """Advance every vehicle by one step; returns the messages to publish ``[(stream_id, payload)]``."""
         dt = self.delta_seconds if dt is None else dt
-        vehicles = self._vehicles()
+        vehicles = self.vehicles()
         before = {a.id: a.state for a in vehicles}
         for a in vehicles:
             if a.simulate_physics:
@@ -215,7 +195,7 @@ class World:
         self.elapsed += dt
         messages: list[tuple[int, bytes]] = []
         for sensor in [s for s in self.actors.values() if s.type_id == "sensor.other.collision"]:
-            messages += self._collisions(sensor, before, dt)
+            messages += collisions(self, sensor, before, dt)
         if self.frame % 10 == 0:
             for a in vehicles:
                 a.speed_limit_kmh = self._speed_limit(a.state.x, a.state.y, a.state.yaw)
@@ -224,37 +204,8 @@ class World:
             period = float(cam.attribute("sensor_tick", "0") or 0.0)
             if self.elapsed - cam.last_image_time >= period - 1e-9:
                 cam.last_image_time = self.elapsed
-                messages.append((cam.stream_id, self.image(cam)))
+                messages.append((cam.stream_id, image(self, cam)))
         return messages
-
-    def _collisions(self, sensor: Actor, before: dict, dt: float) -> list[tuple[int, bytes]]:
-        car = self.actors.get(sensor.parent)
-        if car is None or not car.is_vehicle:
-            return []
-        s = car.state
-        hits: list[list] = []
-        impulses = []
-        for other_id in self._overlaps(s.x, s.y, s.yaw, car.extent, skip=car.id):
-            other = self.actors[int(other_id)]
-            hits.append(self.actor_object(other))
-            impulses.append(relative_impulse(s.velocity, other.state.velocity, car.blueprint.vehicle.mass,
-                                             other.blueprint.vehicle.mass))
-        if self.sim.static_collisions:
-            pts = footprint_points(s.x, s.y, s.yaw, car.extent[0], car.extent[1])
-            if np.any(self.raster.class_at(pts[:, 0], pts[:, 1]) == BUILDING):
-                hits.append(STATIC_BUILDING)
-                impulses.append(relative_impulse(s.velocity, np.zeros(3), car.blueprint.vehicle.mass, math.inf))
-        if not hits:
-            return []
-        prev = before[car.id]
-        speed = math.hypot(prev.vx, prev.vy)
-        direction = (prev.vx / speed, prev.vy / speed) if speed > 1e-6 else (1.0, 0.0)
-        car.state = dataclasses.replace(prev, speed=0.0, vx=0.0, vy=0.0, ax=-prev.vx / dt, ay=-prev.vy / dt,
-                                        yaw_rate=0.0, steer=s.steer)
-        header = L.sensor_header(L.SENSOR_TYPES[sensor.type_id], self.frame, self.elapsed, self.world_transform(sensor))
-        me = self.actor_object(car)
-        return [(sensor.stream_id, L.collision_payload(header, me, other, (-direction[0] * j, -direction[1] * j, 0.0)))
-                for other, j in zip(hits, impulses)]
 
     def world_state(self) -> bytes:
         parts = [L.sensor_header(L.SENSOR_TYPES["world_observer"], self.frame, self.elapsed, (0.0,) * 6),
@@ -268,31 +219,6 @@ class World:
             else:
                 parts.append(L.actor_dynamic_state(a.id, tf, (0.0,) * 3, (0.0,) * 3, (0.0,) * 3))
         return b"".join(parts)
-
-    def image(self, cam: Actor) -> bytes:
-        camera = self._camera(cam)
-        parent = self.actors.get(cam.parent)
-        others = [a for a in self._vehicles() if a.id != cam.parent]
-        if others:
-            vehicles = Vehicles(
-                ids=np.array([a.id for a in others], np.int64),
-                location=np.array([[a.state.x, a.state.y, 0.0] for a in others]),
-                yaw=np.array([a.state.yaw for a in others]),
-                velocity=np.array([[a.state.vx, a.state.vy, 0.0] for a in others]),
-                extent=np.array([a.extent for a in others]),
-            )
-        else:
-            vehicles = Vehicles.empty()
-        if parent is not None and parent.is_vehicle:
-            x, y, yaw = parent.state.x, parent.state.y, parent.state.yaw
-        else:  # a free camera: its own pose, mount offsets measured from there
-            x, y, _, _, yaw, _ = self.world_transform(cam)
-            x -= camera.cam.x * math.cos(math.radians(yaw))
-            y -= camera.cam.x * math.sin(math.radians(yaw))
-        grey = camera.render(x, y, yaw, vehicles)
-        bgra = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGRA)
-        header = L.sensor_header(L.SENSOR_TYPES[cam.type_id], self.frame, self.elapsed, self.world_transform(cam))
-        return L.image_payload(header, camera.W, camera.H, float(camera.cam.fov), bgra.tobytes())
 
     def actor_object(self, a: Actor, stream_token: bytes = b"") -> list:
         """msgpack ``rpc::Actor`` (the stream token is filled in by the server for sensors)."""

@@ -1,0 +1,112 @@
+"""What the server's sensors send: camera images (the embedded simulator's front camera, grey as BGRA) and
+collision events (the embedded simulator's collision model: a vehicle carrying a collision sensor that
+overlaps another vehicle or a building after a tick is put back where it was, standing, and the sensor reports
+the other actor with the impulse of a perfectly plastic impact).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from jtd3.backend import Vehicles
+from jtd3.carla_server import layouts as L
+from jtd3.carla_server.actors import Actor
+from jtd3.sim import dynamics
+from jtd3.sim.config import CameraConfig
+from jtd3.sim.events import footprint_points, relative_impulse
+from jtd3.sim.render import BUILDING, FrontCamera
+
+if TYPE_CHECKING:
+    from jtd3.carla_server.world import World
+
+__all__ = ["MIN_CAMERA_HEIGHT", "SpawnError", "camera", "collisions", "image"]
+
+MIN_CAMERA_HEIGHT = 0.05  # metres; a camera mounted lower (e.g. at the vehicle origin) renders from this height
+STATIC_BUILDING = [0, 0, [0, "static.building", []], L.bounding_box_object((0.0, 0.0, 0.0)), bytes([3]), b""]
+
+
+class SpawnError(ValueError):
+    """A spawn the server refuses (the client gets CARLA's error text)."""
+
+
+def camera(world: World, a: Actor) -> FrontCamera:
+    """The renderer of camera actor ``a`` (size, fov, mount x/z/pitch; the lateral mount offset is not modelled).
+
+    Raises :class:`SpawnError` for what the embedded camera cannot render (fov outside [10, 170] degrees, pitch
+    outside [-89, 30], sizes outside [8, 2048]).
+    """
+    x, _, z, pitch, _, _ = a.transform
+    z = max(z, MIN_CAMERA_HEIGHT)  # the ground renderer needs the eye above the ground
+    w, h = int(a.attribute("image_size_x", "800")), int(a.attribute("image_size_y", "600"))
+    fov = float(a.attribute("fov", "90"))
+    key = (w, h, fov, x, z, pitch)
+    if key not in world.cameras:
+        try:
+            cam = CameraConfig(width=w, height=h, fov=fov, x=x, z=z, pitch=pitch)
+        except ValueError as e:
+            raise SpawnError(f"camera not supported by this server: {e}") from e
+        world.cameras[key] = FrontCamera(cam, world.sim.render, world.raster, w, h)
+    return world.cameras[key]
+
+
+def collisions(world: World, sensor: Actor, before: dict, dt: float) -> list[tuple[int, bytes]]:
+    """The collision events of ``sensor``'s vehicle after a tick (``before``: states before it), one per actor hit."""
+    car = world.actors.get(sensor.parent)
+    if car is None or not car.is_vehicle:
+        return []
+    s = car.state
+    hits: list[list] = []
+    impulses = []
+    for other_id in world.overlaps(s.x, s.y, s.yaw, car.extent, skip=car.id):
+        other = world.actors[int(other_id)]
+        hits.append(world.actor_object(other))
+        impulses.append(relative_impulse(s.velocity, other.state.velocity, car.blueprint.vehicle.mass,
+                                         other.blueprint.vehicle.mass))
+    if world.sim.static_collisions:
+        pts = footprint_points(s.x, s.y, s.yaw, car.extent[0], car.extent[1])
+        if np.any(world.raster.class_at(pts[:, 0], pts[:, 1]) == BUILDING):
+            hits.append(STATIC_BUILDING)
+            impulses.append(relative_impulse(s.velocity, np.zeros(3), car.blueprint.vehicle.mass, math.inf))
+    if not hits:
+        return []
+    prev = before[car.id]
+    speed = math.hypot(prev.vx, prev.vy)
+    direction = (prev.vx / speed, prev.vy / speed) if speed > 1e-6 else (1.0, 0.0)
+    # as jtd3.sim.world.SimWorld does for its ego: back to the pose before the tick, standing
+    car.state = dynamics.EgoState(prev.x, prev.y, prev.yaw, vx=0.0, vy=0.0, ax=-prev.vx / dt, ay=-prev.vy / dt,
+                                  steer=s.steer)
+    header = L.sensor_header(L.SENSOR_TYPES[sensor.type_id], world.frame, world.elapsed, world.world_transform(sensor))
+    me = world.actor_object(car)
+    return [(sensor.stream_id, L.collision_payload(header, me, other, (-direction[0] * j, -direction[1] * j, 0.0)))
+            for other, j in zip(hits, impulses)]
+
+
+def image(world: World, cam: Actor) -> bytes:
+    """The streamed image of camera ``cam`` now: sensor header, image header, BGRA (grey in B, G and R)."""
+    model = camera(world, cam)
+    parent = world.actors.get(cam.parent)
+    others = [a for a in world.vehicles() if a.id != cam.parent]
+    if others:
+        vehicles = Vehicles(
+            ids=np.array([a.id for a in others], np.int64),
+            location=np.array([[a.state.x, a.state.y, 0.0] for a in others]),
+            yaw=np.array([a.state.yaw for a in others]),
+            velocity=np.array([[a.state.vx, a.state.vy, 0.0] for a in others]),
+            extent=np.array([a.extent for a in others]),
+        )
+    else:
+        vehicles = Vehicles.empty()
+    if parent is not None and parent.is_vehicle:
+        x, y, yaw = parent.state.x, parent.state.y, parent.state.yaw
+    else:  # a free camera: its own pose, mount offsets measured from there
+        x, y, _, _, yaw, _ = world.world_transform(cam)
+        x -= model.cam.x * math.cos(math.radians(yaw))
+        y -= model.cam.x * math.sin(math.radians(yaw))
+    grey = model.render(x, y, yaw, vehicles)
+    bgra = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGRA)
+    header = L.sensor_header(L.SENSOR_TYPES[cam.type_id], world.frame, world.elapsed, world.world_transform(cam))
+    return L.image_payload(header, model.W, model.H, float(model.cam.fov), bgra.tobytes())
