@@ -100,9 +100,9 @@ def main() -> None:
             try:
                 run(direct, 20), run(wire, 20)  # warm-up: caches, first frames, the TM's map
                 d = run(direct, args.steps)
-                before = server.control("jtd3.state")
+                before, calls0 = server.control("jtd3.state"), server.control("jtd3.calls")
                 w = run(wire, args.steps, server.proc.pid)
-                after = server.control("jtd3.state")
+                after, calls1 = server.control("jtd3.state"), server.control("jtd3.calls")
             finally:
                 direct.close()
                 wire.close()
@@ -117,7 +117,9 @@ def main() -> None:
                                   "server_simulation": ms(compute)},
                       protocol_share_wall=round(1 - d["wall"] / w["wall"], 3),
                  protocol_share_cpu=round(1 - d["cpu"] / (w["cpu"] + w["server_cpu"]), 3),
-                 resets=[d["resets"], w["resets"]])
+                 resets=[d["resets"], w["resets"]],
+                 rpc_per_tick={k: round((v - calls0.get(k, 0)) / ticks, 2) for k, v in calls1.items()
+                               if not k.startswith("jtd3.") and v - calls0.get(k, 0) >= ticks / 2})
         shutdown_traffic_manager(server.host, server.port, tm_port)
 
 

@@ -64,7 +64,7 @@ class CarlaServer:
                             rayleigh_scattering_scale=0.0331)
         self.control = control  # answer jtd3.* control calls (tests)
         self.on_close: Callable[[], None] | None = None
-        self.compute_s = 0.0  # seconds spent in World.tick (benchmarks: the protocol's share of a step)
+        self.compute_s = 0.0  # CPU seconds spent in World.tick (benchmarks: the protocol's share of a step)
         self.calls: dict[str, int] = {}  # how often each call was made (unknown ones included)
         self._unknown_logged: set[str] = set()
         self._stop = threading.Event()
@@ -120,9 +120,9 @@ class CarlaServer:
 
     def tick(self) -> int:
         with self.lock:
-            t = time.perf_counter()
+            t = time.thread_time()
             messages = self.world.tick()
-            self.compute_s += time.perf_counter() - t  # simulation and rendering, without the publishing
+            self.compute_s += time.thread_time() - t  # CPU seconds of simulation and rendering (no publishing)
             frame = self.world.frame
             self._publish(messages)
         return frame
