@@ -119,13 +119,12 @@ def _memory_check(config: Any) -> None:
     With ``train.replay.memory_limit_gb`` the buffer must fit in that limit; otherwise in ``MemAvailable``
     minus :data:`MEMORY_HEADROOM_GB` for the rest of the process.
     """
-    from jtd3.envs.observation import kinematics_size
+    from jtd3.evaluate import env_spaces
     from jtd3.replay import available_memory_bytes, bytes_per_slot
 
-    env = config.env
-    frame = (env.sim.camera.height, env.sim.camera.width) if env.backend == "sim" else (
-        env.carla.output_height, env.carla.output_width)
-    per_slot = bytes_per_slot(tuple(frame), kinematics_size(env.observation), 2)["total"]
+    observation_space, action_space = env_spaces(config.env)
+    camera, kinematics = observation_space["camera"].shape, observation_space["kinematics"].shape
+    per_slot = bytes_per_slot(tuple(camera[1:]), kinematics[0], action_space.shape[0])["total"]
     capacity = config.train.replay.capacity
     needed = capacity * per_slot
     limit_gb = config.train.replay.memory_limit_gb

@@ -22,7 +22,9 @@ import numpy as np
 
 from jtd3.envs.reward import COMPONENTS
 
-__all__ = ["AgentPolicy", "EpisodeResult", "EvalReport", "evaluate", "load_agent", "run_episode", "summarise"]
+__all__ = [
+    "AgentPolicy", "EpisodeResult", "EvalReport", "env_spaces", "evaluate", "load_agent", "run_episode", "summarise",
+]
 
 Policy = Callable[[Any], np.ndarray]
 
@@ -238,6 +240,28 @@ def evaluate(
 # The trained agent as a policy
 
 
+def env_spaces(config: Any) -> tuple[Any, Any]:
+    """``(observation_space, action_space)`` of a :class:`jtd3.envs.DrivingEnv` for EnvConfig ``config``,
+    without building it (no simulator, no CARLA connection); ``tests/test_install.py`` compares them with a
+    built env's."""
+    import gymnasium as gym
+
+    from jtd3.envs.observation import kinematics_size
+
+    if config.backend == "sim":
+        frame = (config.sim.camera.height, config.sim.camera.width)
+    else:
+        frame = (config.carla.output_height, config.carla.output_width)
+    o = config.observation
+    observation_space = gym.spaces.Dict(
+        {
+            "camera": gym.spaces.Box(0, 255, (o.frame_stack, int(frame[0]), int(frame[1])), np.uint8),
+            "kinematics": gym.spaces.Box(-o.clip, o.clip, (kinematics_size(o),), np.float32),
+        }
+    )
+    return observation_space, gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+
 class AgentPolicy:
     """The deterministic TD3 policy of a train state, as ``policy(obs) -> action`` (no exploration noise)."""
 
@@ -267,7 +291,6 @@ def load_agent(run_dir: str, step: int | None = None, best: bool = False) -> tup
 
     from jtd3 import agent
     from jtd3.checkpoint import CheckpointStore
-    from jtd3.envs import make_env
     from jtd3.train import load_config
 
     run = Path(run_dir)
@@ -277,9 +300,10 @@ def load_agent(run_dir: str, step: int | None = None, best: bool = False) -> tup
     if not config_path.is_file():
         raise FileNotFoundError(f"{run} is not a jtd3 run directory ({config_path} does not exist)")
     config = load_config(yaml.safe_load(config_path.read_text()))
-    env = make_env(config.env)
-    template = agent.create(config.agent, env.observation_space, env.action_space, config.train.seed)
-    env.close()
+    # the spaces from the config: no environment is built (on CARLA that would open a session on the server,
+    # perhaps the one a training process drives)
+    observation_space, action_space = env_spaces(config.env)
+    template = agent.create(config.agent, observation_space, action_space, config.train.seed)
     store = CheckpointStore(run / "checkpoints", "read")
     try:
         if best:

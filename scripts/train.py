@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train TD3 on the embedded simulator (default) or a CARLA server.
+"""Train TD3 on the embedded simulator (default) or a CARLA server: a thin wrapper of ``jtd3-train``
+(:mod:`jtd3.cli`; also ``python -m jtd3.train``).
 
     python scripts/train.py --norm layernorm                # the main job: short run on the embedded simulator
     python scripts/train.py --norm layernorm --max-timesteps 1000000 --eval-freq 20000 --checkpoint-freq 20000

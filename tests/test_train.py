@@ -173,6 +173,7 @@ def test_carla_unreachable_fails_fast_with_instructions(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "--env sim" in err, err
+    assert not (tmp_path / "c").exists()  # a failed start leaves no run directory to block the name
 
 
 def test_evaluate_script_loads_a_checkpoint(tmp_path, monkeypatch):
@@ -217,3 +218,26 @@ def test_metric_window_averages_actor_metrics_over_policy_steps_only():
     m = w.means()
     assert m["losses/critic_loss"] == 2.0 and m["losses/actor_loss"] == -4.0
     assert m["debug/actor_cnn_features_l2_norm_max"] == 7.0 and m["debug/critic_cnn_features_min"] == -2.0
+
+
+def test_ctrl_c_during_an_evaluation_saves_a_checkpoint_and_exits_130(tmp_path, capsys, monkeypatch):
+    import signal
+
+    from jtd3 import train
+
+    evaluate = train.Trainer._evaluate
+
+    def interrupted_evaluate(self):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the evaluation runs: its next action stops it
+        return evaluate(self)
+
+    monkeypatch.setattr(train.Trainer, "_evaluate", interrupted_evaluate)
+    code, run_dir = run(tmp_path, "int", 200)
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "SIGINT received: saving a checkpoint" in err and "stopped by SIGINT at env step 80" in err, err
+    assert committed_steps(run_dir / "checkpoints") == [80]
+    assert not (run_dir / "eval.csv").exists()  # the interrupted evaluation wrote nothing
+    monkeypatch.undo()
+    assert train_main(["--resume", str(run_dir), "--max-timesteps", "100", "--set", "train.progress_bar=false"]) == 0
+    assert committed_steps(run_dir / "checkpoints") == [80, 100]

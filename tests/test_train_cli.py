@@ -94,3 +94,46 @@ def test_cli_run_directory_then_sigkill_and_resume(tmp_path):
         steps = [s for s, _ in scalars[tag]]
         assert steps == sorted(set(steps)), (tag, steps)
     assert max(s for s, _ in scalars["losses/critic_loss"]) == latest + 40
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.is_dir():
+        assert proc.poll() is None and time.monotonic() < deadline, f"training did not reach {path}"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_a_second_ctrl_c_exits_at_once(tmp_path):
+    from jtd3.checkpoint import committed_steps
+
+    run = tmp_path / "s"
+    long = ["--max-timesteps", "100000", "--set", "train.progress_bar=false"]
+    proc = _train("--logdir", str(tmp_path), "--run-name", "s", *SMALL, *long,
+                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(run / "checkpoints" / "80", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err, err
+    line = next(x for x in err.splitlines() if x.startswith("jtd3: stopped by SIGTERM at env step "))
+    stopped_at = int(line.split("env step ")[1].split(";")[0])
+    assert f"checkpoint saved: {run / 'checkpoints' / str(stopped_at)}" in line
+    assert committed_steps(run / "checkpoints")[-1] == stopped_at >= 80
+
+    # Ctrl-C twice during a resume: out at once, without a traceback; the run stays resumable
+    proc = _train("--resume", str(run), *long, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    next_ckpt = (stopped_at // 80 + 1) * 80
+    _wait_for(run / "checkpoints" / str(next_ckpt), proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in err, err
+    latest = committed_steps(run / "checkpoints")[-1]
+    assert latest >= next_ckpt
+    proc = _train("--resume", str(run), "--max-timesteps", str(latest + 20), "--set", "train.progress_bar=false",
+                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert committed_steps(run / "checkpoints")[-1] == latest + 20
