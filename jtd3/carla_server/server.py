@@ -68,7 +68,7 @@ class CarlaServer:
         self.calls: dict[str, int] = {}  # how often each call was made (unknown ones included)
         self._unknown_logged: set[str] = set()
         self._stop = threading.Event()
-        self._killed = False
+        self._mode_changed = threading.Event()  # wakes the asynchronous ticker when the settings change
         if streaming_port is None:
             streaming_port = port + 1 if port else 0
         self.streams = StreamServer(host, streaming_port)
@@ -86,11 +86,12 @@ class CarlaServer:
     # -- RPC ---------------------------------------------------------------------------------------------
 
     def _dispatch(self, call: rpc.Call) -> Any:
-        self.calls[call.name] = self.calls.get(call.name, 0) + 1
-        left = self.faults.hang.get(call.name, 0)
-        if left:
+        with self.lock:
+            self.calls[call.name] = self.calls.get(call.name, 0) + 1
+            left = self.faults.hang.get(call.name, 0)
             if left > 0:
                 self.faults.hang[call.name] = left - 1
+        if left:
             log.info("fault: leaving call %r unanswered", call.name)
             return None
         handler = HANDLERS.get(call.name)
@@ -151,6 +152,7 @@ class CarlaServer:
             raise ValueError(f"fixed_delta_seconds = {fixed} is outside [0.001, 0.5] s")
         settings["fixed_delta_seconds"] = fixed
         self.world.settings = settings
+        self._mode_changed.set()
 
     def teleport(self, actor_id: int, transform: tuple[float, ...]) -> None:
         a = self.world.actors[actor_id]
@@ -174,6 +176,7 @@ class CarlaServer:
         self.world.continue_ids(old)
         if not reset_settings:
             self.world.settings = settings
+        self._mode_changed.set()
 
     # -- asynchronous mode ---------------------------------------------------------------------------------
 
@@ -183,7 +186,8 @@ class CarlaServer:
                 synchronous = self.world.settings["synchronous_mode"]
                 dt = self.world.delta_seconds
             if synchronous:
-                self._stop.wait(0.01)
+                self._mode_changed.wait()
+                self._mode_changed.clear()
                 continue
             self.tick()
             self._stop.wait(dt)
@@ -192,11 +196,11 @@ class CarlaServer:
 
     def kill(self) -> None:
         """Drop every connection and stop serving at once (a crashed server)."""
-        self._killed = True
         self.close()
 
     def close(self) -> None:
         self._stop.set()
+        self._mode_changed.set()
         if self.on_close is not None:
             self.on_close()
         self.rpc.close()
