@@ -146,7 +146,6 @@ HANDLERS: dict[str, Callable[..., Any]] = {
     "get_map_data": lambda s: rpc.value(s.world.opendrive),
     "get_available_maps": lambda s: rpc.value([s.map_path]),
     "get_required_files": lambda s, *_: rpc.value([]),
-    "get_navigation_mesh": lambda s: rpc.value(b""),
     "load_new_episode": _load_episode,
     "get_episode_settings": lambda s: rpc.value(L.settings_object(s.world.settings)),
     "set_episode_settings": _set_settings,
