@@ -275,6 +275,9 @@ def test_unserved_calls_raise_in_the_client(world, server):
     bp.set_attribute("fov", "175")
     with pytest.raises(RuntimeError, match="camera not supported by this server.*fov"):
         world.spawn_actor(bp, carla.Transform())
+    bp.set_attribute("fov", "90")
+    with pytest.raises(RuntimeError, match="camera mount .* yaw = 180.* not supported"):
+        world.spawn_actor(bp, carla.Transform(carla.Location(x=-2.0, z=1.5), carla.Rotation(yaw=180.0)))
 
 
 def test_asynchronous_mode_runs_by_itself(world):

@@ -34,12 +34,15 @@ class SpawnError(ValueError):
 
 
 def camera(world: World, a: Actor) -> FrontCamera:
-    """The renderer of camera actor ``a`` (size, fov, mount x/z/pitch; the lateral mount offset is not modelled).
+    """The renderer of camera actor ``a`` (size, fov, mount x, z and pitch).
 
-    Raises :class:`SpawnError` for what the embedded camera cannot render (fov outside [10, 170] degrees, pitch
-    outside [-89, 30], sizes outside [8, 2048]).
+    Raises :class:`SpawnError` for what the embedded camera cannot render: a mount with a lateral offset, yaw or
+    roll, fov outside [10, 170] degrees, pitch outside [-89, 30], sizes outside [8, 2048].
     """
-    x, _, z, pitch, _, _ = a.transform
+    x, y, z, pitch, yaw, roll = a.transform
+    if abs(y) > 1e-3 or abs(yaw) > 1e-3 or abs(roll) > 1e-3:
+        raise SpawnError(f"camera mount y = {y:g} m, yaw = {yaw:g}, roll = {roll:g} deg not supported by this server: "
+                         f"the embedded front camera looks forward from the vehicle's centre line (x, z, pitch only)")
     z = max(z, MIN_CAMERA_HEIGHT)  # the ground renderer needs the eye above the ground
     w, h = int(a.attribute("image_size_x", "800")), int(a.attribute("image_size_y", "600"))
     fov = float(a.attribute("fov", "90"))
