@@ -11,7 +11,9 @@ and the same simulation and rendering, which the server reports as ``server_simu
 spent in the wire, the carla client library, its Traffic Manager and CarlaSession's sensor
 matching; in wall time and in CPU time (client + server processes; CPU time is what a loaded machine distorts
 least: wall time there is dominated by waking the niced processes for each of the ~6 round trips a tick takes).
-The machine load (``loadavg``) is printed: on a shared machine compare the rows of one run, as ratios.
+The first line breaks a tick of the raw client down (no jtd3 env): the bare round trip, then what the carla client
+library adds with a Traffic Manager and an episode's sensors. The machine load (``loadavg``) is printed: on a
+shared machine compare the rows of one run, as ratios.
 """
 
 from __future__ import annotations
@@ -81,6 +83,63 @@ def run(env: DrivingEnv, steps: int, server_pid: int | None = None) -> dict:
             "server_cpu": (server_cpu_s(server_pid) - srv0) if server_pid else 0.0, "resets": resets}
 
 
+def client_breakdown(port: int, ticks: int) -> None:
+    """``world.tick()`` of the raw client, adding what a CarlaSession episode has one piece at a time: a
+    synchronous Traffic Manager, an ego with an 84x84 camera, an on_tick callback, a collision sensor, a
+    lane-invasion sensor (computed by the client). Wall and client CPU ms per tick, cumulative."""
+    import queue  # noqa: PLC0415
+
+    import carla  # noqa: PLC0415
+
+    client = carla.Client("127.0.0.1", port)
+    client.set_timeout(10.0)
+    world = client.get_world()
+    world.apply_settings(carla.WorldSettings(synchronous_mode=True, fixed_delta_seconds=0.05))
+    lib, sink, actors, out = world.get_blueprint_library(), queue.Queue(), [], {}
+
+    def measure(label: str) -> None:
+        for _ in range(10):
+            world.tick()
+        t, cpu = time.perf_counter(), time.process_time()
+        for _ in range(ticks):
+            world.tick()
+            while not sink.empty():
+                sink.get_nowait()
+        out[label] = [round(1e3 * (time.perf_counter() - t) / ticks, 3), round(1e3 * (time.process_time() - cpu) / ticks, 3)]
+
+    def sensor(type_id: str, **attributes: str) -> None:
+        bp = lib.find(type_id)
+        for k, v in attributes.items():
+            bp.set_attribute(k, v)
+        actors.append(world.spawn_actor(bp, carla.Transform(carla.Location(x=1.6, z=1.5)), attach_to=actors[0]))
+        actors[-1].listen(sink.put)
+
+    measure("bare")
+    tm_port = free_port()
+    tm = client.get_trafficmanager(tm_port)
+    tm.set_synchronous_mode(True)
+    measure("+traffic_manager")
+    actors.append(world.spawn_actor(lib.find("vehicle.tesla.model3"), carla.Transform(
+        carla.Location(x=317.74, y=129.49, z=0.5), carla.Rotation(yaw=180.0))))
+    sensor("sensor.camera.rgb", image_size_x="84", image_size_y="84")
+    measure("+ego_camera_84")
+    callback = world.on_tick(sink.put)
+    measure("+on_tick")
+    sensor("sensor.other.collision")
+    measure("+collision")
+    sensor("sensor.other.lane_invasion")
+    measure("+lane_invasion")
+    world.remove_on_tick(callback)
+    for a in reversed(actors):
+        if a.type_id.startswith("sensor."):
+            a.stop()
+        a.destroy()
+    world.apply_settings(carla.WorldSettings(synchronous_mode=False))
+    tm.set_synchronous_mode(False)
+    tm.shut_down()
+    emit(client_breakdown_wall_cpu_ms_per_tick=out, ticks=ticks)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=300)
@@ -92,6 +151,7 @@ def main() -> None:
     with ServerProcess() as server:
         os.sched_setaffinity(server.proc.pid, {1})
         tm_port = free_port()
+        client_breakdown(server.port, args.steps)
         for n in args.npcs:
             base = {"route_start": "beginning", "scenario_vehicles": [n, n, n], "max_episode_steps": 10_000}
             direct = DrivingEnv(from_dict(EnvConfig, {**base, "backend": "sim"}))
