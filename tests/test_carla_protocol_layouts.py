@@ -293,3 +293,20 @@ def test_rpc_value_helpers():
     assert msgpack.unpackb(rpc.encode_reply(9, rpc.void())) == [1, 9, None, [[False]]]
     assert L.settings_dict(L.settings_object({**dict.fromkeys(L.SETTINGS_FIELDS, 0), "fixed_delta_seconds": 0.05}),
                            {})["fixed_delta_seconds"] == 0.05
+
+
+def test_a_subscriber_that_stops_reading_is_dropped(monkeypatch):
+    from jtd3.carla_server import streaming  # noqa: PLC0415
+
+    monkeypatch.setattr(streaming, "SEND_TIMEOUT_S", 0.2)
+    streams = StreamServer("127.0.0.1", 0)
+    try:
+        with socket.create_connection(("127.0.0.1", streams.port), timeout=5) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(struct.pack("<I", 9))
+            assert streams.wait_subscribed(9, 5.0)
+            payload = bytes(1 << 20)
+            sent = [streams.publish(9, payload) for _ in range(64)]  # never read: the buffers fill up
+            assert sent[0] == 1 and sent[-1] == 0 and not streams.has_subscribers(9)
+    finally:
+        streams.close()

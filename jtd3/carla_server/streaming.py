@@ -22,6 +22,7 @@ TOKEN_SIZE = 24
 _TOKEN = struct.Struct("<IHBB16s")
 _SIZE = struct.Struct("<I")
 SUBSCRIBE_WAIT_S = 2.0
+SEND_TIMEOUT_S = 10.0
 PROTOCOL_TCP, ADDRESS_V4 = 1, 1
 
 
@@ -97,12 +98,17 @@ class StreamServer:
             self._expected.discard(stream_id)
             self._subscribed.notify_all()
         log.debug("stream %d: subscriber connected", stream_id)
+        # A subscriber that stops reading must not block the tick that publishes: sends time out (and drop it).
+        conn.settimeout(SEND_TIMEOUT_S)
         # Detect the client closing its end (unsubscribe): a read returns b"".
-        try:
-            while conn.recv(64):
-                pass
-        except OSError:
-            pass
+        while True:
+            try:
+                if not conn.recv(64):
+                    break
+            except socket.timeout:
+                continue
+            except OSError:
+                break
         self._drop(stream_id, conn)
 
     def _drop(self, stream_id: int, conn: socket.socket) -> None:
@@ -142,7 +148,8 @@ class StreamServer:
             try:
                 conn.sendall(message)
                 sent += 1
-            except OSError:
+            except OSError as e:  # closed, reset, or not reading for SEND_TIMEOUT_S
+                log.debug("stream %d: dropping a subscriber: %s", stream_id, e)
                 self._drop(stream_id, conn)
         return sent
 
