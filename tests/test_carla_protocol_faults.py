@@ -43,8 +43,8 @@ def server():
 
 @pytest.fixture
 def session(server):
-    cfg = CarlaConfig(port=server.port, tm_port=server.tm_port, timeout_s=1.0, tick_timeout_s=1.0, reconnect_retries=1,
-                      reconnect_backoff_s=0.0, sensor_timeout_s=0.5)
+    cfg = CarlaConfig(port=server.port, tm_port=server.tm_port, timeout_s=2.0, tick_timeout_s=2.0, reconnect_retries=1,
+                      reconnect_backoff_s=0.0, sensor_timeout_s=1.0)
     s = CarlaSession(cfg)
     s.reset(START, num_vehicles=2, seed=0)
     yield s
@@ -94,8 +94,8 @@ SERVER_DIES = textwrap.dedent("""
     from jtd3.carla_server.process import ServerProcess
     from jtd3.envs.carla_session import CarlaConfig, CarlaSession, CarlaUnavailableError
     srv = ServerProcess()
-    cfg = CarlaConfig(port=srv.port, tm_port=int(sys.argv[1]), timeout_s=1.0, tick_timeout_s=1.0, reconnect_retries=1,
-                      reconnect_backoff_s=0.0, sensor_timeout_s=0.5)
+    cfg = CarlaConfig(port=srv.port, tm_port=int(sys.argv[1]), timeout_s=2.0, tick_timeout_s=2.0, reconnect_retries=1,
+                      reconnect_backoff_s=0.0, sensor_timeout_s=1.0)
     s = CarlaSession(cfg)
     s.reset(Pose(x=317.74, y=129.49, yaw=180.0), num_vehicles=2, seed=0)
     s.step(VehicleControl(throttle=0.5))
