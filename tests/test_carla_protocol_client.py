@@ -8,6 +8,7 @@ jtd3.sim and compared), so every streamed layout and msgpack shape is checked en
 from __future__ import annotations
 
 import queue
+import time
 
 import numpy as np
 import pytest
@@ -152,6 +153,11 @@ def test_spawn_state_and_controls_match_the_embedded_dynamics(world, actors):
             control.hand_brake)
         assert (got.reverse, got.manual_gear_shift, got.gear) == (False, False, 0)
     assert ego.get_speed_limit() == pytest.approx(25 * 1.609344, abs=1e-3)  # Town01: 25 mph everywhere
+    # the rest of the vehicle part of the state: no traffic light, no failure; the actor is active
+    assert ego.get_traffic_light_state() == carla.TrafficLightState.Unknown and not ego.is_at_traffic_light()
+    assert ego.get_failure_state() == carla.VehicleFailureState.NONE
+    assert ego.actor_state == carla.ActorState.Active
+    assert abs(snap.timestamp.platform_timestamp - time.time()) < 60.0  # the f64 after the episode id
     assert snap.timestamp.elapsed_seconds == pytest.approx(frame * 0.05)  # the frame counter starts at 0, dt fixed
 
 
