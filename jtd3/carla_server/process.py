@@ -2,7 +2,7 @@
 
     with ServerProcess() as server:             # 127.0.0.1, free ports; stopped on exit
         client = carla.Client("127.0.0.1", server.port)
-        server.control("jtd3.faults", {"tick_cue": 1}, {}, {})   # the next tick never comes
+        server.control("jtd3.faults", {"tick_cue": 1}, {}, {}, [])   # the next tick never comes
 
 ``control`` sends the server's ``jtd3.*`` calls over a plain socket (never through the carla client).
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -44,12 +45,11 @@ class ServerProcess:
 
     def __init__(self, town: str = "Town01", startup_timeout_s: float = 120.0, log_level: str = "WARNING",
                  extra_args: tuple[str, ...] = ()):
-        cmd = [sys.executable, "-m", "jtd3.carla_server", "--host", "127.0.0.1", "--port", "0",
-               "--streaming-port", "0", "--town", town, "--ready-json", "--control", "--exit-on-stdin-eof", "--log-level", log_level,
+        cmd = [sys.executable, "-m", "jtd3.carla_server", "--host", "127.0.0.1", "--port", "0", "--streaming-port",
+               "0", "--town", town, "--ready-json", "--control", "--exit-on-stdin-eof", "--log-level", log_level,
                *extra_args]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        import selectors  # noqa: PLC0415
-
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
         if not sel.select(startup_timeout_s):
