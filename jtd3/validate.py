@@ -395,7 +395,7 @@ CRITERIA: tuple[Criterion, ...] = (
                         "health. The well-posed question is the next row: does the Q the actor maximises stay on "
                         "the scale of the Q the critic fits?"),
     Criterion("actor_q_scale", LONG, "(well-posed replacement) actor-side Q on the critic-side Q's scale",
-              "max |actor-side Q| <= 10 x max(|critic-side Q|, 1) over the run", _actor_q_on_critic_scale),
+              "max abs(actor-side Q) <= 10 x max(max abs(critic-side Q), 1) over the run", _actor_q_on_critic_scale),
     Criterion("td_error", LONG, "TD error < 5 and decreasing", "last quarter < 5 and below the first quarter",
               _below_and_decreasing("td_error", 5.0),
               ill_posed="like the critic loss, the TD error scales with the reward and grows while Q grows from 0"),
@@ -421,9 +421,9 @@ CRITERIA: tuple[Criterion, ...] = (
 )
 
 INFO = {
-    "max actor-side Q": lambda m: max((abs(v) for v in _vals(m, "actor_q")), default=math.nan),
-    "max critic-side Q (abs)": lambda m: max((abs(v) for v in _vals(m, "critic_q")), default=math.nan),
-    "max Q1 of the policy's actions on critic features (abs)":
+    "max abs actor-side Q": lambda m: max((abs(v) for v in _vals(m, "actor_q")), default=math.nan),
+    "max abs critic-side Q": lambda m: max((abs(v) for v in _vals(m, "critic_q")), default=math.nan),
+    "max abs Q1 of the policy's actions on critic features":
         lambda m: max((abs(v) for v in _vals(m, "actor_q_on_critic_features")), default=math.nan),
     "max critic-encoder L2 (batch max)": lambda m: max(_vals(m, "critic_l2_max"), default=math.nan),
     "max actor-encoder L2 (batch max)": lambda m: max(_vals(m, "actor_l2_max"), default=math.nan),

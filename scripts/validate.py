@@ -78,8 +78,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{total * share / 60:.0f} min (+20 %)")
         return 0
     if not args.runs_from:
+        (out / "validate_command.txt").write_text(command + "\n")
         validate.run_stage(runs)
     else:
+        trained = out / "validate_command.txt"
+        if trained.is_file():
+            command = f"{trained.read_text().strip()}`; report rebuilt with `{command}"
         runs = [r for r in runs if Path(r["run_dir"]).is_dir()]
         if not runs:
             print(f"error: no planned run directories in {out}", file=sys.stderr)

@@ -1,8 +1,9 @@
 """configs/original.yaml (the original's hyperparameters) and scripts/validate.py (the seed's validation plan).
 
-The end-to-end test runs a tiny smoke stage (2 configurations, a few hundred steps, small heads) under read
-tracking: every key of the preset reaches the code, the report has a verdict per criterion and configuration,
-and the original wiring's actor-side Q runs away from the critic-side Q while jtd3's stays on it.
+The end-to-end test runs a tiny smoke stage (the original wiring without normalization, 200 steps, small heads)
+under read tracking: every key of the preset reaches the code, the report has a verdict per criterion, and the
+original wiring's actor-side Q runs away from the critic-side Q. The criteria and the report are checked on
+synthetic runs.
 """
 
 from __future__ import annotations
@@ -125,11 +126,11 @@ def test_dry_run_prints_the_cpu_plan(capsys, tmp_path):
 
 
 def test_smoke_stage_end_to_end_reads_every_preset_key(tmp_path):
-    """The smoke stage for the original wiring and jtd3's, without normalization, tiny (CI)."""
-    argv = ["--stage", "smoke", "--wirings", "original", "shared", "--norms", "none", "--out", str(tmp_path), "--",
+    """The smoke stage for the original wiring without normalization, tiny (CI: one compile, 100 updates)."""
+    argv = ["--stage", "smoke", "--wirings", "original", "--norms", "none", "--out", str(tmp_path), "--",
             "--set", "agent.actor_hidden=[32, 32]", "--set", "agent.critic_hidden=[32, 32]",
-            "--set", "train.max_timesteps=300", "--set", "train.learning_starts=150",
-            "--set", "train.eval_freq=300", "--set", "train.checkpoint_freq=300"]
+            "--set", "train.max_timesteps=200", "--set", "train.learning_starts=100",
+            "--set", "train.eval_freq=200", "--set", "train.checkpoint_freq=200", "--set", "env.max_episode_steps=100"]
     with track_reads() as reads:
         assert _load_script().main(argv) == 0
     keys = leaf_keys(Config)
@@ -137,15 +138,15 @@ def test_smoke_stage_end_to_end_reads_every_preset_key(tmp_path):
     assert not unread, f"keys of configs/original.yaml no code read: {unread}"
 
     report = (tmp_path / "report.md").read_text()
-    assert "| CNN L2 < 100 |" in report and "| no NaN |" in report and "| original/none | shared/none |" in report
+    assert "| CNN L2 < 100 |" in report and "| no NaN |" in report and "| original/none |" in report
+    assert (tmp_path / "validate_command.txt").read_text().startswith("python scripts/validate.py --stage smoke")
     results = json.loads((tmp_path / "results.json").read_text())
-    original, shared = results["runs"]
-    assert set(original["criteria"]) == {"cnn_l2", "feature_mean", "feature_std", "no_nan"}
-    assert original["exit_code"] == shared["exit_code"] == 0
-    # The original wiring's actor encoder learns features that inflate Q: its actor-side Q leaves the critic's
-    # scale within a hundred updates; jtd3's actor maximises the critic-side Q itself.
-    o, s = original["info"], shared["info"]
-    assert o["max actor-side Q"] > 100 * max(o["max critic-side Q (abs)"], 1.0), o
-    assert s["max actor-side Q"] == pytest.approx(s["max Q1 of the policy's actions on critic features (abs)"])
-    assert s["max actor-encoder L2 (batch max)"] is None  # shared: no actor encoder (NaN -> null in JSON)
+    (run,) = results["runs"]
+    assert set(run["criteria"]) == {"cnn_l2", "feature_mean", "feature_std", "no_nan"}
+    assert run["exit_code"] == 0 and run["criteria"]["no_nan"]["passed"] is True
+    # The original wiring's actor encoder learns features that inflate Q: within a hundred updates its actor-side
+    # Q leaves the critic's scale and its features the seed's bound (jtd3's wirings: tests/test_agent.py).
+    info = run["info"]
+    assert info["max abs actor-side Q"] > 100 * max(info["max abs critic-side Q"], 1.0), info
+    assert run["criteria"]["cnn_l2"]["passed"] is False, run["criteria"]["cnn_l2"]
     assert (tmp_path / "q.png").stat().st_size > 10_000 and (tmp_path / "features.png").stat().st_size > 10_000
