@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "collect_camera_batch", "drift_probe", "plot_runs", "read_eval_csv", "save_figure", "summarise_runs", "write_report",
+    "collect_camera_batch",
+    "drift_probe",
+    "plot_runs",
+    "read_eval_csv",
+    "save_figure",
+    "summarise_runs",
+    "write_report",
 ]
 
 NORMS = ("none", "layernorm", "batchnorm", "hybrid")

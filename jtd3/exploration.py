@@ -39,7 +39,9 @@ class ExplorationConfig(ConfigNode):
     warmup_steer_sigma: float = param(0.3, "stationary std of the warm-up steering OU process ([-1, 1] units)")
     warmup_steer_theta: float = param(0.15, "mean-reversion rate per step of the warm-up steering OU process")
     noise_start: float = param(0.1, "std of the Gaussian action noise when learning starts ([-1, 1] units)")
-    noise_end: float = param(0.1, "std of the Gaussian action noise after the decay (linear) or its limit (exponential)")
+    noise_end: float = param(
+        0.1, "std of the Gaussian action noise after the decay (linear) or its limit (exponential)"
+    )
     noise_schedule: str = choice(
         "linear",
         ("linear", "exponential"),

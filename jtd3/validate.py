@@ -25,7 +25,6 @@ import dataclasses
 import json
 import math
 import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from jtd3.compare import NORMS, read_eval_csv, save_figure
 
 __all__ = [
     "CRITERIA",
+    "NORMS",
     "PRESET",
     "STAGES",
     "WIRINGS",

@@ -2,16 +2,18 @@
 
 Layout of the parameter trees (``encoder`` = NatureCNN, ``head`` = MLP):
 
-============================  ==================================  ==================================  ==============================
-tree                          ``encoder: separate``               ``encoder: shared``                 ``encoder: original``
-============================  ==================================  ==================================  ==============================
-``actor_params``              ``{"encoder", "head"}``             ``{"head"}``                        ``{"encoder", "head"}``
-``critic_params``             ``{"encoder", "head"}``             ``{"encoder", "head"}`` (the one)   ``{"encoder", "head"}``
-``*_target_params``           same structure as the online tree   same structure as the online tree   ``{"head"}`` (no target CNNs)
-``actor_stats``               ``{"encoder": batch_stats}``        ``{}``                              ``{"encoder": batch_stats}``
-``critic_stats``              ``{"encoder": batch_stats}``        ``{"encoder": batch_stats}``        ``{"encoder": batch_stats}``
-``*_target_stats``            same structure as the online one    same structure as the online one    ``{}``
-============================  ==================================  ==================================  ==============================
+=====================  ============================  ============================  ============================
+tree                   ``encoder: separate``         ``encoder: shared``           ``encoder: original``
+=====================  ============================  ============================  ============================
+``actor_params``       ``{"encoder", "head"}``       ``{"head"}``                  ``{"encoder", "head"}``
+``critic_params``      ``{"encoder", "head"}``       ``{"encoder", "head"}``       ``{"encoder", "head"}``
+``*_target_params``    same structure as online      same structure as online      ``{"head"}`` (no target CNN)
+``actor_stats``        ``{"encoder": batch_stats}``  ``{}``                        ``{"encoder": batch_stats}``
+``critic_stats``       ``{"encoder": batch_stats}``  ``{"encoder": batch_stats}``  ``{"encoder": batch_stats}``
+``*_target_stats``     same structure as online      same structure as online      ``{}``
+=====================  ============================  ============================  ============================
+
+In ``shared`` mode the critic's encoder is the only one; the actor reads its features.
 
 ``*_stats`` hold BatchNorm running averages (``{}`` inside when the norm has no BatchNorm). The state's
 array leaves form a plain pytree (dicts, optax named tuples, arrays) that orbax saves and restores exactly;
