@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import platform
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -160,7 +161,7 @@ def run_stage(runs: list[dict[str, Any]], log: Callable[[str], None] = print) ->
     from jtd3.cli import train_main
 
     for r in runs:
-        log(f"\n=== {r['label']} seed {r['seed']}: scripts/train.py {' '.join(r['argv'])}")
+        log(f"\n=== {r['label']} seed {r['seed']}: scripts/train.py {shlex.join(r['argv'])}")
         t0 = time.perf_counter()
         r["exit_code"] = int(train_main(r["argv"]))
         r["wall_s"] = time.perf_counter() - t0

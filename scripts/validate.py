@@ -18,6 +18,7 @@ flags pass through after `--` (e.g. `-- --set env.scenario=1`). See jtd3/validat
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -54,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     runs = validate.plan_runs(stage, args.wirings, args.norms, seeds, batch, out, passthrough)
     plan = validate.plan_text(stage, batch, cpu_plan and not args.batch_size, len(runs))
-    command = " ".join(["python", "scripts/validate.py", *(sys.argv[1:] if argv is None else argv),
-                        *(["--", *passthrough] if passthrough else [])])
+    command = shlex.join(["python", "scripts/validate.py", *argv, *(["--", *passthrough] if passthrough else [])])
     print(f"stage {stage.name}: {plan}")
     print(f"machine: {info['cpu']} ({info['cpu_count']} CPUs), JAX on {info['backend']}")
     if cpu_plan and batch != stage.batch_size:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print("note: the 50k stage is the GPU plan; on this CPU it takes many hours")
     if args.dry_run:
         for r in runs:
-            print("python scripts/train.py " + " ".join(r["argv"]))
+            print(shlex.join(["python", "scripts/train.py", *r["argv"]]))
         return 0
     if args.estimate:
         per_run = validate.estimate_seconds(stage, args.wirings, batch)
