@@ -9,7 +9,9 @@ written: config values, the run name, the replay buffer's memory (with headroom 
 and on ``--resume`` the keys that may not change (:func:`jtd3.train.is_state_key`: agent and env keys, the
 seed, the replay capacity) against the run's ``config.yaml`` and against the config recorded in each
 checkpoint. Every expected failure is one line ``error: ...`` on stderr and exit code 2. ``config.yaml`` is
-written atomically (temporary file + rename) once the trainer is built.
+written atomically (temporary file + rename) once every check has passed, before the trainer is built: a run
+killed at any later moment can be resumed (one without a checkpoint yet starts again from step 0); a new run
+whose trainer cannot be built (CARLA unreachable, ...) is removed again, so its name stays free.
 
 Signals: the first SIGINT (Ctrl-C) or SIGTERM makes the loop save a checkpoint and exit with 128 + signal
 number; a second one exits at once (the environments are still closed).
@@ -182,6 +184,10 @@ def _resolve_resume(args: argparse.Namespace, overrides: list[str]) -> tuple[Any
             "on it (only train.* keys other than train.seed and train.replay.capacity may change)"
         )
     candidates = resume_candidates(run_dir, args.resume_step)
+    if not candidates:
+        print(f"note: {run_dir} has no checkpoint yet (the run stopped before its first one): it starts again "
+              "from step 0", file=sys.stderr)
+        return config, run_dir, []
     return config, run_dir, _check_recorded_configs(candidates, to_dict(config), explicit=args.resume_step is not None)
 
 
@@ -323,31 +329,29 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     handler = _SignalHandler()
     handler.install()
     created = not run_dir.exists()
+    trainer = None
     try:
+        # config.yaml first (atomically; every check has passed): a run killed from here on can be resumed
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
         import jax
 
         print(f"jtd3: run directory {run_dir}  (JAX devices: {', '.join(str(d) for d in jax.devices())})")
-        try:
-            trainer = Trainer(config, run_dir, resume=resume, resume_candidates=candidates)
-        except _expected_errors() as e:  # connection, memory and checkpoint problems: one line, not a traceback
-            if created and run_dir.exists():
-                shutil.rmtree(run_dir)  # nothing of value: no checkpoint was written
+        trainer = Trainer(config, run_dir, resume=resume, resume_candidates=candidates)
+    except BaseException as e:
+        handler.uninstall()
+        if created and run_dir.exists():
+            shutil.rmtree(run_dir)  # a new run that did not start: nothing of value, and the name stays free
+        if isinstance(e, _expected_errors()):  # connection, memory and checkpoint problems: one line
             print(f"error: {_one_line(e)}", file=sys.stderr)
             return EXIT_USAGE
-        except BaseException:
-            if created and run_dir.exists():
-                shutil.rmtree(run_dir)
-            raise
-        try:
-            # On resume this records the train.* keys changed on the command line (e.g. a longer max_timesteps).
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
-            handler.trainer = trainer
-            code = trainer.run()
-        finally:
-            handler.trainer = None
-            trainer.close()
+        raise
+    try:
+        handler.trainer = trainer
+        code = trainer.run()
     finally:
+        handler.trainer = None
+        trainer.close()
         handler.uninstall()
     print(f"jtd3: TensorBoard logs   {run_dir}   (tensorboard --logdir {run_dir.parent})")
     print(f"jtd3: checkpoints        {run_dir / 'checkpoints'}")

@@ -217,9 +217,10 @@ class ResumeCandidate:
 
 def resume_candidates(run_dir: str | os.PathLike, step: int | None = None) -> list[ResumeCandidate]:
     """The checkpoints a resume of ``run_dir`` tries, in order: the regular ones newest first (a damaged one
-    falls back to the next), or exactly step ``step`` (a regular checkpoint, else one saved by the alarm).
+    falls back to the next; [] when the run stopped before its first checkpoint), or exactly step ``step`` (a
+    regular checkpoint, else one saved by the alarm).
 
-    Raises FileNotFoundError (one line) when there is none.
+    Raises FileNotFoundError (one line) for a missing ``step``, or when only the alarm saved checkpoints.
     """
     from jtd3.checkpoint import committed_steps
 
@@ -236,8 +237,9 @@ def resume_candidates(run_dir: str | os.PathLike, step: int | None = None) -> li
         "--resume-step N loads one)" if alarm_steps else ""
     )
     if step is None:
-        if not regular:
+        if not regular and alarm_steps:
             raise FileNotFoundError(f"--resume {run_dir}: no committed checkpoint in {regular_dir}{alarm_note}")
+        # [] when the run stopped before its first checkpoint: the resume starts it again from step 0
         return [ResumeCandidate(regular_dir, s, "regular") for s in reversed(regular)]
     if step in regular:
         return [ResumeCandidate(regular_dir, step, "regular")]
@@ -347,7 +349,14 @@ class Trainer:
         self.restored_from: ResumeCandidate | None = None
 
         purge_step = None
-        if resume:
+        if resume and resume_candidates == []:  # stopped before its first checkpoint: start again from step 0
+            from jtd3.checkpoint import CheckpointStore
+
+            self.ckpt = CheckpointStore.from_config(self.run_dir / "checkpoints", "new", tc.checkpoint)
+            self.resume = False
+            self._trim_eval_logs(0)
+            purge_step = 0
+        elif resume:
             purge_step = self._restore(resume_candidates)
         else:
             from jtd3.checkpoint import CheckpointStore
@@ -487,8 +496,47 @@ class Trainer:
         self.best_success = float(ls["best_success"])
         self.lost_episodes = int(ls.get("lost_episodes", 0))
         self._resumed_replay = with_replay
+        self._trim_eval_logs(restored.step)
         # Events the killed process wrote after the checkpoint are hidden; those at its step stay.
         return restored.step + 1
+
+    def _trim_eval_logs(self, step: int) -> None:
+        """Drop the rows of eval.csv / eval.jsonl written after checkpoint ``step`` (by a killed process, or
+        before a fallback; a row torn by a kill goes too): the resumed run evaluates those steps again, so no
+        step appears twice."""
+        import csv
+        import io
+
+        from jtd3.cli import write_text_atomic
+
+        def row_kept(row: list[str]) -> bool:
+            try:
+                return int(float(row[0])) <= step
+            except (IndexError, ValueError):
+                return False  # torn
+
+        def line_kept(line: str) -> bool:
+            try:
+                return int(json.loads(line)["env_steps"]) <= step
+            except (ValueError, KeyError, TypeError):
+                return False  # torn
+
+        path = self.run_dir / "eval.csv"
+        if path.is_file():
+            rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+            if rows:
+                keep = [rows[0]] + [r for r in rows[1:] if row_kept(r)]
+                if len(keep) != len(rows):
+                    out = io.StringIO()
+                    csv.writer(out).writerows(keep)  # the csv module's \r\n, as append_csv_row writes
+                    write_text_atomic(path, out.getvalue())
+                    _warn(f"note: {path}: dropped {len(rows) - len(keep)} row(s) written after checkpoint {step}")
+        path = self.run_dir / "eval.jsonl"
+        if path.is_file():
+            lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+            keep = [x for x in lines if line_kept(x)]
+            if len(keep) != len(lines):
+                write_text_atomic(path, "".join(x + "\n" for x in keep))
 
     def _move_aside(self, cand: ResumeCandidate, where: str) -> None:
         target = self.run_dir / where / str(cand.step)

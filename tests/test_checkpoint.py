@@ -300,3 +300,27 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_latest_checkpoint(tmp_p
         assert restored.step in (last_saved, last_saved + 1), (restored.step, last_saved)
         assert consistency_errors(restored, buffer) == []
     assert mid_save_kills >= 1  # at least one kill interrupted a save in flight
+
+
+@pytest.mark.parametrize(
+    "item, file",
+    [("train_state", None), ("loop_state", "loop_state/metadata"), ("meta", "meta/metadata"),
+     ("replay", "replay/frames.npy")],
+)
+def test_a_damaged_item_is_one_line_naming_the_file(tmp_path, item, file):
+    from jtd3.checkpoint import CheckpointDamagedError
+
+    buf = small_buffer()
+    fill_buffer(buf, 20, seed=0)
+    with CheckpointStore(tmp_path, "new") as store:
+        store.save(1, make_state(1), {"step": 1}, replay=buf, config={"train": {"seed": 0}})
+        assert store.read_meta(1)["config"] == {"train": {"seed": 0}}
+    target = tmp_path / "1" / file if file else max(
+        (p for p in (tmp_path / "1" / "train_state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    with open(target, "r+b") as fh:
+        fh.truncate(target.stat().st_size // 2)
+    with CheckpointStore(tmp_path, "read") as store, pytest.raises(CheckpointDamagedError) as e:
+        store.restore(make_state(0), replay=small_buffer())
+    message = str(e.value)
+    assert "\n" not in message and e.value.step == 1 and e.value.item == item, message
+    assert message.startswith(f"checkpoint {tmp_path / '1'} is damaged: ") and str(tmp_path / "1" / (file or item)) in message

@@ -31,6 +31,7 @@ CARLA = [
     "--set", "env.carla.reconnect_backoff_s=0",
     "--set", "env.carla.sensor_timeout_s=0.2",
     "--set", "env.scenario_vehicles=[2, 2, 2]",
+    "--set", "env.action_repeat=1",  # one tick per env step: the faults below are placed by tick number
     "--set", "train.progress_bar=false",
 ]
 
@@ -76,13 +77,13 @@ def lost_lines(err: str) -> list[str]:
 
 
 def test_training_evaluation_checkpoint_and_close_on_one_session(tmp_path, server, capsys):
-    code, run_dir = train(tmp_path, "clean", 160)
+    code, run_dir = train(tmp_path, "clean", 100)
     assert code == 0
     assert connects(server) == 1  # evaluations ran on the training session: no second client
     rows = (run_dir / "eval.csv").read_text().splitlines()
-    assert len(rows) == 3  # evaluations at 80 and 160
+    assert [r.split(",")[0] for r in rows[1:]] == ["80", "100"]
     with CheckpointStore(run_dir / "checkpoints", "read") as store:
-        assert store.all_steps() == [80, 160]
+        assert store.all_steps() == [80, 100]
     assert lost_lines(capsys.readouterr().err) == []
     assert_server_left_clean(server)
 
@@ -95,11 +96,21 @@ def _drop_next_camera_frame(srv: FakeServer) -> None:
     srv.plans["camera"] = plan
 
 
-def test_lost_episode_sensor_timeouts_and_a_server_gone_and_back_during_training(tmp_path, server, capsys):
+def test_lost_episode_sensor_timeouts_and_a_server_gone_and_back_during_training(tmp_path, server, capsys,
+                                                                                    monkeypatch):
+    from jtd3 import train as train_lib
+
     server.at_tick[40] = lambda s: s.fail.update({"tick": 1})  # tick timeout: the episode is lost
     server.at_tick[60] = _drop_next_camera_frame  # sensor timeout in a training episode
-    server.at_tick[100] = _drop_next_camera_frame  # ... and in the evaluation at step 80
     server.at_tick[150] = lambda s: setattr(s, "down_rpcs", 8)  # gone for 8 RPCs, longer than the session retries
+    evaluate = train_lib.Trainer._evaluate
+
+    def evaluate_with_a_lost_frame(self):
+        if self.env_steps == 80:
+            server.at_tick[server.tick_rpcs + 10] = _drop_next_camera_frame  # ... and in the first evaluation
+        return evaluate(self)
+
+    monkeypatch.setattr(train_lib.Trainer, "_evaluate", evaluate_with_a_lost_frame)
     code, run_dir = train(tmp_path, "faults", 160)
     assert code == 0
     lines = lost_lines(capsys.readouterr().err)
@@ -157,10 +168,10 @@ def test_server_command_starts_restarts_every_k_episodes_and_after_a_crash(tmp_p
     server.down = True  # no server yet: the session starts one
     server.at_tick[130] = lambda s: setattr(s, "down", True)  # the server crashes
     code, _ = train(tmp_path, "cmd", 160, "--set", "env.carla.server_command=fake-carla --port 2000",
-                    "--set", "env.carla.restart_every_episodes=3")
+                    "--set", "env.carla.restart_every_episodes=2")
     assert code == 0
     restarts = [e for e in server.log if e[0] == "restart"]
-    assert process.started == len(restarts) >= 3  # first start, every-3-episodes restarts, the crash
+    assert process.started == len(restarts) >= 3  # first start, every-2-episodes restarts, the crash
     assert [line.split()[2] for line in lost_lines(capsys.readouterr().err)] == ["CarlaEpisodeLost"]
     assert server.down  # close() stopped the server it started
     assert server.violations == []

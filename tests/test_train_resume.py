@@ -120,7 +120,7 @@ def _largest_file(directory: Path) -> Path:
 
 @pytest.mark.parametrize(
     "item, named",
-    [("train_state", "train_state"), ("replay", "replay/frames.npy"), ("loop_state", "loop_state/metadata")],
+    [("train_state", "train_state"), ("replay", "replay/frames.npy")],  # every item: test_checkpoint.py
 )
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(copy, capsys, item, named):
     latest = copy / "checkpoints" / "160"
@@ -139,6 +139,15 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(copy, capsys, 
     assert report["env_steps"] == 200
     steps = [s for s, _ in read_scalars(copy)["losses/critic_loss"]]
     assert steps == sorted(set(steps)) and max(steps) == 200
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(base, tmp_path, capsys):
+    run_dir = tmp_path / "early"
+    run_dir.mkdir()
+    shutil.copy(base / "config.yaml", run_dir / "config.yaml")  # what a kill during start-up leaves
+    assert resume(run_dir, "--max-timesteps", "80") == 0
+    assert "has no checkpoint yet" in capsys.readouterr().err
+    assert committed_steps(run_dir / "checkpoints") == [80]
 
 
 def test_resume_step_loads_that_checkpoint_and_moves_newer_ones_aside(copy, capsys):
