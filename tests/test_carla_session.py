@@ -624,7 +624,7 @@ def test_probe_refuses_a_program_that_is_not_carla():
     t.join()
 
 
-def test_probe_silent_program_and_closed_port():
+def test_probe_silent_program_andclosed_port():
     port, t = _serve_once(None, [])
     t0 = time.monotonic()
     with pytest.raises(CarlaUnavailableError, match="did not answer"):
@@ -885,3 +885,49 @@ def test_fake_command_future_actor_matches_the_wheel():
     carla = pytest.importorskip("carla")
     assert "FutureActor" in _stub_tree("command.pyi")
     assert fake_carla.FutureActor == carla.command.FutureActor
+
+
+# ----------------------------------------------------------------------------------------------------------
+# carla.server_command: the real ServerProcess (a small program that answers CARLA's version probe)
+
+_ANSWERING_SERVER = r"""
+import socket, sys
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1])))
+srv.listen(8)
+while True:
+    conn, _ = srv.accept()
+    conn.recv(256)
+    conn.sendall(bytes([0x94, 0x01, 0x01, 0xc0, 0xa6]) + b"0.9.16")  # msgpack [1, 1, nil, "0.9.16"]
+    conn.close()
+"""
+
+
+def test_server_process_starts_a_server_waits_until_it_answers_and_stops_it(tmp_path):
+    from jtd3.envs.carla_session import ServerProcess
+
+    script = tmp_path / "answering_server.py"
+    script.write_text(_ANSWERING_SERVER)
+    port = closed_port()
+    proc = ServerProcess(f"{sys.executable} {script} {port}", "127.0.0.1", port, start_timeout_s=60)
+    proc.start()
+    try:
+        assert proc.alive()
+        probe_carla_rpc("127.0.0.1", port, 2.0)  # answers like CARLA
+    finally:
+        proc.stop()
+    assert not proc.alive()
+    with pytest.raises(CarlaUnavailableError):
+        probe_carla_rpc("127.0.0.1", port, 0.5)  # its process group is gone
+
+    exits = ServerProcess(f"{sys.executable} -c 'raise SystemExit(7)'", "127.0.0.1", closed_port(), 60)
+    with pytest.raises(CarlaUnavailableError, match="exited with code 7 before a server answered"):
+        exits.start()
+    silent = ServerProcess(f"{sys.executable} -c 'import time; time.sleep(60)'", "127.0.0.1", closed_port(), 1.0)
+    with pytest.raises(CarlaUnavailableError, match="no CARLA server answered .* within carla.server_start_timeout_s = 1 s"):
+        silent.start()
+    assert not silent.alive()  # stopped after the timeout
+    missing = ServerProcess("/nonexistent/CarlaUE4.sh -RenderOffScreen", "127.0.0.1", closed_port(), 1.0)
+    with pytest.raises(CarlaUnavailableError, match="could not start"):
+        missing.start()
