@@ -121,7 +121,7 @@ def test_sigterm_saves_a_checkpoint_and_a_second_ctrl_c_exits_at_once(tmp_path):
     assert f"checkpoint saved: {run / 'checkpoints' / str(stopped_at)}" in line
     assert committed_steps(run / "checkpoints")[-1] == stopped_at >= 80
 
-    # Ctrl-C twice during a resume: out at once, without a traceback; the run stays resumable
+    # Ctrl-C twice during a resume: out at once, without a traceback
     proc = _train("--resume", str(run), *long, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     next_ckpt = (stopped_at // 80 + 1) * 80
     _wait_for(run / "checkpoints" / str(next_ckpt), proc)
@@ -130,10 +130,4 @@ def test_sigterm_saves_a_checkpoint_and_a_second_ctrl_c_exits_at_once(tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGINT, err
     assert "Traceback" not in err, err
-    latest = committed_steps(run / "checkpoints")[-1]
-    assert latest >= next_ckpt
-    proc = _train("--resume", str(run), "--max-timesteps", str(latest + 20), "--set", "train.progress_bar=false",
-                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
-    assert committed_steps(run / "checkpoints")[-1] == latest + 20
+    assert committed_steps(run / "checkpoints")[-1] >= next_ckpt  # resuming after a stop: tests/test_train.py
