@@ -106,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-delay", type=float, default=40.0,
                    help="kill within this many seconds after a process printed its run directory")
     p.add_argument("--seed", type=int, default=0, help="seed of the kill delays")
+    p.add_argument("--clock", choices=("run-directory", "first-checkpoint"), default="run-directory",
+                   help="when a process's kill delay starts: when it prints its run directory (kills hit restore and "
+                   "compilation too), or when it has committed its first new checkpoint (kills hit training, "
+                   "evaluations and checkpoint writes)")
+    p.add_argument("--reference", type=Path, help="a finished uninterrupted run of the same flags (skips step 1)")
     p.add_argument("--workdir", type=Path, default=Path("runs/kill_trials"))
     p.add_argument("--out", type=Path, help="JSON report")
     args = p.parse_args(argv)
@@ -120,8 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     log = work / f"{trial_name}.log"
 
     t0 = time.monotonic()
-    ref = launch([*common, "--run-name", ref_name], log)
-    assert ref.wait() == 0, f"reference run failed; see {log}"
+    if args.reference is None:
+        ref = launch([*common, "--run-name", ref_name], log)
+        assert ref.wait() == 0, f"reference run failed; see {log}"
+        reference_dir = work / ref_name
+    else:
+        reference_dir = args.reference.absolute()
     reference_s = time.monotonic() - t0
 
     rng = random.Random(args.seed)
@@ -141,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         # importing takes 10-30 s on a loaded 2-core machine and writes nothing
         while proc.poll() is None and log.read_text().count("jtd3: run directory") == lines_before:
             time.sleep(0.05)
+        if args.clock == "first-checkpoint":
+            while proc.poll() is None and committed_steps(trial_dir / "checkpoints") == before:
+                time.sleep(0.05)
         start = time.monotonic()
         while proc.poll() is None and time.monotonic() - start < delay:
             time.sleep(0.05)
@@ -164,11 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     if not finished:
         final = launch(["--resume", str(trial_dir), "--set", "train.progress_bar=false"], log)
         assert final.wait() == 0, f"final resume failed; see {log}"
-    diffs = differences(work / ref_name, trial_dir)
+    diffs = differences(reference_dir, trial_dir)
     checks = log_checks(trial_dir, args.steps, 40)
     report = {
         "command": " ".join(["python", "scripts/kill_resume_trials.py", *(argv or sys.argv[1:])]),
         "steps": args.steps, "points": args.points, "max_delay_s": args.max_delay, "seed": args.seed,
+        "clock": args.clock,
         "reference_wall_s": round(reference_s, 1),
         "kills": kills,
         "kills_during_startup_or_before_a_new_checkpoint": sum(1 for k in kills if k.get("new_checkpoints") == []),

@@ -241,3 +241,21 @@ def test_ctrl_c_during_an_evaluation_saves_a_checkpoint_and_exits_130(tmp_path, 
     monkeypatch.undo()
     assert train_main(["--resume", str(run_dir), "--max-timesteps", "100", "--set", "train.progress_bar=false"]) == 0
     assert committed_steps(run_dir / "checkpoints") == [80, 100]
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path, capsys, monkeypatch):
+    import signal
+
+    from jtd3 import train
+
+    def evaluate_interrupted_twice(self):
+        os.kill(os.getpid(), signal.SIGINT)  # the first asks for a checkpoint at the next safe point ...
+        os.kill(os.getpid(), signal.SIGINT)  # ... the second leaves at once, from here
+        raise AssertionError("the second Ctrl-C did not interrupt")
+
+    monkeypatch.setattr(train.Trainer, "_evaluate", evaluate_interrupted_twice)
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, "int2", 200)
+    assert e.value.code == 130
+    assert committed_steps(tmp_path / "int2" / "checkpoints") == []  # nothing saved: it left at once
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the CLI's handler is uninstalled
