@@ -317,15 +317,27 @@ def main(argv: list[str] | None = None) -> int:
         episodes = {0: args.episodes, **{sc: args.other_episodes for sc in args.other_scenarios}}
         check_disjoint(run_dir, seed, [0, *args.other_scenarios], episodes)
         best = final["best_checkpoint_step"] or final["env_steps"]
-        print(f"[seed {seed}] evaluating the final ({final['env_steps']}) and selected ({best}) checkpoints", flush=True)
+        # Evaluations are kept beside the run, keyed by what they evaluated: a rerun reports without redoing them.
+        cache_file = run_dir / "bench_eval.json"
+        key = json.dumps([final["env_steps"], best, args.episodes, args.other_scenarios, args.other_episodes])
+        cached = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+        if cached.get("key") == key:
+            evals = cached["evals"]
+        else:
+            print(f"[seed {seed}] evaluating the final ({final['env_steps']}) and selected ({best}) checkpoints",
+                  flush=True)
+            evals = {
+                "final": evaluate_checkpoint(run_dir, final["env_steps"], 0, args.episodes),
+                "selected": evaluate_checkpoint(run_dir, best, 0, args.episodes),
+                "other_scenarios": [evaluate_checkpoint(run_dir, best, sc, args.other_episodes)
+                                    for sc in args.other_scenarios],
+            }
+            cache_file.write_text(json.dumps({"key": key, "evals": evals}))
         entry = {
             "seed": seed,
             "training": {"env_steps": final["env_steps"], "wall_s": timing["wall_s"]},
             "curve": learning_curve(run_dir),
-            "final": evaluate_checkpoint(run_dir, final["env_steps"], 0, args.episodes),
-            "selected": evaluate_checkpoint(run_dir, best, 0, args.episodes),
-            "other_scenarios": [evaluate_checkpoint(run_dir, best, sc, args.other_episodes)
-                                for sc in args.other_scenarios],
+            **evals,
         }
         for name in ("final", "selected"):
             e = entry[name]

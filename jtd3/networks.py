@@ -152,12 +152,16 @@ class _MLP(nn.Module):
     out: int
     activation: str
     out_init_scale: float | None = None  # None: He; else uniform(-scale, scale) for the output kernel
+    layer_norm: bool = False  # LayerNorm after every hidden Dense, before the activation
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         act = activation_fn(self.activation)
         for i, h in enumerate(self.hidden):
-            x = act(nn.Dense(h, kernel_init=_he, bias_init=_zeros, name=f"fc{i}")(x))
+            x = nn.Dense(h, kernel_init=_he, bias_init=_zeros, name=f"fc{i}")(x)
+            if self.layer_norm:
+                x = nn.LayerNorm(epsilon=LAYERNORM_EPS, name=f"ln{i}")(x)
+            x = act(x)
         out_init = _he if self.out_init_scale is None else _symmetric_uniform(self.out_init_scale)
         return nn.Dense(self.out, kernel_init=out_init, bias_init=_zeros, name="out")(x)
 
@@ -190,15 +194,21 @@ class ActorHead(nn.Module):
 
 
 class CriticHead(nn.Module):
-    """One Q head: ``MLP(concat(features, kinematics, action))`` -> ``(B,)``."""
+    """One Q head: ``MLP(concat(features, kinematics, action))`` -> ``(B,)``.
+
+    ``layer_norm``: LayerNorm after each hidden layer (RLPD, Ball et al. 2023): it bounds how far the Q head
+    extrapolates to actions the replay never holds, where a plain ReLU MLP grows linearly and the actor follows
+    it to the bounds of the action box.
+    """
 
     hidden: tuple[int, ...] = (256, 256)
     activation: str = "leaky_relu"
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, features: jax.Array, kinematics: jax.Array, action: jax.Array) -> jax.Array:
         x = jnp.concatenate([features, kinematics, action], axis=-1)
-        return _MLP(tuple(self.hidden), 1, self.activation, name="mlp")(x)[..., 0]
+        return _MLP(tuple(self.hidden), 1, self.activation, layer_norm=self.layer_norm, name="mlp")(x)[..., 0]
 
 
 class TwinCriticHead(nn.Module):
@@ -207,6 +217,7 @@ class TwinCriticHead(nn.Module):
     hidden: tuple[int, ...] = (256, 256)
     activation: str = "leaky_relu"
     num_heads: int = 2
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, features: jax.Array, kinematics: jax.Array, action: jax.Array) -> jax.Array:
@@ -218,4 +229,4 @@ class TwinCriticHead(nn.Module):
             out_axes=0,
             axis_size=self.num_heads,
         )
-        return ensemble(tuple(self.hidden), self.activation, name="q")(features, kinematics, action)
+        return ensemble(tuple(self.hidden), self.activation, self.layer_norm, name="q")(features, kinematics, action)

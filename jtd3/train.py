@@ -59,18 +59,18 @@ class TrainConfig(ConfigNode):
 
     seed: int = param(0, "seed of everything: agent init, episode seeds, exploration, replay sampling")
     max_timesteps: int = param(
-        15_000, "environment steps to train for (default: about 10 minutes on a 2-core CPU; the original ran 1,000,000)"
+        20_000, "environment steps to train for (the README's main job; the original ran 1,000,000)"
     )
     learning_starts: int = param(2_000, "environment steps taken by the warm-up policy before any update")
     batch_size: int = param(64, "transitions per gradient step")
     train_freq: int = param(4, "environment steps between two update calls")
     gradient_steps: int = param(
-        4, "gradient steps per update call (one jitted lax.scan); with train_freq 4: one gradient step per env step, "
-        "about 25% faster than 1/1 on CPU (fewer calls)"
+        2, "gradient steps per update call (one jitted lax.scan); with train_freq 4: one gradient step every two "
+        "env steps (DrQ-v2's ratio with action repeat 2)"
     )
     eval_freq: int = param(2_500, "environment steps between evaluations")
-    num_eval_episodes: int = param(3, "deterministic episodes per evaluation")
-    checkpoint_freq: int = param(5_000, "environment steps between checkpoints (a multiple of eval_freq)")
+    num_eval_episodes: int = param(10, "deterministic episodes per evaluation (they select the best checkpoint)")
+    checkpoint_freq: int = param(2_500, "environment steps between checkpoints (a multiple of eval_freq)")
     log_freq: int = param(250, "environment steps between TensorBoard writes of update metrics (means)")
     debug: bool = param(False, "log update metrics after every update, with per-conv-layer statistics")
     logdir: str = param("runs", "directory holding run directories")

@@ -20,14 +20,18 @@ def drive(env, policy, seed):
             return info, off_road, max_lat
 
 
-def test_completes_the_reference_route_on_the_road():
-    env = make_env(EnvConfig(route_start="beginning"))
+@pytest.mark.parametrize("longitudinal", ["pedals", "target_speed"])
+def test_completes_the_reference_route_on_the_road(longitudinal):
+    env = make_env(EnvConfig(route_start="beginning", longitudinal_action=longitudinal))
     policy = PurePursuitPolicy(env)
     try:
         for seed in (0, 1):
             info, off_road, max_lat = drive(env, policy, seed)
             assert info["termination_reason"] == "route_completed", info
-            assert off_road == 0 and max_lat < 1.2  # the route itself is ~1 m inside the lane in the right turn
+            # the route itself is ~1 m inside the lane in the right turn; with the env's own speed controller
+            # (20 Hz) tracking the baseline's set-point (10 Hz) the car's centre grazes the lane edge for a tick or
+            # three there
+            assert off_road <= (0 if longitudinal == "pedals" else 3) and max_lat < 1.2
             assert info["collisions"] == 0 and info["lane_invasions"] == 0
             assert 20.0 < 3.6 * info["distance_m"] / (info["step"] * env.dt) < 32.0
     finally:
@@ -72,7 +76,8 @@ def test_simple_policies():
 def test_entering_the_town01_turn_at_70_kmh_ends_off_route():
     """Pure-pursuit steering with the speed held at 70 km/h: the tyres cannot hold the junction's ~10 m radius
     (0.85 g allows about 32 km/h there), the car understeers out of the turn."""
-    env = make_env(from_dict(EnvConfig, {"route_start": "beginning", "scenario_vehicles": [0, 0, 0]}))
+    env = make_env(from_dict(EnvConfig, {"route_start": "beginning", "scenario_vehicles": [0, 0, 0],
+                                         "longitudinal_action": "pedals"}))
     steering = PurePursuitPolicy(env)
     try:
         env.reset(seed=0)

@@ -57,7 +57,8 @@ def test_benchmark_smoke_trains_evaluates_and_reports(tmp_path):
     report = (out / "report.md").read_text()
     assert "| 0 | final (120) |" in report and "IQM" in report
     assert (out / "learning_curves.png").stat().st_size > 0 and (out / "failures.png").stat().st_size > 0
-    # run again: the finished run is reused, not retrained
+    assert (out / "runs" / "seed0" / "bench_eval.json").is_file()
+    # run again: the finished run is reused, not retrained, and its evaluations are not redone
     mtime = (out / "runs" / "seed0" / "final_report.json").stat().st_mtime
     assert bench.main(args) == 0
     assert (out / "runs" / "seed0" / "final_report.json").stat().st_mtime == mtime

@@ -73,10 +73,17 @@ def _carla_episode() -> None:
 
 
 def _clear_map_caches() -> None:
-    """Drop the cached towns (and the rasters and lane graphs cached on them): earlier tests in the same
-    process built them from default settings, and a cache hit reads no config key."""
+    """Drop the cached towns (and the rasters and lane graphs cached on them) and JAX's compiled functions:
+    earlier tests in the same process built them from the same settings, and a cache hit reads no config key
+    (the agent's Flax modules are cached per spec, and a jitted update is not traced again)."""
+    import jax
+
+    from jtd3.agent import state
     from jtd3.envs import driving_env
     from jtd3.sim import roads
+
+    jax.clear_caches()
+    state.modules.cache_clear()
 
     roads.load_town.cache_clear()
     driving_env._network_from_text.cache_clear()

@@ -132,3 +132,24 @@ def test_fresh_actor_is_not_saturated():
     assert float(jnp.max(jnp.abs(actions))) < 0.2, actions
     kernel = params["params"]["mlp"]["out"]["kernel"]
     assert float(jnp.max(jnp.abs(kernel))) <= 3e-3
+
+
+def test_critic_layernorm_bounds_extrapolation_to_far_actions():
+    """RLPD's LayerNorm in the Q heads: a normalised hidden layer keeps Q bounded however far the action input
+    goes, where the plain ReLU MLP grows linearly with it (what drove the actor to the action bounds)."""
+    feats, kin = jnp.ones((4, 16)), jnp.ones((4, 5))
+    plain, normed = TwinCriticHead(hidden=(32, 32)), TwinCriticHead(hidden=(32, 32), layer_norm=True)
+    a = jnp.zeros((4, 2))
+    p_plain = plain.init(jax.random.PRNGKey(0), feats, kin, a)
+    p_norm = normed.init(jax.random.PRNGKey(0), feats, kin, a)
+    names = str(jax.tree_util.tree_structure(p_norm))
+    assert "ln0" in names and "ln1" in names and "ln0" not in str(jax.tree_util.tree_structure(p_plain))
+
+    def spread(net, params):
+        qs = [net.apply(params, feats, kin, jnp.full((4, 2), scale)) for scale in (1.0, 1e3, 1e6)]
+        return float(jnp.max(jnp.abs(qs[-1]))), float(jnp.max(jnp.abs(qs[0])))
+
+    far_plain, near_plain = spread(plain, p_plain)
+    far_norm, near_norm = spread(normed, p_norm)
+    assert far_plain > 1e4 * max(near_plain, 1e-3)  # linear growth
+    assert far_norm < 100.0 * max(near_norm, 1.0)  # bounded: LayerNorm output has unit scale per unit

@@ -42,6 +42,10 @@ class AgentConfig(ConfigNode):
         3e-3, "the actor's output kernel starts uniform in [-x, x] (other layers: He), so tanh starts unsaturated"
     )
     critic_hidden: tuple[int, ...] = param((256, 256), "critic MLP hidden sizes (each of the two Q heads)")
+    critic_layernorm: bool = param(
+        True, "LayerNorm after each hidden layer of the Q heads (RLPD): bounds the Q heads' extrapolation to actions "
+        "the replay lacks (without it the actor saturated its steering at -1 and learned to stop)"
+    )
     # --- TD3
     gamma: float = param(0.99, "discount per environment step")
     tau: float = param(0.005, "Polyak rate of the target networks: target <- tau*online + (1-tau)*target")

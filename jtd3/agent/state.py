@@ -116,7 +116,7 @@ def modules(spec: AgentSpec) -> Modules:
         action_dim=spec.action_dim, hidden=tuple(c.actor_hidden), activation=c.activation,
         out_init_scale=c.actor_out_init,
     )
-    critic_head = TwinCriticHead(hidden=tuple(c.critic_hidden), activation=c.activation)
+    critic_head = TwinCriticHead(hidden=tuple(c.critic_hidden), activation=c.activation, layer_norm=c.critic_layernorm)
     return Modules(encoder, actor_head, critic_head)
 
 

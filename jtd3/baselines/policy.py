@@ -94,8 +94,13 @@ class PurePursuitPolicy:
             self._controller = PurePursuit(gt.route.waypoints, self.params)
             self._episode = gt.episode
         ego = gt.ego
-        return self._controller.action(float(ego.location[0]), float(ego.location[1]), ego.yaw, gt.forward_speed,
-                                       gt.dt, gt.vehicles.location[:, :2])
+        action = self._controller.action(float(ego.location[0]), float(ego.location[1]), ego.yaw, gt.forward_speed,
+                                         gt.dt, gt.vehicles.location[:, :2])
+        env_cfg = self.env.config
+        if env_cfg.longitudinal_action == "target_speed":  # the env tracks the speed itself: send the set-point
+            v_max = env_cfg.speed_control.max_speed_kmh / 3.6
+            action[1] = np.clip(2.0 * self._controller.last_speed_target / v_max - 1.0, -1.0, 1.0)
+        return action
 
 
 class RandomPolicy:

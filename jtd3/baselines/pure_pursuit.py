@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from jtd3.envs.speed_control import PidState, pedals_for_speed
+
 __all__ = ["PurePursuit", "PurePursuitParams", "PidState"]
 
 
@@ -36,12 +38,6 @@ class PurePursuitParams:
     follow_clearance: float = 2.2  # m: a vehicle whose centre is this close to the route blocks it
 
 
-@dataclasses.dataclass(frozen=True)
-class PidState:
-    integral: float = 0.0
-    previous_error: float = 0.0
-
-
 class PurePursuit:
     """Stateless apart from the PID integrator and the progress along the route (``s``)."""
 
@@ -60,6 +56,7 @@ class PurePursuit:
         self.curvature = curv
         self.progress = 0.0
         self.pid = PidState()
+        self.last_speed_target = 0.0
 
     def reset(self) -> None:
         self.progress = 0.0
@@ -107,7 +104,17 @@ class PurePursuit:
         ld2 = max(fwd * fwd + right * right, 1e-6)
         delta = math.atan(2.0 * p.wheelbase * right / ld2)  # positive right -> positive steer
         steer = max(min(math.degrees(delta) / p.max_steer, 1.0), -1.0)
-        # speed target: cruise, curvature ahead, stop at the end
+        v_target = self.speed_target(vehicles_xy)
+        throttle, brake, self.pid = pedals_for_speed(
+            v_target, speed, self.pid, dt, kp=p.kp, ki=p.ki, kd=p.kd, brake_gain=p.brake_gain,
+            brake_deadband=p.brake_deadband,
+        )
+        self.last_speed_target = v_target
+        return steer, throttle, brake
+
+    def speed_target(self, vehicles_xy: np.ndarray | None = None) -> float:
+        """Cruise speed, capped by the curvature ahead, a stop at the route end and the vehicle ahead (m/s)."""
+        p = self.p
         ahead = (self.s >= self.progress) & (self.s <= self.progress + p.curve_preview)
         kmax = float(self.curvature[ahead].max()) if ahead.any() else 0.0
         v_target = min(p.target_speed, math.sqrt(p.curve_lateral_accel / max(kmax, 1e-6)))
@@ -116,18 +123,7 @@ class PurePursuit:
         gap = self._gap_to_vehicles(None if vehicles_xy is None else np.asarray(vehicles_xy, dtype=np.float64).reshape(-1, 2))
         if math.isfinite(gap):
             v_target = min(v_target, math.sqrt(max(2.0 * p.follow_decel * (gap - p.follow_standstill), 0.0)))
-        err = v_target - speed
-        integral = min(max(self.pid.integral + err * dt, -10.0), 10.0)
-        deriv = (err - self.pid.previous_error) / dt
-        self.pid = PidState(integral, err)
-        u = p.kp * err + p.ki * integral + p.kd * deriv
-        throttle = min(max(u, 0.0), 1.0)
-        brake = min(max(-err - p.brake_deadband, 0.0) * p.brake_gain, 1.0) if err < -p.brake_deadband else 0.0
-        if v_target < 0.1:  # hold the car at a standstill (end of route, vehicle ahead)
-            brake = 1.0
-        if brake > 0.0:
-            throttle = 0.0
-        return steer, throttle, brake
+        return v_target
 
     def action(self, x: float, y: float, yaw: float, speed: float, dt: float,
                vehicles_xy: np.ndarray | None = None) -> np.ndarray:

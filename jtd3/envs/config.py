@@ -29,7 +29,10 @@ from jtd3.config import ConfigNode, check, choice, nested, param
 from jtd3.envs.carla_session import CarlaConfig
 from jtd3.sim.config import SimConfig
 
-__all__ = ["EnvConfig", "ObservationConfig", "RewardConfig", "RewardWeights", "ROUTES", "ROUTE_STARTS", "BACKENDS"]
+__all__ = [
+    "EnvConfig", "ObservationConfig", "RewardConfig", "RewardWeights", "SpeedControlConfig", "ROUTES", "ROUTE_STARTS",
+    "BACKENDS",
+]
 
 BACKENDS = ("sim", "carla")
 ROUTES = ("reference", "random")
@@ -136,6 +139,26 @@ class RewardConfig(ConfigNode):
 
 
 @dataclasses.dataclass(frozen=True)
+class SpeedControlConfig(ConfigNode):
+    """The speed controller of ``longitudinal_action: target_speed`` (jtd3/envs/speed_control.py), run at every
+    simulator tick on either backend."""
+
+    max_speed_kmh: float = param(40.0, "target speed at action +1 (action -1: stop and hold; 0: half of it)")
+    kp: float = param(0.5, "throttle per m/s of speed error")
+    ki: float = param(0.05, "throttle per (m/s * s) of integrated speed error")
+    brake_gain: float = param(0.3, "brake per m/s of overspeed beyond the deadband")
+    brake_deadband_kmh: float = param(1.8, "overspeed (km/h) tolerated before braking")
+
+    def __post_init__(self) -> None:
+        check(math.isfinite(self.max_speed_kmh) and 5.0 <= self.max_speed_kmh <= 200.0, "speed_control.max_speed_kmh",
+              self.max_speed_kmh, "in [5, 200] km/h")
+        for name in ("kp", "ki", "brake_gain", "brake_deadband_kmh"):
+            v = getattr(self, name)
+            check(math.isfinite(v) and v >= 0, f"speed_control.{name}", v, ">= 0")
+        check(self.kp > 0 and self.brake_gain > 0, "speed_control.kp", self.kp, "> 0 (and brake_gain > 0)")
+
+
+@dataclasses.dataclass(frozen=True)
 class EnvConfig(ConfigNode):
     """The gymnasium driving environment (``jtd3.envs.DrivingEnv``)."""
 
@@ -182,6 +205,13 @@ class EnvConfig(ConfigNode):
         "the last tick's frame (2: control at 10 Hz, as DrQ-v2; 1: 20 Hz, as the original; max_episode_steps "
         "counts env steps)"
     )
+    longitudinal_action: str = choice(
+        "target_speed", ("target_speed", "pedals"),
+        "meaning of action[1]: target_speed: a speed set-point, 0 .. speed_control.max_speed_kmh for -1 .. 1, "
+        "tracked by a PI controller at every tick (a fresh policy rolls at half the maximum instead of standing); "
+        "pedals: throttle (> 0) / brake (< 0), as the original",
+    )
+    speed_control: SpeedControlConfig = nested(SpeedControlConfig)
     off_route_distance_m: float = param(2.5, "terminate when the vehicle centre is farther than this from the route (m)")
     goal_tolerance_m: float = param(3.0, "the route is completed within this arc length of its end (m)")
     observation: ObservationConfig = nested(ObservationConfig)

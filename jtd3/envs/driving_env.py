@@ -2,7 +2,9 @@
 
 Observation ``Dict``: ``camera`` uint8 ``(frame_stack, H, W)`` grayscale, oldest frame first (at reset the first
 frame repeated); ``kinematics`` float32 ``(5 + 2 * n_waypoints,)`` (layout: :mod:`jtd3.envs.observation`).
-Action ``Box(-1, 1, (2,))`` float32 = ``[steer, throttle_brake]``; throttle_brake > 0 throttle, < 0 brake.
+Action ``Box(-1, 1, (2,))`` float32 = ``[steer, longitudinal]``: with ``longitudinal_action: target_speed`` (the
+default) a speed set-point, 0 .. ``speed_control.max_speed_kmh`` for -1 .. 1, that a PI controller tracks at
+every simulator tick (:mod:`jtd3.envs.speed_control`); with ``pedals``, throttle (> 0) / brake (< 0).
 Reward: :mod:`jtd3.envs.reward`. Termination (``terminated``): collision, off route (centre farther than
 ``off_route_distance_m`` from the route), route completed (within ``goal_tolerance_m`` of its end along the
 route), stalled (standing still with the road ahead free for ``stall_timeout_s``) when ``stall_termination``
@@ -29,6 +31,7 @@ import numpy as np
 
 from jtd3.backend import ActorState, Backend, Pose, Snapshot, VehicleControl, Vehicles
 from jtd3.envs import observation as obs_lib
+from jtd3.envs import speed_control
 from jtd3.envs import reward as reward_lib
 from jtd3.envs import route_tracker
 from jtd3.envs.config import EnvConfig
@@ -186,6 +189,7 @@ class DrivingEnv(gym.Env):
         self._check_frame(snap)
         self._episode += 1
         self._steps = 0
+        self._pid = speed_control.PidState()
         self._standing_s = 0.0
         self._done = False
         self._collisions = 0
@@ -223,6 +227,8 @@ class DrivingEnv(gym.Env):
         weighted = dict.fromkeys(reward_lib.COMPONENTS, 0.0)
         reason = None
         for _ in range(cfg.action_repeat):
+            if cfg.longitudinal_action == "target_speed":
+                control = self._speed_control(control)
             reason, tick = self._tick(control)
             for k, v in tick.items():
                 weighted[k] += v
@@ -239,6 +245,18 @@ class DrivingEnv(gym.Env):
         self._last_components = weighted
         self._done = terminated or truncated
         return self._observation(), reward, terminated, truncated, self._info(reason, weighted)
+
+    def _speed_control(self, action_control: VehicleControl) -> VehicleControl:
+        """Pedals that track the target speed the action sets (``longitudinal_action: target_speed``):
+        action[1] in [-1, 1] (here as throttle - brake) -> 0 .. ``speed_control.max_speed_kmh``."""
+        sc = self.config.speed_control
+        action = action_control.throttle - action_control.brake
+        v_target = 0.5 * (action + 1.0) * sc.max_speed_kmh / 3.6
+        throttle, brake, self._pid = speed_control.pedals_for_speed(
+            v_target, self._state.forward_speed, self._pid, self.tick_dt, kp=sc.kp, ki=sc.ki,
+            brake_gain=sc.brake_gain, brake_deadband=sc.brake_deadband_kmh / 3.6,
+        )
+        return VehicleControl(throttle=throttle, steer=action_control.steer, brake=brake)
 
     def _tick(self, control: VehicleControl) -> tuple[str | None, dict[str, float]]:
         """One simulator tick: advance the backend, the route tracking and the counters; returns the
