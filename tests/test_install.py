@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -44,8 +45,13 @@ def test_env_spaces_from_the_config_equal_a_built_envs():
 
 @pytest.mark.slow
 def test_wheel_in_a_fresh_venv_trains_from_another_directory(tmp_path):
+    # Built from a copy of the sources: an in-tree build writes build/ and *.egg-info into the checkout
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "jtd3", src / "jtd3", ignore=shutil.ignore_patterns("__pycache__"))  # follows links
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
     dist = tmp_path / "dist"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(dist), str(REPO)],
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(dist), str(src)],
                            capture_output=True, text=True, timeout=900)
     assert build.returncode == 0, build.stdout + build.stderr
     (wheel,) = dist.glob("jtd3-*.whl")
