@@ -23,7 +23,10 @@ KMH = 1 / 3.6
 
 
 def double_env(backend=None, **overrides):
-    cfg = from_dict(EnvConfig, {"route_start": "beginning", **overrides})  # the tests script from the route's start
+    """The env over the scripted backend. The tests script from the route's start, one tick per step, with pedal
+    actions (they check per-tick mechanics; action repeat and the target-speed action have their own tests)."""
+    base = {"route_start": "beginning", "action_repeat": 1, "longitudinal_action": "pedals"}
+    cfg = from_dict(EnvConfig, {**base, **overrides})
     backend = ScriptedBackend() if backend is None else backend
     return DrivingEnv(cfg, backend=backend), backend
 
@@ -440,7 +443,8 @@ def test_standing_still_ends_the_episode_as_stalled_and_moving_resets_the_clock(
     from jtd3.config import from_dict
     from jtd3.envs import make_env
 
-    env = make_env(from_dict(EnvConfig, {"stall_timeout_s": 1.0, "stall_termination": mode}))  # 20 steps of 0.05 s
+    env = make_env(from_dict(EnvConfig, {"stall_timeout_s": 1.0, "stall_termination": mode, "action_repeat": 1,
+                                         "longitudinal_action": "pedals"}))  # 20 steps of 0.05 s
     env.reset(seed=0)
     for t in range(19):
         _, _, terminated, truncated, info = env.step(np.array([0.0, -1.0], np.float32))

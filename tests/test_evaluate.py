@@ -44,8 +44,8 @@ def test_per_km_rates_are_undefined_without_distance():
 
 
 def test_run_episode_sums_what_the_env_reports():
-    env = DrivingEnv(EnvConfig(max_episode_steps=30, route_start="beginning"), backend=ScriptedBackend(),
-                     render_mode="rgb_array")
+    env = DrivingEnv(EnvConfig(max_episode_steps=30, route_start="beginning", action_repeat=1,
+                               longitudinal_action="pedals"), backend=ScriptedBackend(), render_mode="rgb_array")
     frames = []
     r = run_episode(env, ConstantPolicy((0.0, 0.6)), seed=4, frames=frames, frame_every=10)
     assert r.steps == 30 and r.termination_reason == "time_limit" and not r.success
