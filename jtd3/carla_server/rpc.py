@@ -23,7 +23,9 @@ from typing import Any, Callable
 
 import msgpack
 
-__all__ = ["Call", "CallError", "Raw", "RpcServer", "encode_reply", "error_value", "error_void", "value", "void"]
+__all__ = [
+    "Call", "CallError", "Raw", "RpcServer", "encode_reply", "error_value", "error_void", "hard_close", "value", "void",
+]
 
 log = logging.getLogger(__name__)
 
@@ -148,14 +150,14 @@ class RpcServer:
         with self._lock:
             self._closed = True
             conns = list(self._conns)
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._sock.close()
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            c.close()
+        for c in [self._sock, *conns]:
+            hard_close(c)
+
+
+def hard_close(sock: socket.socket) -> None:
+    """Shut a socket down both ways (the peer sees the connection end at once) and close it."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()

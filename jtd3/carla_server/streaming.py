@@ -14,6 +14,8 @@ import socket
 import struct
 import threading
 
+from jtd3.carla_server.rpc import hard_close
+
 __all__ = ["StreamServer", "TOKEN_SIZE", "decode_token", "encode_token"]
 
 log = logging.getLogger(__name__)
@@ -158,14 +160,5 @@ class StreamServer:
             self._closed = True
             conns = [c for subs in self._subscribers.values() for c in subs]
             self._subscribers.clear()
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._sock.close()
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            c.close()
+        for c in [self._sock, *conns]:
+            hard_close(c)
