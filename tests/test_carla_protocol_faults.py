@@ -9,7 +9,6 @@ same failures (its timeouts, its frame delivery, its Traffic Manager), which the
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,27 +17,14 @@ import numpy as np
 import pytest
 
 from jtd3.backend import Pose, VehicleControl
-from jtd3.carla_server.process import ServerProcess, shutdown_traffic_manager
 from jtd3.envs.carla_session import CarlaConfig, CarlaEpisodeLost, CarlaSensorTimeout, CarlaSession
 
 carla = pytest.importorskip("carla")
 
+from carla_protocol_fixtures import free_port, server  # noqa: F401 (server is a fixture)
+
 START = Pose(x=317.74, y=129.49, yaw=180.0)
 NO_FAULTS = ({}, {}, {}, [])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server():
-    with ServerProcess() as srv:
-        srv.tm_port = free_port()
-        yield srv
-        shutdown_traffic_manager(srv.host, srv.port, srv.tm_port)
 
 
 @pytest.fixture

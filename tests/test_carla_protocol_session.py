@@ -7,7 +7,6 @@ on a free port) driving the NPCs, sensors matched on frame numbers, teardown and
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,28 +15,15 @@ import numpy as np
 import pytest
 
 from jtd3.backend import Pose, VehicleControl
-from jtd3.carla_server.process import ServerProcess, shutdown_traffic_manager
 from jtd3.config import from_dict
 from jtd3.envs import DrivingEnv, EnvConfig
 from jtd3.envs.carla_session import CarlaConfig, CarlaSession
 
 carla = pytest.importorskip("carla")
 
+from carla_protocol_fixtures import free_port, server  # noqa: F401 (server is a fixture)
+
 START = Pose(x=317.74, y=129.49, yaw=180.0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server():
-    with ServerProcess() as srv:
-        srv.tm_port = free_port()
-        yield srv
-        shutdown_traffic_manager(srv.host, srv.port, srv.tm_port)  # before the server goes (see process.py)
 
 
 @pytest.fixture
