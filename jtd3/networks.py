@@ -173,6 +173,21 @@ def _symmetric_uniform(scale: float):
     return init
 
 
+class Trunk(nn.Module):
+    """``tanh(LayerNorm(Dense(dim)(features)))`` (DrQ-v2's trunk): squeezes the CNN features to ``dim`` values of
+    bounded scale before they meet the kinematics and the action. Without it the action is 2 of ~530 inputs of
+    the Q head's first layer, and Q(s, .) is nearly linear in the action (its maximum sits on a corner of the
+    action box: bang-bang steering).
+    """
+
+    dim: int
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        x = nn.Dense(self.dim, kernel_init=_he, bias_init=_zeros, name="fc")(features)
+        return jnp.tanh(nn.LayerNorm(epsilon=LAYERNORM_EPS, name="ln")(x))
+
+
 class ActorHead(nn.Module):
     """Deterministic policy head: ``tanh(MLP(concat(features, kinematics)))``, shape ``(B, action_dim)``.
 
@@ -185,9 +200,12 @@ class ActorHead(nn.Module):
     hidden: tuple[int, ...] = (256, 256)
     activation: str = "leaky_relu"
     out_init_scale: float = 3e-3
+    trunk_dim: int = 0  # > 0: the features pass a :class:`Trunk` of this size first
 
     @nn.compact
     def __call__(self, features: jax.Array, kinematics: jax.Array) -> jax.Array:
+        if self.trunk_dim:
+            features = Trunk(self.trunk_dim, name="trunk")(features)
         x = jnp.concatenate([features, kinematics], axis=-1)
         mlp = _MLP(tuple(self.hidden), self.action_dim, self.activation, self.out_init_scale, name="mlp")
         return jnp.tanh(mlp(x))
@@ -204,9 +222,12 @@ class CriticHead(nn.Module):
     hidden: tuple[int, ...] = (256, 256)
     activation: str = "leaky_relu"
     layer_norm: bool = False
+    trunk_dim: int = 0  # > 0: the features pass a :class:`Trunk` of this size first
 
     @nn.compact
     def __call__(self, features: jax.Array, kinematics: jax.Array, action: jax.Array) -> jax.Array:
+        if self.trunk_dim:
+            features = Trunk(self.trunk_dim, name="trunk")(features)
         x = jnp.concatenate([features, kinematics, action], axis=-1)
         return _MLP(tuple(self.hidden), 1, self.activation, layer_norm=self.layer_norm, name="mlp")(x)[..., 0]
 
@@ -218,6 +239,7 @@ class TwinCriticHead(nn.Module):
     activation: str = "leaky_relu"
     num_heads: int = 2
     layer_norm: bool = False
+    trunk_dim: int = 0
 
     @nn.compact
     def __call__(self, features: jax.Array, kinematics: jax.Array, action: jax.Array) -> jax.Array:
@@ -229,4 +251,4 @@ class TwinCriticHead(nn.Module):
             out_axes=0,
             axis_size=self.num_heads,
         )
-        return ensemble(tuple(self.hidden), self.activation, self.layer_norm, name="q")(features, kinematics, action)
+        return ensemble(tuple(self.hidden), self.activation, self.layer_norm, self.trunk_dim, name="q")(features, kinematics, action)

@@ -153,3 +153,25 @@ def test_critic_layernorm_bounds_extrapolation_to_far_actions():
     far_norm, near_norm = spread(normed, p_norm)
     assert far_plain > 1e4 * max(near_plain, 1e-3)  # linear growth
     assert far_norm < 100.0 * max(near_norm, 1.0)  # bounded: LayerNorm output has unit scale per unit
+
+
+def test_trunk_squeezes_features_before_the_action_joins_them():
+    """agent.trunk_dim (DrQ-v2's trunk): each head maps the features to trunk_dim bounded values first, so the
+    Q head's first layer sees trunk_dim + kinematics + action inputs (not 512 + ...), and the features' scale
+    cannot swamp the action's."""
+    rng = np.random.default_rng(3)
+    feats = jnp.asarray(rng.standard_normal((B, 64)), jnp.float32)
+    kin, a = jnp.ones((B, 5)), jnp.asarray(rng.uniform(-1, 1, (B, 2)), jnp.float32)
+    critic = TwinCriticHead(hidden=(16, 16), layer_norm=True, trunk_dim=8)
+    cv = critic.init(jax.random.key(0), feats, kin, a)
+    q_params = cv["params"]["q"]
+    chex.assert_shape(q_params["trunk"]["fc"]["kernel"], (2, 64, 8))  # one trunk per Q head (vmapped)
+    chex.assert_shape(q_params["mlp"]["fc0"]["kernel"], (2, 8 + 5 + 2, 16))
+    # bounded trunk: features a thousand times larger move Q by a bounded amount, where without a trunk the
+    # first layer's input is dominated by them
+    q, q_big = critic.apply(cv, feats, kin, a), critic.apply(cv, feats * 1e3, kin, a)
+    assert bool(jnp.all(jnp.isfinite(q_big))) and float(jnp.max(jnp.abs(q_big - q))) < 10.0
+    actor = ActorHead(action_dim=2, hidden=(16, 16), trunk_dim=8)
+    av = actor.init(jax.random.key(1), feats, kin)
+    chex.assert_shape(av["params"]["mlp"]["fc0"]["kernel"], (8 + 5, 16))
+    chex.assert_shape(actor.apply(av, feats, kin), (B, 2))

@@ -46,6 +46,11 @@ class AgentConfig(ConfigNode):
         True, "LayerNorm after each hidden layer of the Q heads (RLPD): bounds the Q heads' extrapolation to actions "
         "the replay lacks (without it the actor saturated its steering at -1 and learned to stop)"
     )
+    trunk_dim: int = param(
+        0, "> 0: each head (the actor, each Q head) first maps the CNN features through Dense(trunk_dim) + LayerNorm "
+        "+ tanh (DrQ-v2's trunk), so that the action is not 2 of ~530 inputs of the Q head; 0: the features go in "
+        "as they are"
+    )
     # --- TD3
     gamma: float = param(0.99, "discount per environment step")
     tau: float = param(0.005, "Polyak rate of the target networks: target <- tau*online + (1-tau)*target")
@@ -102,6 +107,7 @@ class AgentConfig(ConfigNode):
                 "a list of positive integers",
             )
         check(self.actor_out_init > 0.0, "agent.actor_out_init", self.actor_out_init, "> 0")
+        check(self.trunk_dim >= 0, "agent.trunk_dim", self.trunk_dim, ">= 0 (0: no trunk)")
         check(0.0 <= self.gamma <= 1.0, "agent.gamma", self.gamma, "in [0, 1]")
         check(0.0 < self.tau <= 1.0, "agent.tau", self.tau, "in (0, 1]")
         check(self.policy_noise >= 0.0, "agent.policy_noise", self.policy_noise, ">= 0")

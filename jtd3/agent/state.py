@@ -114,9 +114,11 @@ def modules(spec: AgentSpec) -> Modules:
     )
     actor_head = ActorHead(
         action_dim=spec.action_dim, hidden=tuple(c.actor_hidden), activation=c.activation,
-        out_init_scale=c.actor_out_init,
+        out_init_scale=c.actor_out_init, trunk_dim=c.trunk_dim,
     )
-    critic_head = TwinCriticHead(hidden=tuple(c.critic_hidden), activation=c.activation, layer_norm=c.critic_layernorm)
+    critic_head = TwinCriticHead(
+        hidden=tuple(c.critic_hidden), activation=c.activation, layer_norm=c.critic_layernorm, trunk_dim=c.trunk_dim
+    )
     return Modules(encoder, actor_head, critic_head)
 
 
