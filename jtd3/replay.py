@@ -393,50 +393,83 @@ class ReplayBuffer:
             bad = bad[~self.valid[idx[bad]]]
         return idx
 
-    def sample(self, batch_size: int) -> dict[str, Any]:
+    def sample(self, batch_size: int, n_step: int = 1, gamma: float = 0.99) -> dict[str, Any]:
         """A batch in the agent's format (NumPy arrays, B = ``batch_size``)::
 
             {"obs": {"camera": (B, stack, *frame) uint8, "kinematics": (B, K) float32},
              "action": (B, A) float32, "reward": (B,) float32,
              "next_obs": {...same as obs...}, "terminated": (B,) float32}
-        """
-        return self.gather(self.sample_indices(batch_size))
 
-    def sample_many(self, k: int, batch_size: int) -> dict[str, Any]:
+        With ``n_step > 1`` the transitions are n-step ones (see :meth:`gather`) and the batch also holds
+        ``"discount"`` (B,) float32.
+        """
+        return self.gather(self.sample_indices(batch_size), n_step=n_step, gamma=gamma)
+
+    def sample_many(self, k: int, batch_size: int, n_step: int = 1, gamma: float = 0.99) -> dict[str, Any]:
         """``k`` independent batches stacked on a leading axis (shapes ``(k, B, ...)``), for ``update_many``."""
         if k < 1:
             raise ValueError(f"k = {k}: must be >= 1")
-        batch = self.gather(self.sample_indices(k * batch_size))
+        batch = self.gather(self.sample_indices(k * batch_size), n_step=n_step, gamma=gamma)
         return _map_arrays(lambda a: a.reshape(k, batch_size, *a.shape[1:]), batch)
 
-    def gather(self, indices: np.ndarray, *, include_truncated: bool = False) -> dict[str, Any]:
+    def gather(
+        self, indices: np.ndarray, *, include_truncated: bool = False, n_step: int = 1, gamma: float = 0.99
+    ) -> dict[str, Any]:
         """The transitions starting at slot ``indices`` (all must be valid), in :meth:`sample`'s format;
-        ``include_truncated`` adds ``"truncated"`` (B,) float32 (the agent's batch has no such key)."""
+        ``include_truncated`` adds ``"truncated"`` (B,) float32 (the agent's batch has no such key).
+
+        ``n_step > 1``: each transition runs on for up to ``n_step`` stored steps of its episode, stopping
+        early at a terminated or truncated step or at the newest stored step: ``reward`` is the discounted sum
+        ``r_0 + gamma r_1 + ... + gamma^(m-1) r_(m-1)`` of the m steps taken, ``next_obs`` the observation after
+        them, ``terminated`` / ``truncated`` those of the last step, and ``"discount"`` = ``gamma^m``, the
+        factor of the bootstrap (the agent's TD target uses it in place of ``gamma``).
+        """
         idx = np.asarray(indices, dtype=np.int64)
         if idx.ndim != 1:
             raise ValueError(f"indices must be 1-D, got shape {idx.shape}")
         if idx.size and (idx.min() < 0 or idx.max() >= self.capacity or not self.valid[idx].all()):
             raise ValueError("indices must name valid transitions (see valid_indices())")
+        if n_step < 1:
+            raise ValueError(f"n_step = {n_step}: must be >= 1")
         n, st = self.capacity, self.stack
-        # Window of stack + 1 slots ending at the next observation; clamping at the episode's first slot
-        # (idx - ep_pos) gives both stacks: obs = window[:stack], next_obs = window[1:] (see module doc).
-        window = idx[:, None] - (st - 1) + np.arange(st + 1)[None, :]
-        window = np.maximum(window, (idx - self.ep_pos[idx])[:, None]) % n
-        nxt = (idx + 1) % n
-        return {
+        reward = np.take(self.reward, idx)
+        last = idx  # unwrapped slot of the last step taken
+        if n_step > 1:
+            reward = reward.astype(np.float64)
+            discount = np.full(idx.shape, gamma, np.float64)
+            going = ~(self.terminated[idx] | self.truncated[idx])
+            for _ in range(1, n_step):
+                nxt = (last + 1) % n
+                going &= self.valid[nxt]  # the next observation starts a stored step of the same episode
+                reward = reward + np.where(going, discount * self.reward[nxt], 0.0)
+                discount = np.where(going, discount * gamma, discount)
+                last = last + going
+                going &= ~(self.terminated[nxt] | self.truncated[nxt])
+            reward = reward.astype(np.float32)
+        # Stacks: frame j (j = 0 newest) of the stack at slot t is slot t - min(j, ep_pos[t]) (module doc).
+        back = np.arange(st - 1, -1, -1)[None, :]
+        obs_slots = (idx[:, None] - np.minimum(back, self.ep_pos[idx][:, None])) % n
+        nxt = last + 1
+        next_slots = (nxt[:, None] - np.minimum(back, self.ep_pos[nxt % n][:, None])) % n
+        last = last % n
+        batch = {
             "obs": {
-                "camera": np.take(self.frames, window[:, :st], axis=0),
+                "camera": np.take(self.frames, obs_slots, axis=0),
                 "kinematics": np.take(self.kinematics, idx, axis=0),
             },
             "action": np.take(self.action, idx, axis=0),
-            "reward": np.take(self.reward, idx),
+            "reward": reward,
             "next_obs": {
-                "camera": np.take(self.frames, window[:, 1:], axis=0),
-                "kinematics": np.take(self.kinematics, nxt, axis=0),
+                "camera": np.take(self.frames, next_slots, axis=0),
+                "kinematics": np.take(self.kinematics, nxt % n, axis=0),
             },
-            "terminated": np.take(self.terminated, idx).astype(np.float32),
-            **({"truncated": np.take(self.truncated, idx).astype(np.float32)} if include_truncated else {}),
+            "terminated": np.take(self.terminated, last).astype(np.float32),
         }
+        if include_truncated:
+            batch["truncated"] = np.take(self.truncated, last).astype(np.float32)
+        if n_step > 1:
+            batch["discount"] = discount.astype(np.float32)
+        return batch
 
     def valid_indices(self) -> np.ndarray:
         """Slots where a sampleable transition starts (oldest-first order is not implied)."""

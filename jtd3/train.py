@@ -685,7 +685,7 @@ class Trainer:
         from jtd3.diagnostics import check_explosion, tree_all_finite
         from jtd3.envs.carla_session import CarlaError
 
-        tc = self.tc
+        tc, ac = self.tc, self.config.agent
         self.last_episode_return = float("nan")
         resumed_mid_episode = self.resume and len(self.episode_actions) > 0
         if resumed_mid_episode and self._resumed_replay and self.config.env.backend == "sim":
@@ -733,7 +733,9 @@ class Trainer:
                     )
 
                 if self.env_steps > tc.learning_starts and self.env_steps % tc.train_freq == 0:
-                    batches = self.replay.sample_many(tc.gradient_steps, tc.batch_size)
+                    batches = self.replay.sample_many(
+                        tc.gradient_steps, tc.batch_size, n_step=ac.n_step, gamma=ac.gamma
+                    )
                     self.state, metrics = self._agent.update_many(self.state, batches)
                     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     self.updates += tc.gradient_steps

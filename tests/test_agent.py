@@ -337,6 +337,22 @@ def test_terminated_stops_bootstrap_and_truncation_does_not():
     assert abs(float(jnp.mean(expected - truncated["reward"]))) > 1e-3  # it really bootstrapped
 
 
+def test_n_step_batches_bootstrap_with_their_own_discount():
+    """agent.n_step: a batch with "discount" (gamma^m per sample, from the replay) uses it in the TD target in
+    place of gamma: discount = gamma reproduces the 1-step update exactly, discount 0 makes the target the
+    (summed) reward."""
+    state = run("layernorm", "shared")["s0"]
+    batch = make_batch(4, terminated=0.0)
+    _, m_plain = agent.update(state, batch)
+    gamma = state.spec.config.gamma
+    _, m_same = agent.update(state, {**batch, "discount": jnp.full((B,), gamma, jnp.float32)})
+    np.testing.assert_allclose(float(m_same["losses/target_q_mean"]), float(m_plain["losses/target_q_mean"]), rtol=1e-6)
+    _, m_zero = agent.update(state, {**batch, "discount": jnp.zeros((B,), jnp.float32)})
+    assert float(m_zero["losses/target_q_mean"]) == pytest.approx(float(jnp.mean(batch["reward"])), abs=1e-6)
+    with pytest.raises(ValueError, match=r"discount"):
+        agent.update(state, {**batch, "discount": jnp.zeros((B + 1,), jnp.float32)})
+
+
 def test_critic_loss_decreases_on_a_fixed_batch():
     r = run("layernorm", "shared")
     state, batch = r["s0"], make_batch(7)

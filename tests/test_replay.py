@@ -169,6 +169,60 @@ def test_random_episodes_with_wraparound_match_an_independent_oracle(capacity):
     assert set(idx.tolist()) == set(expected)
 
 
+def n_step_expected(oracle: Oracle, n: int, gamma: float) -> dict[int, dict]:
+    """The oracle's n-step transitions: each intact transition runs on through the following steps of its
+    episode (the next item continues it when its observation is this one's next_obs) while they are intact,
+    stopping after a terminated or truncated step."""
+    intact = oracle.expected()
+    by_counter = {c: (pos, tr) for c, pos, tr in oracle.items}
+    out = {}
+    for c, _pos, tr in oracle.items:
+        if c % oracle.capacity not in intact or intact[c % oracle.capacity] is not tr:
+            continue
+        ret, disc, last, k = float(np.float32(tr["reward"])), gamma, tr, 1
+        cur = c
+        while k < n and not (last["terminated"] or last["truncated"]):
+            nxt = by_counter.get(cur + 1)
+            if nxt is None or (cur + 1) % oracle.capacity not in intact or intact[(cur + 1) % oracle.capacity] is not nxt[1]:
+                break
+            ret += disc * float(np.float32(nxt[1]["reward"]))
+            disc *= gamma
+            last, cur, k = nxt[1], cur + 1, k + 1
+        out[c % oracle.capacity] = dict(tr, reward=ret, next_obs=last["next_obs"], terminated=last["terminated"],
+                                        truncated=last["truncated"], discount=disc)
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_n_step_transitions_match_an_independent_oracle(n):
+    """n-step gather (agent.n_step): discounted reward sums within one episode, the observation n steps on,
+    the end flags of the last step, gamma^m; never past an episode's end, an interruption or the newest step,
+    also across wrap-around."""
+    gamma, capacity = 0.9, 29
+    rng = np.random.default_rng(11)
+    buf, oracle, env = small_buffer(capacity), Oracle(capacity), StackEnv(7)
+    for step, _ in enumerate(run_episodes(buf, oracle, env, 400, rng, p_term=0.05, p_trunc=0.05, p_interrupt=0.03)):
+        if step % 13 != 0:
+            continue
+        expected = n_step_expected(oracle, n, gamma)
+        slots = np.array(sorted(expected), dtype=np.int64)
+        batch = buf.gather(slots, include_truncated=True, n_step=n, gamma=gamma)
+        assert ("discount" in batch) == (n > 1)
+        for i, s in enumerate(slots):
+            tr = expected[int(s)]
+            np.testing.assert_array_equal(batch["obs"]["camera"][i], tr["obs"]["camera"])
+            np.testing.assert_array_equal(batch["next_obs"]["camera"][i], tr["next_obs"]["camera"])
+            np.testing.assert_array_equal(batch["next_obs"]["kinematics"][i], tr["next_obs"]["kinematics"])
+            np.testing.assert_allclose(batch["reward"][i], tr["reward"], rtol=1e-5, atol=1e-5)
+            assert batch["terminated"][i] == float(tr["terminated"]) and batch["truncated"][i] == float(tr["truncated"])
+            if n > 1:
+                np.testing.assert_allclose(batch["discount"][i], tr["discount"], rtol=1e-6)
+    # some transitions did run the full n steps, some were cut by an episode end
+    if n > 1:
+        d = buf.gather(buf.valid_indices(), n_step=n, gamma=gamma)["discount"]
+        assert np.isclose(d, gamma**n).any() and (d > gamma**n + 1e-6).any()
+
+
 def test_sample_matches_the_agent_batch_format():
     k, env = 7, StackEnv(3, frame_shape=(84, 84), k=7)
     buf = ReplayBuffer(300, frame_shape=(84, 84), stack=4, kinematics_dim=k, action_dim=2, seed=0)

@@ -53,6 +53,10 @@ class AgentConfig(ConfigNode):
     )
     # --- TD3
     gamma: float = param(0.99, "discount per environment step")
+    n_step: int = param(
+        1, "n-step TD targets (DrQ-v2 uses 3): the replay sums up to n rewards of an episode, discounted, and the "
+        "target bootstraps with gamma^m after the m steps taken (fewer at an episode's end)"
+    )
     tau: float = param(0.005, "Polyak rate of the target networks: target <- tau*online + (1-tau)*target")
     policy_noise: float = param(0.2, "std of the target policy smoothing noise (action units)")
     noise_clip: float = param(0.5, "target policy smoothing noise is clipped to [-noise_clip, noise_clip]")
@@ -109,6 +113,7 @@ class AgentConfig(ConfigNode):
         check(self.actor_out_init > 0.0, "agent.actor_out_init", self.actor_out_init, "> 0")
         check(self.trunk_dim >= 0, "agent.trunk_dim", self.trunk_dim, ">= 0 (0: no trunk)")
         check(0.0 <= self.gamma <= 1.0, "agent.gamma", self.gamma, "in [0, 1]")
+        check(self.n_step >= 1, "agent.n_step", self.n_step, ">= 1")
         check(0.0 < self.tau <= 1.0, "agent.tau", self.tau, "in (0, 1]")
         check(self.policy_noise >= 0.0, "agent.policy_noise", self.policy_noise, ">= 0")
         check(self.noise_clip >= 0.0, "agent.noise_clip", self.noise_clip, ">= 0")

@@ -75,8 +75,9 @@ def smoothed_target_action(action: jax.Array, key: jax.Array, policy_noise: floa
     return jnp.clip(action + noise, -1.0, 1.0)
 
 
-def td_target(reward: jax.Array, terminated: jax.Array, next_q: jax.Array, gamma: float) -> jax.Array:
-    """Clipped double-Q target ``r + gamma * (1 - terminated) * min(next_q)``; ``next_q`` is (heads, B)."""
+def td_target(reward: jax.Array, terminated: jax.Array, next_q: jax.Array, gamma: float | jax.Array) -> jax.Array:
+    """Clipped double-Q target ``r + gamma * (1 - terminated) * min(next_q)``; ``next_q`` is (heads, B);
+    ``gamma`` a scalar or, for n-step transitions, the per-sample ``gamma^m`` (B,)."""
     return reward + gamma * (1.0 - terminated) * jnp.min(next_q, axis=0)
 
 
@@ -104,6 +105,8 @@ def validate_obs(spec: AgentSpec, obs: Any, name: str = "obs") -> int:
 def validate_batch(spec: AgentSpec, batch: Batch) -> int:
     """Check a replay batch (see :func:`update`) against ``spec``; return the batch size B."""
     expected = {"obs", "action", "reward", "next_obs", "terminated"}
+    if isinstance(batch, dict) and "discount" in batch:  # n-step transitions (jtd3.replay.ReplayBuffer.gather)
+        expected = expected | {"discount"}
     if not isinstance(batch, dict) or set(batch) != expected:
         keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
         raise ValueError(f"batch must be a dict with keys {sorted(expected)}, got {keys}")
@@ -112,6 +115,8 @@ def validate_batch(spec: AgentSpec, batch: Batch) -> int:
     if nb != b:
         raise ValueError(f"batch['next_obs'] has batch size {nb}, batch['obs'] has {b}")
     shapes = {"action": (b, spec.action_dim), "reward": (b,), "terminated": (b,)}
+    if "discount" in batch:
+        shapes["discount"] = (b,)
     for key, shape in shapes.items():
         if tuple(batch[key].shape) != shape:
             raise ValueError(f"batch[{key!r}] must have shape {shape}, got {tuple(batch[key].shape)}")
@@ -176,6 +181,8 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
     action = batch["action"].astype(jnp.float32)
     reward = batch["reward"].astype(jnp.float32)
     terminated = batch["terminated"].astype(jnp.float32)
+    # n-step batches carry their own bootstrap factor gamma^m (m steps summed into the reward)
+    discount = batch["discount"].astype(jnp.float32) if "discount" in batch else cfg.gamma
     key = jax.random.wrap_key_data(state.key)
     key, k_noise = jax.random.split(key)
 
@@ -202,7 +209,7 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
     next_action = mods.actor_head.apply({"params": at["head"]}, a_next, next_kin)
     next_action = smoothed_target_action(next_action, k_noise, cfg.policy_noise, cfg.noise_clip)
     next_q = mods.critic_head.apply({"params": ct["head"]}, c_next, next_kin, next_action)
-    target_q = lax.stop_gradient(td_target(reward, terminated, next_q, cfg.gamma))
+    target_q = lax.stop_gradient(td_target(reward, terminated, next_q, discount))
 
     # 2. Critic step (gradients w.r.t. critic parameters only).
     def critic_loss_fn(cp):
