@@ -60,6 +60,7 @@ WIRINGS = ("original", "shared")
 """The original's wiring and jtd3's default one (``separate``, jtd3's fixed wiring with two encoders, may be
 added with ``--wirings``)."""
 ALARM_OFF = 1e30
+RUN_INFO = "validate_run.json"  # per run: exit code and wall-clock seconds of its training
 """``train.explosion_l2_threshold`` of every run: the feature L2 alarm would stop the explosion we want to
 measure; NaN/Inf still stop a run (exit code 3), and the report says so."""
 
@@ -157,7 +158,9 @@ def plan_runs(
 
 def run_stage(runs: list[dict[str, Any]], log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Train every planned run in this process (``scripts/train.py``'s entry point); adds ``exit_code`` and
-    ``wall_s``. Exit code 3 (the NaN/Inf alarm stopped the run) is a result, not an error."""
+    ``wall_s``, also written to ``<run_dir>/validate_run.json`` (read back by :func:`load_run_info` when a
+    report is rebuilt from the runs). Exit code 3 (the NaN/Inf alarm stopped the run) is a result, not an
+    error."""
     from jtd3.cli import train_main
 
     for r in runs:
@@ -165,9 +168,19 @@ def run_stage(runs: list[dict[str, Any]], log: Callable[[str], None] = print) ->
         t0 = time.perf_counter()
         r["exit_code"] = int(train_main(r["argv"]))
         r["wall_s"] = time.perf_counter() - t0
+        Path(r["run_dir"], RUN_INFO).write_text(json.dumps({"exit_code": r["exit_code"], "wall_s": r["wall_s"]}))
         if r["exit_code"] not in (0, 3):
             raise RuntimeError(f"the run {r['run_dir']} failed (exit {r['exit_code']})")
         log(f"=== {r['label']} seed {r['seed']}: exit {r['exit_code']} after {r['wall_s']:.0f} s")
+    return runs
+
+
+def load_run_info(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add ``exit_code`` and ``wall_s`` from each run's ``validate_run.json`` where :func:`run_stage` wrote one."""
+    for r in runs:
+        info = Path(r["run_dir"], RUN_INFO)
+        if info.is_file():
+            r.update(json.loads(info.read_text()))
     return runs
 
 

@@ -78,13 +78,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{total * share / 60:.0f} min (+20 %)")
         return 0
     if not args.runs_from:
-        (out / "validate_command.txt").write_text(command + "\n")
+        with open(out / "validate_command.txt", "a", encoding="utf-8") as fh:  # several commands may fill one --out
+            fh.write(command + "\n")
         validate.run_stage(runs)
     else:
         trained = out / "validate_command.txt"
         if trained.is_file():
-            command = f"{trained.read_text().strip()}`; report rebuilt with `{command}"
-        runs = [r for r in runs if Path(r["run_dir"]).is_dir()]
+            done = "`, `".join(line for line in trained.read_text().splitlines() if line.strip())
+            command = f"{done}`; report rebuilt with `{command}"
+        runs = validate.load_run_info([r for r in runs if Path(r["run_dir"]).is_dir()])
         if not runs:
             print(f"error: no planned run directories in {out}", file=sys.stderr)
             return 2
