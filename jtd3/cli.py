@@ -76,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=str, default=None, help="YAML config (default: the packaged jtd3/configs/default.yaml)")
     p.add_argument("--norm", choices=("none", "layernorm", "batchnorm", "hybrid"), help="CNN normalization")
-    p.add_argument("--encoder", choices=("separate", "shared"), help="encoder topology")
+    p.add_argument(
+        "--encoder", choices=("separate", "shared", "original"),
+        help="encoder topology (original: the PyTorch original's wiring, to reproduce its failure)",
+    )
     p.add_argument("--scenario", type=int, choices=(0, 1, 2), help="NPC vehicles: 0/1/2 -> 20/50/100")
     p.add_argument("--env", choices=("sim", "carla"), help="backend: embedded simulator or CARLA server")
     p.add_argument("--carla-host", type=str, help="CARLA server host")
