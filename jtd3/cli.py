@@ -297,8 +297,8 @@ class _SignalHandler:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
+    from jtd3.backends.carla.session import CarlaError
     from jtd3.checkpoint import CheckpointDamagedError
-    from jtd3.envs.carla_session import CarlaError
 
     return (ConfigError, FileNotFoundError, FileExistsError, CheckpointDamagedError, CarlaError, MemoryError,
             ValueError, ImportError)

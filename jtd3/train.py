@@ -16,7 +16,7 @@ buffer, the RNG streams and the agent continue exactly where the checkpoint left
 deterministic) a resume starts a new episode instead.
 
 Explosion alarm: after every update the feature statistics and losses are checked
-(:func:`jtd3.diagnostics.check_explosion`), and the parameters every ``log_freq`` steps; on an alarm the loop
+(:func:`jtd3.agent.diagnostics.check_explosion`), and the parameters every ``log_freq`` steps; on an alarm the loop
 logs ``alerts/*``, saves a checkpoint, prints the metric, value and step, and exits with code 3.
 """
 
@@ -572,7 +572,7 @@ class Trainer:
     def _new_episode(self, *, cut: bool) -> dict[str, np.ndarray]:
         """Start the next training episode; ``cut``: the current one ends without terminated/truncated
         (evaluation on the shared CARLA session, a lost episode, a resume). CARLA errors are recovered from."""
-        from jtd3.envs.carla_session import CarlaError
+        from jtd3.backends.carla.session import CarlaError
 
         if cut:
             self.replay.start_new_episode()
@@ -586,7 +586,7 @@ class Trainer:
         or restarts the server with ``carla.server_command``); raise CarlaGaveUp after
         ``carla.max_consecutive_failures`` failures in a row. What is in the replay stays consistent: the
         failed step added nothing and the next episode starts a new replay episode."""
-        from jtd3.envs.carla_session import CarlaError
+        from jtd3.backends.carla.session import CarlaError
 
         while True:
             self.consecutive_failures += 1
@@ -682,8 +682,8 @@ class Trainer:
     def _run(self) -> int:
         import jax
 
-        from jtd3.diagnostics import check_explosion, tree_all_finite
-        from jtd3.envs.carla_session import CarlaError
+        from jtd3.agent.diagnostics import check_explosion, tree_all_finite
+        from jtd3.backends.carla.session import CarlaError
 
         tc, ac = self.tc, self.config.agent
         self.last_episode_return = float("nan")
@@ -801,7 +801,7 @@ class Trainer:
 
     def _evaluate_safely(self) -> dict[str, float] | None:
         """:meth:`_evaluate`; a CARLA error abandons this evaluation (counted as a failure)."""
-        from jtd3.envs.carla_session import CarlaError
+        from jtd3.backends.carla.session import CarlaError
 
         try:
             return self._evaluate()

@@ -21,8 +21,8 @@ from jtd3.agent import AgentConfig
 from jtd3.agent.learn import _follow_stats, encode, polyak, smoothed_target_action, td_target
 from jtd3.agent.state import make_optimizer, modules
 from jtd3.config import ConfigError, from_dict, track_reads
-from jtd3.diagnostics import FEATURE_STATS
-from jtd3.networks import NORMS
+from jtd3.agent.diagnostics import FEATURE_STATS
+from jtd3.agent.networks import NORMS
 
 B, KIN = 4, 5
 OBS_SPACE = spaces.Dict(
@@ -226,7 +226,7 @@ def test_original_actor_loss_scores_q1_on_the_actor_encoders_features():
     np.testing.assert_allclose(float(m["losses/actor_loss"]), float(loss(state.actor_params)), rtol=1e-4)
     np.testing.assert_allclose(float(m["losses/actor_q"]), -float(loss(state.actor_params)), rtol=1e-4)
     grads = jax.grad(loss)(state.actor_params)
-    from jtd3.diagnostics import global_norm
+    from jtd3.agent.diagnostics import global_norm
 
     np.testing.assert_allclose(float(m["grad_norm/actor_cnn"]), float(global_norm(grads["encoder"])), rtol=1e-3)
     action_only = jax.grad(functools.partial(loss, through_state_input=False))(state.actor_params)

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jtd3.backend import Pose, VehicleControl
+from jtd3.backends.base import Pose, VehicleControl
 from jtd3.config import from_dict
 from jtd3.envs import DrivingEnv, EnvConfig
-from jtd3.envs.carla_session import CarlaConfig, CarlaSession
+from jtd3.backends.carla.session import CarlaConfig, CarlaSession
 
 carla = pytest.importorskip("carla")
 

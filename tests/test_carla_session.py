@@ -25,9 +25,9 @@ import pytest
 
 import fake_carla
 from fake_carla import FakeServer, make_carla
-from jtd3.backend import Backend, Pose, VehicleControl
+from jtd3.backends.base import Backend, Pose, VehicleControl
 from jtd3.config import ConfigError, from_dict, track_reads
-from jtd3.envs.carla_session import (
+from jtd3.backends.carla.session import (
     CarlaConfig,
     CarlaEpisodeLost,
     CarlaError,
@@ -525,8 +525,8 @@ def test_open_session_is_closed_at_interpreter_exit():
             print("ALIVE", server.alive(), "SYNC", server.settings["synchronous_mode"], "TM", server.tm[8000]["sync"],
                   "VIOLATIONS", server.violations)
 
-        from jtd3.backend import Pose
-        from jtd3.envs.carla_session import CarlaConfig, CarlaSession
+        from jtd3.backends.base import Pose
+        from jtd3.backends.carla.session import CarlaConfig, CarlaSession
         s = CarlaSession(CarlaConfig(probe=False), carla_module=make_carla(server))
         s.reset(Pose(x=317.74, y=129.49, yaw=180.0), 3, 0)
         print("SPAWNED", len(server.alive()))
@@ -905,7 +905,7 @@ while True:
 
 
 def test_server_process_starts_a_server_waits_until_it_answers_and_stops_it(tmp_path):
-    from jtd3.envs.carla_session import ServerProcess
+    from jtd3.backends.carla.session import ServerProcess
 
     script = tmp_path / "answering_server.py"
     script.write_text(_ANSWERING_SERVER)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jtd3.diagnostics import (
+from jtd3.agent.diagnostics import (
     FEATURE_STATS,
     check_explosion,
     feature_stats,

@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from jtd3.agent.diagnostics import feature_stats, global_norm
 from jtd3.agent.state import AgentSpec, TrainState, make_optimizer, modules
-from jtd3.diagnostics import feature_stats, global_norm
 
 __all__ = [
     "act",

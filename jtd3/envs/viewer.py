@@ -13,8 +13,8 @@ import math
 import cv2
 import numpy as np
 
-from jtd3.backend import ActorState, Vehicles
-from jtd3.sim.roads import RoadNetwork
+from jtd3.backends.base import ActorState, Vehicles
+from jtd3.roads.network import RoadNetwork
 
 __all__ = ["LaneDrawing", "birdeye_rgb", "compose"]
 

@@ -241,7 +241,7 @@ def geometry_zoo_xodr() -> str:
     s = 0.0
     x, y, h = 0.0, 0.0, 0.0
     pieces = [("line", 10.0, ""), ("spiral", 20.0, (0.0, 0.04)), ("arc", 15.0, 0.04), ("spiral", 20.0, (0.04, 0.0)), ("line", 10.0, "")]
-    from jtd3.sim.opendrive import _parse_geometry  # local import: reuse the reader to chain geometries
+    from jtd3.roads.opendrive import _parse_geometry  # local import: reuse the reader to chain geometries
     import xml.etree.ElementTree as ET
 
     for kind, length, p in pieces:

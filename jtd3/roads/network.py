@@ -34,7 +34,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from jtd3 import DATA_DIR
-from jtd3.sim.opendrive import Lane, LaneSection, OpenDrive, Road, RoadMark, parse_opendrive
+from jtd3.roads.opendrive import Lane, LaneSection, OpenDrive, Road, RoadMark, parse_opendrive
 
 __all__ = [
     "LaneMarking",
@@ -864,8 +864,8 @@ class RoadNetwork:
 
 
 def available_towns() -> tuple[str, ...]:
-    """Town names :func:`load_town` accepts: ``town01`` and procedural ``grid<N>`` towns (see jtd3.sim.towns)."""
-    from jtd3.sim.towns import PROCEDURAL_TOWNS
+    """Town names :func:`load_town` accepts: ``town01`` and procedural ``grid<N>`` towns (see jtd3.roads.towns)."""
+    from jtd3.roads.towns import PROCEDURAL_TOWNS
 
     return ("town01",) + PROCEDURAL_TOWNS
 
@@ -876,7 +876,7 @@ def load_town(name: str, seed: int = 0) -> RoadNetwork:
 
     Cached per (name, seed): the network is immutable after construction.
     """
-    from jtd3.sim.towns import PROCEDURAL_TOWNS, procedural_town_xodr
+    from jtd3.roads.towns import PROCEDURAL_TOWNS, procedural_town_xodr
 
     if name == "town01":
         text = (DATA_DIR / "Town01.xodr").read_text(encoding="utf-8")

@@ -1,9 +1,9 @@
 """The CARLA 0.9.16 backend: the only module in jtd3 that talks to a CARLA server.
 
-:class:`CarlaSession` implements :class:`jtd3.backend.Backend` on a real server. It keeps the server in
+:class:`CarlaSession` implements :class:`jtd3.backends.base.Backend` on a real server. It keeps the server in
 synchronous mode (fixed step ``fixed_delta_seconds``, 0.05 s by default), drives one ego vehicle with a
 front RGB camera, a collision sensor and a lane-invasion sensor, spawns NPC vehicles under a seeded Traffic
-Manager, and hands back plain NumPy/Python :class:`jtd3.backend.Snapshot` objects: no ``carla`` object ever
+Manager, and hands back plain NumPy/Python :class:`jtd3.backends.base.Snapshot` objects: no ``carla`` object ever
 leaves this module (they do not pickle).
 
 Lifecycle (each step is a known way for a CARLA client to leave a server frozen or crashed)::
@@ -57,7 +57,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from jtd3.backend import (
+from jtd3.backends.base import (
     ActorState,
     CollisionEvent,
     LaneInvasionEvent,
@@ -293,9 +293,9 @@ def check_versions(client_version: str, server_version: str, allow_mismatch: boo
 
 
 def to_carla_control(carla: Any, control: VehicleControl) -> Any:
-    """``carla.VehicleControl`` from a (clamped) :class:`jtd3.backend.VehicleControl`; nothing else builds one."""
+    """``carla.VehicleControl`` from a (clamped) :class:`jtd3.backends.base.VehicleControl`; nothing else builds one."""
     if not isinstance(control, VehicleControl):
-        raise TypeError(f"expected jtd3.backend.VehicleControl, got {type(control).__name__}")
+        raise TypeError(f"expected jtd3.backends.base.VehicleControl, got {type(control).__name__}")
     return carla.VehicleControl(
         throttle=control.throttle,
         steer=control.steer,
@@ -634,7 +634,7 @@ def _close_live_sessions() -> None:
 
 
 class CarlaSession:
-    """A :class:`jtd3.backend.Backend` on a CARLA 0.9.16 server (connects in the constructor).
+    """A :class:`jtd3.backends.base.Backend` on a CARLA 0.9.16 server (connects in the constructor).
 
     ``carla_module`` replaces the ``carla`` wheel (tests pass a fake); leave it ``None`` otherwise.
     Use as a context manager or call :meth:`close`; sessions still open at interpreter exit are closed then.
@@ -693,7 +693,7 @@ class CarlaSession:
         On a server timeout the session reconnects (at most ``reconnect_retries`` times) and starts over.
         """
         if not isinstance(spawn, Pose):
-            raise TypeError(f"spawn must be a jtd3.backend.Pose, got {type(spawn).__name__}")
+            raise TypeError(f"spawn must be a jtd3.backends.base.Pose, got {type(spawn).__name__}")
         if not all(math.isfinite(v) for v in (spawn.x, spawn.y, spawn.z, spawn.yaw)):
             raise ValueError(f"spawn pose must be finite, got {spawn}")
         if isinstance(num_vehicles, bool) or not isinstance(num_vehicles, (int, np.integer)) or num_vehicles < 0:
@@ -734,7 +734,7 @@ class CarlaSession:
         the server timed out (after reconnecting); either way the episode was torn down: call :meth:`reset`.
         """
         if not isinstance(control, VehicleControl):
-            raise TypeError(f"control must be a jtd3.backend.VehicleControl, got {type(control).__name__}")
+            raise TypeError(f"control must be a jtd3.backends.base.VehicleControl, got {type(control).__name__}")
         with self._lock:
             self._check_open()
             ep = self._episode

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from jtd3.sim.roads import RoadNetwork
+from jtd3.roads.network import RoadNetwork
 
 __all__ = ["box_corners", "crossed_markings", "footprint_points", "obb_overlap", "relative_impulse"]
 
@@ -68,7 +68,7 @@ def relative_impulse(v_ego: np.ndarray, v_other: np.ndarray, m_ego: float, m_oth
 
 def _boundary_marks(net: RoadNetwork, lane_index: int, s: float, a: int, b: int) -> list[str]:
     """Marking types (carla.LaneMarkingType names) between lane ids ``a`` and ``b`` of one lane section."""
-    from jtd3.sim.roads import _MARK_TYPES  # one table for the whole package
+    from jtd3.roads.network import _MARK_TYPES  # one table for the whole package
 
     info = net.lanes[lane_index]
     sec = net._section(info)
