@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from jtd3.backends.base import Pose, VehicleControl
+from jtd3.backends.carla.config import CarlaConfig
+from jtd3.backends.carla.session import CarlaSession
 from jtd3.config import from_dict
 from jtd3.envs import DrivingEnv, EnvConfig
-from jtd3.backends.carla.session import CarlaConfig, CarlaSession
 
 carla = pytest.importorskip("carla")
 

@@ -33,7 +33,7 @@ def carla():
 
 @pytest.fixture
 def config():
-    from jtd3.backends.carla.session import CarlaConfig
+    from jtd3.backends.carla.config import CarlaConfig
 
     return CarlaConfig(
         host=HOST,

@@ -27,27 +27,27 @@ import fake_carla
 from fake_carla import FakeServer, make_carla
 from jtd3.backends.base import Backend, Pose, VehicleControl
 from jtd3.config import ConfigError, from_dict, track_reads
-from jtd3.backends.carla.session import (
-    CarlaConfig,
-    CarlaEpisodeLost,
-    CarlaError,
-    CarlaSensorTimeout,
-    CarlaSession,
-    CarlaSpawnError,
-    CarlaUnavailableError,
-    CarlaVersionError,
-    EventQueue,
-    FrameQueue,
-    bgra_to_gray,
+from jtd3.backends.carla.client import (
     check_versions,
     choose_npc_spawns,
     destroy_commands,
-    is_timeout,
-    probe_carla_rpc,
     restored_settings,
     sync_settings,
     to_carla_control,
 )
+from jtd3.backends.carla.config import CarlaConfig
+from jtd3.backends.carla.errors import (
+    CarlaEpisodeLost,
+    CarlaError,
+    CarlaSensorTimeout,
+    CarlaSpawnError,
+    CarlaUnavailableError,
+    CarlaVersionError,
+    is_timeout,
+)
+from jtd3.backends.carla.probe import probe_carla_rpc
+from jtd3.backends.carla.sensors import EventQueue, FrameQueue, bgra_to_gray
+from jtd3.backends.carla.session import CarlaSession
 
 START = Pose(x=317.74, y=129.49, yaw=180.0)  # the reference route's spawn, facing west
 
@@ -526,7 +526,8 @@ def test_open_session_is_closed_at_interpreter_exit():
                   "VIOLATIONS", server.violations)
 
         from jtd3.backends.base import Pose
-        from jtd3.backends.carla.session import CarlaConfig, CarlaSession
+        from jtd3.backends.carla.config import CarlaConfig
+        from jtd3.backends.carla.session import CarlaSession
         s = CarlaSession(CarlaConfig(probe=False), carla_module=make_carla(server))
         s.reset(Pose(x=317.74, y=129.49, yaw=180.0), 3, 0)
         print("SPAWNED", len(server.alive()))
@@ -905,7 +906,7 @@ while True:
 
 
 def test_server_process_starts_a_server_waits_until_it_answers_and_stops_it(tmp_path):
-    from jtd3.backends.carla.session import ServerProcess
+    from jtd3.backends.carla.server_process import ServerProcess
 
     script = tmp_path / "answering_server.py"
     script.write_text(_ANSWERING_SERVER)

@@ -19,7 +19,7 @@ from jtd3 import DATA_DIR
 from jtd3.backends.base import Pose, VehicleControl
 from jtd3.cli import train_main
 from jtd3.config import from_dict, leaf_keys, track_reads
-from jtd3.train import Config
+from jtd3.run_config import Config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,8 +57,9 @@ def _carla_episode() -> None:
     pytest.importorskip("carla")
     from fake_carla import FakeServer, make_carla
 
+    from jtd3.backends.carla.errors import CarlaEpisodeLost
+    from jtd3.backends.carla.session import CarlaSession
     from jtd3.envs import DrivingEnv, EnvConfig
-    from jtd3.backends.carla.session import CarlaEpisodeLost, CarlaSession
 
     cfg = from_dict(EnvConfig, {"backend": "carla", "carla": {"probe": False, "reconnect_backoff_s": 0.0}})
     server = FakeServer(opendrive=(DATA_DIR / "Town01.xodr").read_text(encoding="utf-8"))

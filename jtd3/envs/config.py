@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from jtd3.backends.carla.session import CarlaConfig
+from jtd3.backends.carla.config import CarlaConfig
 from jtd3.backends.sim.config import SimConfig
 from jtd3.config import ConfigNode, check, choice, nested, param
 
