@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from jtd3.backends.base import ActorState, CollisionEvent, LaneInvasionEvent, Pose, Snapshot, VehicleControl, Vehicles
-from jtd3.roads.network import load_town
+from jtd3.roads.towns import load_town
 
 EGO_EXTENT = np.array([2.4, 1.05, 0.75])
 

@@ -15,12 +15,12 @@ import pytest
 
 from jtd3 import DATA_DIR
 from jtd3.backends.base import VehicleControl
-from jtd3.carla_server.process import ServerProcess
 from jtd3.backends.sim import dynamics
 from jtd3.backends.sim.config import CameraConfig, SimConfig
 from jtd3.backends.sim.events import relative_impulse
 from jtd3.backends.sim.render import FrontCamera, build_town_raster
-from jtd3.roads.network import load_town
+from jtd3.carla_server.process import ServerProcess
+from jtd3.roads.towns import load_town
 
 carla = pytest.importorskip("carla")
 

@@ -81,12 +81,12 @@ def _clear_map_caches() -> None:
 
     from jtd3.agent import state
     from jtd3.envs import driving_env
-    from jtd3.roads import network as roads
+    from jtd3.roads import towns
 
     jax.clear_caches()
     state.modules.cache_clear()
 
-    roads.load_town.cache_clear()
+    towns.load_town.cache_clear()
     driving_env._network_from_text.cache_clear()
 
 

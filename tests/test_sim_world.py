@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from jtd3.backends.base import Backend, Pose, Snapshot, VehicleControl
-from jtd3.config import ConfigError, from_dict
 from jtd3.backends.sim import SimConfig, SimWorld
-from jtd3.roads.network import load_town
+from jtd3.config import ConfigError, from_dict
 from jtd3.roads.routes import load_reference_route, reference_spawn
+from jtd3.roads.towns import load_town
 
 SPAWN = reference_spawn()
 

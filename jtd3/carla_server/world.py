@@ -24,7 +24,7 @@ from jtd3.backends.sim.render import FrontCamera, build_town_raster
 from jtd3.carla_server import layouts as L
 from jtd3.carla_server.actors import Actor, Blueprint, blueprint_library
 from jtd3.carla_server.sensors import SpawnError, camera, collisions, image
-from jtd3.roads.network import load_town
+from jtd3.roads.towns import load_town
 
 __all__ = ["SpawnError", "World", "spawn_points"]
 

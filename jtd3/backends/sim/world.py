@@ -19,7 +19,8 @@ from jtd3.backends.sim.config import SimConfig
 from jtd3.backends.sim.events import box_corners, crossed_markings, footprint_points, obb_overlap, relative_impulse
 from jtd3.backends.sim.render import BUILDING, FrontCamera, build_town_raster, render_birdeye, vehicle_grey
 from jtd3.backends.sim.traffic import Traffic
-from jtd3.roads.network import RoadNetwork, load_town
+from jtd3.roads.network import RoadNetwork
+from jtd3.roads.towns import load_town
 
 __all__ = ["EGO_ID", "SimWorld"]
 
