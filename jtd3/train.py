@@ -116,7 +116,6 @@ class Trainer:
         self.last_eval: dict[str, float] | None = None
         self._eval_step: int | None = None
         self._resumed_replay = False
-        self.best_success = -1.0
         self.episode_actions: list[list[float]] = []
         self.lost_episodes = 0  # training episodes ended by a CARLA error
         self.consecutive_failures = 0
@@ -189,7 +188,6 @@ class Trainer:
             "warmup_speed_sum": self.warmup_speed_sum,
             "warmup_speed_count": self.warmup_speed_count,
             "last_eval": json_floats(self.last_eval),
-            "best_success": self.best_success,
             "lost_episodes": self.lost_episodes,
         }
 
@@ -263,7 +261,6 @@ class Trainer:
         self.last_eval = None if ls["last_eval"] is None else {
             k: (float("nan") if v is None else float(v)) for k, v in ls["last_eval"].items()
         }
-        self.best_success = float(ls["best_success"])
         self.lost_episodes = int(ls.get("lost_episodes", 0))
         self._resumed_replay = with_replay
         self._trim_eval_logs(restored.step)
