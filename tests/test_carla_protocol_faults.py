@@ -23,7 +23,7 @@ from jtd3.backends.carla.session import CarlaSession
 
 carla = pytest.importorskip("carla")
 
-from carla_protocol_fixtures import free_port, server  # noqa: F401 (server is a fixture)
+from carla_protocol_fixtures import free_port
 
 START = Pose(x=317.74, y=129.49, yaw=180.0)
 NO_FAULTS = ({}, {}, {}, [])
