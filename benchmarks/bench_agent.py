@@ -340,7 +340,7 @@ def bench_cnn(args, batch: int, sb3: SB3 | None) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
-    from jtd3.networks import NatureCNN
+    from jtd3.agent.networks import NatureCNN
 
     cam = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch, 4, 84, 84), dtype=np.uint8))
     calls = max(5, args.repeats * 3)

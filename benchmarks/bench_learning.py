@@ -40,7 +40,7 @@ from jtd3.envs import make_env  # noqa: E402
 from jtd3.envs.reward import route_curvature  # noqa: E402
 from jtd3.evaluate import AgentPolicy, evaluate, load_agent  # noqa: E402
 from jtd3.stats import bootstrap_iqm_interval, iqm, wilson_interval  # noqa: E402
-from jtd3.train import episode_seed, eval_seed  # noqa: E402
+from jtd3.training.bookkeeping import episode_seed, eval_seed  # noqa: E402
 
 BENCH_SEED_BASE = 2**31 - 1_000_000 + 100_000  # evaluation episodes of scenario k: BENCH_SEED_BASE + 10_000 k + i
 TURN_RADIUS_M = 25.0  # the turn starts where the route's curvature first exceeds 1 / TURN_RADIUS_M

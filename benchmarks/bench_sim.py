@@ -21,13 +21,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jtd3.backend import VehicleControl  # noqa: E402
+from jtd3.backends.base import VehicleControl  # noqa: E402
+from jtd3.backends.sim import SimConfig, SimWorld  # noqa: E402
+from jtd3.backends.sim.render import render_birdeye  # noqa: E402
 from jtd3.baselines.pure_pursuit import PurePursuit  # noqa: E402
 from jtd3.config import from_dict  # noqa: E402
 from jtd3.envs.config import EnvConfig  # noqa: E402
-from jtd3.sim import SimConfig, SimWorld  # noqa: E402
-from jtd3.sim.render import render_birdeye  # noqa: E402
-from jtd3.sim.routes import load_reference_route, reference_spawn  # noqa: E402
+from jtd3.roads.routes import load_reference_route, reference_spawn  # noqa: E402
 
 cv2.setNumThreads(1)
 
@@ -134,7 +134,7 @@ def main() -> None:
     emit(bench="traffic_step", npcs=100, us=round(1e6 * timeit(lambda: t.step(front.dt, (*ego, 0.0, 2.4, 1.05)), 500), 1))
     emit(bench="town_raster_build", town="town01", s=round(timeit(
         lambda: world.network.__dict__.pop("_raster_cache", None) or
-        __import__("jtd3.sim.render", fromlist=["x"]).build_town_raster(world.network, front.render), 2), 2))
+        __import__("jtd3.backends.sim.render", fromlist=["x"]).build_town_raster(world.network, front.render), 2), 2))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """jtd3: TD3 in JAX/Flax that learns to drive from a camera stack plus a kinematic vector.
 
 Data flow (one folder per stage):
-    jtd3/sim (embedded world) or a CARLA server (jtd3/envs/carla_session.py)
-      -> jtd3/envs (gymnasium DrivingEnv: observation, reward, termination)
+    jtd3/roads (OpenDRIVE, road network, routes: used by both backends)
+      -> jtd3/backends (base.py contract; sim/ the embedded world, or carla/ a CARLA server)
+      -> jtd3/envs (gymnasium DrivingEnv: observation, reward, route tracking, termination)
       -> jtd3/train.py (Python actor loop) -> jtd3/replay.py (NumPy replay buffer)
-      -> jtd3/agent (pure jitted TD3: act, update, update_many) -> logs / checkpoints
+      -> jtd3/agent (networks, conv op, diagnostics; pure jitted TD3: act, update, update_many)
+      -> jtd3/logging.py, jtd3/checkpoint.py; jtd3/evaluate.py; configs in jtd3/run_config.py and each package
 """
 
 from pathlib import Path

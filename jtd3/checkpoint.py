@@ -33,6 +33,7 @@ which never deletes anything.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -40,7 +41,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as ocp_preservation
 
+from jtd3.checkpoint_tree import abstract, compare_to_saved, is_key, key_impl, savable
 from jtd3.config import ConfigNode, check, param
 from jtd3.replay import ReplayBuffer
 
@@ -78,22 +80,29 @@ def config_digest(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+@contextlib.contextmanager
+def _damaged_on_failure(what: str, *, step: int, item: str) -> Iterator[None]:
+    """Any failure inside the block (orbax, tensorstore, json and numpy errors: the file is damaged) becomes a
+    one-line :class:`CheckpointDamagedError` ``"{what} (Type: first line)"``; interrupts, exits and memory
+    errors pass through."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except BaseException as e:
+        raise CheckpointDamagedError(f"{what} ({_one_line(e)})", step=step, item=item) from e
+
+
 def _check_replay_files(step: int, directory: Path) -> None:
     """Open every array file of a saved replay (header and size) so that a damaged one is named."""
     files = sorted(directory.glob("*.npy"))
     for p in [directory / "meta.json", *files]:
-        try:
+        with _damaged_on_failure(f"checkpoint {directory.parent} is damaged: replay file {p} cannot be read",
+                                 step=step, item=_ITEM_REPLAY):
             if p.suffix == ".json":
                 json.loads(p.read_text(encoding="utf-8"))
             else:
                 np.load(p, mmap_mode="r", allow_pickle=False)
-        except (KeyboardInterrupt, SystemExit, MemoryError):
-            raise
-        except BaseException as e:
-            raise CheckpointDamagedError(
-                f"checkpoint {directory.parent} is damaged: replay file {p} cannot be read ({_one_line(e)})",
-                step=step, item=_ITEM_REPLAY,
-            ) from e
 
 
 def _one_line(error: BaseException, limit: int = 300) -> str:
@@ -161,85 +170,6 @@ class ReplaySave(ocp.args.CheckpointArgs):
 @dataclasses.dataclass
 class ReplayRestore(ocp.args.CheckpointArgs):
     buffer: ReplayBuffer  # loaded in place (same capacity and sizes as the saved one)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Pure helpers
-
-
-def _is_key(x: Any) -> bool:
-    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def _key_impl(x: Any) -> Any:
-    """Key implementation of a typed key array or of a ShapeDtypeStruct with a key dtype."""
-    if isinstance(x, jax.Array):
-        return jax.random.key_impl(x)
-    found = []
-    jax.eval_shape(lambda k: (found.append(jax.random.key_impl(k)), 0)[1], x)
-    return found[0]
-
-
-def _key_data(x: Any) -> Any:
-    """uint32 key data of a typed key array; a ShapeDtypeStruct of it for an abstract key."""
-    if isinstance(x, jax.Array):
-        return jax.random.key_data(x)
-    data = jax.eval_shape(jax.random.key_data, x)
-    return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=getattr(x, "sharding", None))
-
-
-def _savable(tree: Any) -> Any:
-    """The pytree with typed PRNG keys replaced by their uint32 key data."""
-    return jax.tree.map(lambda x: _key_data(x) if _is_key(x) else x, tree)
-
-
-def _abstract(template: Any) -> Any:
-    """Restore target for orbax: shapes/dtypes/shardings of the (key-data converted) template."""
-
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, _savable(template))
-
-
-def _path_name(path: Sequence[Any]) -> str:
-    """Orbax's leaf name: key path elements joined with '.'."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return ".".join(parts)
-
-
-def _describe(shape: Any, dtype: Any) -> str:
-    return f"{np.dtype(dtype).name}{tuple(shape)}"
-
-
-def _compare_to_saved(template: Any, saved: Mapping[str, tuple[tuple[int, ...], Any, bool]]) -> list[str]:
-    """Differences between the template leaves (already key-data converted) and the saved leaves
-    (name -> (shape, dtype, saved as a Python scalar)); Python scalars are compared by kind only."""
-    problems = []
-    seen = set()
-    for path, x in jax.tree_util.tree_flatten_with_path(template)[0]:
-        name = _path_name(path)
-        seen.add(name)
-        if name not in saved:
-            problems.append(f"{name}: in the template, not in the checkpoint")
-            continue
-        shape, dtype, scalar = saved[name]
-        if scalar:
-            if np.dtype(getattr(x, "dtype", np.asarray(x).dtype)).kind != np.dtype(dtype).kind:
-                problems.append(f"{name}: checkpoint Python scalar {np.dtype(dtype).name}, template {x!r}")
-        elif hasattr(x, "dtype") and hasattr(x, "shape"):
-            if tuple(x.shape) != tuple(shape) or np.dtype(x.dtype) != np.dtype(dtype):
-                problems.append(
-                    f"{name}: checkpoint {_describe(shape, dtype)}, template {_describe(x.shape, x.dtype)}"
-                )
-        else:
-            problems.append(f"{name}: checkpoint {_describe(shape, dtype)}, template Python {type(x).__name__}")
-    problems += [f"{name}: in the checkpoint, not in the template" for name in sorted(set(saved) - seen)]
-    return problems
 
 
 def check_json_state(value: Any, where: str = "loop_state") -> None:
@@ -475,7 +405,7 @@ class CheckpointStore:
             meta["config_sha256"] = config_digest(config)
 
         items = {
-            _ITEM_TRAIN: ocp.args.StandardSave(_savable(train_state)),
+            _ITEM_TRAIN: ocp.args.StandardSave(savable(train_state)),
             _ITEM_LOOP: ocp.args.JsonSave(dict(loop_state)),
             _ITEM_META: ocp.args.JsonSave(meta),
         }
@@ -543,16 +473,10 @@ class CheckpointStore:
 
     def _restore_item(self, step: int, path: Path, item: str, args: Any) -> Any:
         """Restore one item; any failure becomes a one-line :class:`CheckpointDamagedError` naming it."""
-        try:
+        where = path / item / "metadata" if isinstance(args, ocp.args.JsonRestore) else path / item
+        what = f"checkpoint {path} is damaged: {item} ({where}) cannot be read"
+        with _damaged_on_failure(what, step=step, item=item):
             return self._manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
-        except (KeyboardInterrupt, SystemExit, MemoryError):
-            raise
-        except BaseException as e:  # orbax, tensorstore, json and numpy errors: the file is damaged
-            where = path / item / "metadata" if isinstance(args, ocp.args.JsonRestore) else path / item
-            raise CheckpointDamagedError(
-                f"checkpoint {path} is damaged: {item} ({where}) cannot be read ({_one_line(e)})",
-                step=step, item=item,
-            ) from e
 
     def restore(
         self, train_state_template: Any, step: int | None = None, *, replay: ReplayBuffer | None = None
@@ -595,40 +519,28 @@ class CheckpointStore:
                 f"{type(loop_state).__name__}, not a dict", step=step, item=_ITEM_LOOP,
             )
 
-        converted = _savable(train_state_template)
-        try:
+        converted = savable(train_state_template)
+        with _damaged_on_failure(f"checkpoint {path} is damaged: {_ITEM_TRAIN} metadata ({path / _ITEM_TRAIN}) cannot "
+                                 "be read", step=step, item=_ITEM_TRAIN):
             saved_tree = ocp.StandardCheckpointHandler().metadata(epath.Path(path / _ITEM_TRAIN)).tree
-        except (KeyboardInterrupt, SystemExit, MemoryError):
-            raise
-        except BaseException as e:
-            raise CheckpointDamagedError(
-                f"checkpoint {path} is damaged: {_ITEM_TRAIN} metadata ({path / _ITEM_TRAIN}) cannot be read "
-                f"({_one_line(e)})", step=step, item=_ITEM_TRAIN,
-            ) from e
         saved = {
             m.name: (tuple(m.shape), m.dtype, isinstance(m, ocp.metadata.ScalarMetadata))
             for m in jax.tree.leaves(saved_tree, is_leaf=lambda m: hasattr(m, "dtype") and hasattr(m, "name"))
         }
-        problems = _compare_to_saved(converted, saved)
+        problems = compare_to_saved(converted, saved)
         if problems:
             raise ValueError(
                 f"the train-state template does not match checkpoint {path / _ITEM_TRAIN}:\n  " + "\n  ".join(problems)
             )
-        train = self._restore_item(step, path, _ITEM_TRAIN, ocp.args.StandardRestore(_abstract(train_state_template)))
+        train = self._restore_item(step, path, _ITEM_TRAIN, ocp.args.StandardRestore(abstract(train_state_template)))
         if replay is not None:
             _check_replay_files(step, path / _ITEM_REPLAY)
-            try:
+            with _damaged_on_failure(f"checkpoint {path} is damaged: {_ITEM_REPLAY} ({path / _ITEM_REPLAY}) cannot be "
+                                     "read", step=step, item=_ITEM_REPLAY):
                 replay.load(os.fspath(path / _ITEM_REPLAY))
-            except (KeyboardInterrupt, SystemExit, MemoryError):
-                raise
-            except BaseException as e:
-                raise CheckpointDamagedError(
-                    f"checkpoint {path} is damaged: {_ITEM_REPLAY} ({path / _ITEM_REPLAY}) cannot be read "
-                    f"({_one_line(e)})", step=step, item=_ITEM_REPLAY,
-                ) from e
 
         restored = jax.tree.map(
-            lambda t, x: jax.random.wrap_key_data(x, impl=_key_impl(t)) if _is_key(t) else x,
+            lambda t, x: jax.random.wrap_key_data(x, impl=key_impl(t)) if is_key(t) else x,
             train_state_template,
             train,
         )

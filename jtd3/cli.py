@@ -6,7 +6,7 @@ seed-compatible flags (``--norm``, ``--scenario``, ...), then ``--set key.sub=va
 
 Every check runs before the environment, the agent or a CARLA connection is built and before anything is
 written: config values, the run name, the replay buffer's memory (with headroom for the rest of the process),
-and on ``--resume`` the keys that may not change (:func:`jtd3.train.is_state_key`: agent and env keys, the
+and on ``--resume`` the keys that may not change (:func:`jtd3.training.resume.is_state_key`: agent and env keys, the
 seed, the replay capacity) against the run's ``config.yaml`` and against the config recorded in each
 checkpoint. Every expected failure is one line ``error: ...`` on stderr and exit code 2. ``config.yaml`` is
 written atomically (temporary file + rename) once every check has passed, before the trainer is built: a run
@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,6 +31,7 @@ from typing import Any, Sequence
 import yaml
 
 from jtd3.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict, yaml_value
+from jtd3.files import write_text_atomic
 
 EXIT_USAGE = 2
 # Memory the process needs besides the replay buffer (JAX and XLA, the jitted update's buffers, the
@@ -153,7 +153,7 @@ def _memory_check(config: Any) -> None:
 
 
 def _resolve_new(args: argparse.Namespace, overrides: list[str]) -> tuple[Any, Path]:
-    from jtd3.train import Config
+    from jtd3.run_config import Config
 
     data = load_yaml(args.config or str(default_config_path()))
     data = apply_overrides(data, overrides, Config)
@@ -170,7 +170,8 @@ def _resolve_new(args: argparse.Namespace, overrides: list[str]) -> tuple[Any, P
 
 def _resolve_resume(args: argparse.Namespace, overrides: list[str]) -> tuple[Any, Path, list]:
     """The resumed run's config and the checkpoints to try; refuses state-defining changes (one line)."""
-    from jtd3.train import Config, resume_candidates, state_differences
+    from jtd3.run_config import Config
+    from jtd3.training.resume import resume_candidates, state_differences
 
     run_dir = Path(args.resume)
     saved = run_dir / "config.yaml"
@@ -198,7 +199,7 @@ def _check_recorded_configs(candidates: list, current: dict, *, explicit: bool) 
     """Read each candidate's meta; drop (and report) damaged ones, refuse a recorded config that differs
     in a state-defining key (a hand edit of config.yaml)."""
     from jtd3.checkpoint import CheckpointDamagedError, CheckpointStore
-    from jtd3.train import state_differences
+    from jtd3.training.resume import state_differences
 
     usable = []
     for cand in candidates:
@@ -257,22 +258,6 @@ def _default_run_name(config: Any) -> str:
     )
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``path`` so that readers see the old or the new content, never a part (temporary file, fsync,
-    rename in the same directory)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class _SignalHandler:
     """First SIGINT/SIGTERM: ask the trainer to save and stop (or leave at once if it is not running yet);
     the second: exit at once (``SystemExit`` unwinds, so the environments are still closed)."""
@@ -300,8 +285,8 @@ class _SignalHandler:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
+    from jtd3.backends.carla.errors import CarlaError
     from jtd3.checkpoint import CheckpointDamagedError
-    from jtd3.envs.carla_session import CarlaError
 
     return (ConfigError, FileNotFoundError, FileExistsError, CheckpointDamagedError, CarlaError, MemoryError,
             ValueError, ImportError)

@@ -77,8 +77,8 @@ def drift_probe(
     """
     import jax
 
-    from jtd3.diagnostics import feature_stats
-    from jtd3.networks import NatureCNN
+    from jtd3.agent.diagnostics import feature_stats
+    from jtd3.agent.networks import NatureCNN
 
     rows = []
     x = jax.numpy.asarray(camera)

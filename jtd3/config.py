@@ -1,7 +1,7 @@
 """Typed configuration: YAML files -> frozen dataclasses, with strict validation.
 
 Every module that takes settings declares them as a frozen dataclass deriving from :class:`ConfigNode`
-(``jtd3.agent.config.AgentConfig``, ``jtd3.sim.config.SimConfig``, ...). This module holds the machinery:
+(``jtd3.agent.config.AgentConfig``, ``jtd3.backends.sim.config.SimConfig``, ...). This module holds the machinery:
 
 - :func:`from_dict` builds a dataclass from a plain mapping. Unknown keys, wrong types and values outside a
   field's ``choices`` raise :class:`ConfigError` naming the dotted key, the bad value and what is allowed.

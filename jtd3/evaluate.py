@@ -291,7 +291,7 @@ def load_agent(run_dir: str, step: int | None = None, best: bool = False) -> tup
 
     from jtd3 import agent
     from jtd3.checkpoint import CheckpointStore
-    from jtd3.train import load_config
+    from jtd3.run_config import load_config
 
     run = Path(run_dir)
     if run.parent.name == "checkpoints" and run.name.isdigit():  # a step directory was given

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env = make_env(cfg, render_mode="rgb_array" if args.gif else None)
     except Exception as e:  # CARLA not reachable, bad town for the route, ...: say what failed, no traceback
-        from jtd3.envs.carla_session import CarlaError
+        from jtd3.backends.carla.errors import CarlaError
 
         if isinstance(e, (CarlaError, ValueError)):
             print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

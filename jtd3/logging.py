@@ -7,7 +7,6 @@ events a killed process wrote after the checkpoint it resumes from, so no step a
 from __future__ import annotations
 
 import csv
-import math
 import os
 import time
 from collections.abc import Mapping
@@ -101,8 +100,3 @@ def read_scalars(run_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]
     for tag in acc.Tags()["scalars"]:
         out[tag] = [(e.step, e.value) for e in acc.Scalars(tag)]
     return out
-
-
-def finite_or_none(x: float) -> float | None:
-    """JSON-friendly float: NaN/Inf become None."""
-    return x if math.isfinite(x) else None

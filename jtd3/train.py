@@ -16,7 +16,7 @@ buffer, the RNG streams and the agent continue exactly where the checkpoint left
 deterministic) a resume starts a new episode instead.
 
 Explosion alarm: after every update the feature statistics and losses are checked
-(:func:`jtd3.diagnostics.check_explosion`), and the parameters every ``log_freq`` steps; on an alarm the loop
+(:func:`jtd3.agent.diagnostics.check_explosion`), and the parameters every ``log_freq`` steps; on an alarm the loop
 logs ``alerts/*``, saves a checkpoint, prints the metric, value and step, and exits with code 3.
 """
 
@@ -28,170 +28,27 @@ import math
 import os
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
-from jtd3.agent.config import AgentConfig
-from jtd3.agent.learn import is_actor_metric
-from jtd3.checkpoint import CheckpointConfig
-from jtd3.config import ConfigError, ConfigNode, check, from_dict, nested, param, to_dict
-from jtd3.envs.config import EnvConfig
-from jtd3.exploration import ExplorationConfig, RandomDrivingPolicy, noise_scale
-from jtd3.replay import ReplayConfig
+from jtd3.backends.carla.errors import CarlaError
+from jtd3.checkpoint import CheckpointDamagedError, CheckpointStore, committed_steps
+from jtd3.config import ConfigError, to_dict
+from jtd3.files import write_text_atomic
+from jtd3.replay import ReplayBuffer
+from jtd3.run_config import Config
+from jtd3.training.bookkeeping import MetricWindow, episode_seed, eval_seed, eval_summary, json_floats
+from jtd3.training.exploration import RandomDrivingPolicy, noise_scale
+from jtd3.training.resume import ALARM_DIR, ResumeCandidate, resume_candidates, state_differences
 
-__all__ = [
-    "Config", "ResumeCandidate", "TrainConfig", "Trainer", "episode_seed", "eval_seed", "eval_summary",
-    "resume_candidates", "state_differences",
-]
+__all__ = ["EXIT_ALARM", "EXIT_CARLA", "EXIT_OK", "Trainer"]
 
 EXIT_OK = 0
 EXIT_CARLA = 2  # CARLA failed carla.max_consecutive_failures times in a row (after saving a checkpoint)
 EXIT_ALARM = 3
-ALARM_DIR = "alarms"  # run_dir/alarms/<step>: checkpoints saved by the explosion alarm, kept apart
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig(ConfigNode):
-    """The actor loop, evaluation, checkpointing and logging (YAML section ``train``)."""
-
-    seed: int = param(0, "seed of everything: agent init, episode seeds, exploration, replay sampling")
-    max_timesteps: int = param(
-        20_000, "environment steps to train for (the README's main job; the original ran 1,000,000)"
-    )
-    learning_starts: int = param(2_000, "environment steps taken by the warm-up policy before any update")
-    batch_size: int = param(64, "transitions per gradient step")
-    train_freq: int = param(4, "environment steps between two update calls")
-    gradient_steps: int = param(
-        2, "gradient steps per update call (one jitted lax.scan); with train_freq 4: one gradient step every two "
-        "env steps (DrQ-v2's ratio with action repeat 2)"
-    )
-    eval_freq: int = param(2_500, "environment steps between evaluations")
-    num_eval_episodes: int = param(10, "deterministic episodes per evaluation (they select the best checkpoint)")
-    checkpoint_freq: int = param(2_500, "environment steps between checkpoints (a multiple of eval_freq)")
-    log_freq: int = param(250, "environment steps between TensorBoard writes of update metrics (means)")
-    debug: bool = param(False, "log update metrics after every update, with per-conv-layer statistics")
-    logdir: str = param("runs", "directory holding run directories")
-    run_name: str | None = param(None, "run directory name; null: <norm>_<encoder>_s<scenario>_seed<seed>_<time>")
-    explosion_l2_threshold: float = param(
-        1.0e4, "alarm when the per-sample feature L2 norm (max over the batch) exceeds this"
-    )
-    jax_memory_fraction: float = param(
-        0.5, "fraction of GPU memory JAX may take (XLA_PYTHON_CLIENT_MEM_FRACTION), leaving room for CARLA"
-    )
-    progress_bar: bool = param(True, "show a tqdm progress bar on the console")
-    exploration: ExplorationConfig = nested(ExplorationConfig)
-    replay: ReplayConfig = nested(ReplayConfig)
-    checkpoint: CheckpointConfig = nested(CheckpointConfig)
-
-    def __post_init__(self):
-        for key in ("max_timesteps", "batch_size", "train_freq", "gradient_steps", "eval_freq", "checkpoint_freq",
-                    "log_freq", "num_eval_episodes"):
-            value = getattr(self, key)
-            check(value >= 1, f"train.{key}", value, ">= 1")
-        check(self.learning_starts >= 0, "train.learning_starts", self.learning_starts, ">= 0")
-        check(self.checkpoint_freq % self.eval_freq == 0, "train.checkpoint_freq", self.checkpoint_freq,
-              f"a multiple of train.eval_freq ({self.eval_freq}) so that every checkpoint carries its evaluation")
-        check(math.isfinite(self.explosion_l2_threshold) and self.explosion_l2_threshold > 0,
-              "train.explosion_l2_threshold", self.explosion_l2_threshold, "a finite number > 0 (the alarm cannot "
-              "be switched off: an infinite threshold would hide exploding features)")
-        check(0.0 < self.jax_memory_fraction <= 1.0, "train.jax_memory_fraction", self.jax_memory_fraction,
-              "in (0, 1]")
-        check(bool(self.logdir), "train.logdir", self.logdir, "a non-empty path")
-        check(self.run_name is None or _is_plain_name(self.run_name), "train.run_name", self.run_name,
-              "one directory name inside train.logdir (no '/', not '.' or '..', not empty)")
-
-
-@dataclasses.dataclass(frozen=True)
-class Config(ConfigNode):
-    """Everything a run needs; ``configs/default.yaml`` lists every key with its default."""
-
-    agent: AgentConfig = nested(AgentConfig)
-    env: EnvConfig = nested(EnvConfig)
-    train: TrainConfig = nested(TrainConfig)
-
-
-def _is_plain_name(name: str) -> bool:
-    """A single path component that stays inside its parent directory."""
-    return bool(name) and name not in (".", "..") and "/" not in name and os.sep not in name and "\0" not in name
-
-
-def load_config(data: dict[str, Any]) -> Config:
-    return from_dict(Config, data)
-
-
-def episode_seed(seed: int, episode: int) -> int:
-    """Reset seed of training episode ``episode`` (independent streams per (seed, episode))."""
-    return int(np.random.SeedSequence([seed, 0, episode]).generate_state(1)[0])
-
-
-def eval_seed(seed: int) -> int:
-    """Reset seed of the first evaluation episode (episode i uses it + i): the same at every evaluation."""
-    return int(np.random.SeedSequence([seed, 1]).generate_state(1)[0] % (2**31 - 1_000_000))
-
-
-def eval_summary(report: Any) -> dict[str, float]:
-    """The scalars of an evaluation report logged as ``eval/*`` (NaN where undefined, e.g. per km after 0 km)."""
-    nan = float("nan")
-    return {
-        "success_rate": report.success_rate,
-        "route_completion": report.route_completion_mean,
-        "return_mean": report.return_mean,
-        "return_std": report.return_std,
-        "discounted_return_mean": report.discounted_return_mean,
-        "collisions_per_km": nan if report.collisions_per_km is None else report.collisions_per_km,
-        "lane_invasions_per_km": nan if report.lane_invasions_per_km is None else report.lane_invasions_per_km,
-        "avg_speed_kmh": report.avg_speed_kmh,
-        "episode_length": report.episode_length_mean,
-        "distance_km": report.distance_km,
-    }
-
-
-def _json_floats(d: dict[str, float] | None) -> dict[str, float | None] | None:
-    """Standard JSON has no NaN: undefined values become null."""
-    return None if d is None else {k: (v if math.isfinite(v) else None) for k, v in d.items()}
-
-
-# ----------------------------------------------------------------------------------------------------------
-
-
-class _MetricWindow:
-    """Means of update metrics between two TensorBoard writes (``*_max`` keys keep the max, ``*_min`` the min).
-
-    Actor metrics exist on policy steps only (0.0 on the others): they are averaged over the update calls
-    that made actor updates, weighted by ``losses/actor_updates``.
-    """
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: dict[str, float] = defaultdict(float)
-        self.extremes: dict[str, float] = {}
-        self.count = 0
-        self.actor_weight = 0.0
-
-    def add(self, metrics: dict[str, float]) -> None:
-        self.count += 1
-        actor_updates = metrics.get("losses/actor_updates", 1.0)
-        self.actor_weight += actor_updates
-        for k, v in metrics.items():
-            actor = is_actor_metric(k)
-            if actor and actor_updates == 0:
-                continue
-            if k.endswith("_max"):
-                self.extremes[k] = max(self.extremes.get(k, -math.inf), v)
-            elif k.endswith("_min"):
-                self.extremes[k] = min(self.extremes.get(k, math.inf), v)
-            else:
-                self.sums[k] += v * actor_updates if actor else v
-
-    def means(self) -> dict[str, float]:
-        out = {k: v / (self.actor_weight if is_actor_metric(k) else self.count) for k, v in self.sums.items()}
-        out.update(self.extremes)
-        return out
 
 
 class StopRequested(Exception):
@@ -200,89 +57,6 @@ class StopRequested(Exception):
 
 class CarlaGaveUp(Exception):
     """``carla.max_consecutive_failures`` CARLA failures in a row: the run saves and stops."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ResumeCandidate:
-    """A committed checkpoint a resume may load: ``directory`` is a checkpoint store, ``kind`` says which."""
-
-    directory: Path
-    step: int
-    kind: str  # "regular" (run_dir/checkpoints) or "alarm" (run_dir/alarms/<step>[-k], saved by the alarm)
-
-    @property
-    def path(self) -> Path:
-        return self.directory / str(self.step)
-
-
-def resume_candidates(run_dir: str | os.PathLike, step: int | None = None) -> list[ResumeCandidate]:
-    """The checkpoints a resume of ``run_dir`` tries, in order: the regular ones newest first (a damaged one
-    falls back to the next; [] when the run stopped before its first checkpoint), or exactly step ``step`` (a
-    regular checkpoint, else one saved by the alarm).
-
-    Raises FileNotFoundError (one line) for a missing ``step``, or when only the alarm saved checkpoints.
-    """
-    from jtd3.checkpoint import committed_steps
-
-    run_dir = Path(run_dir)
-    regular_dir = run_dir / "checkpoints"
-    regular = committed_steps(regular_dir)
-    alarms = []
-    if (run_dir / ALARM_DIR).is_dir():
-        for d in sorted((run_dir / ALARM_DIR).iterdir(), key=lambda p: p.name):
-            alarms += [ResumeCandidate(d, s, "alarm") for s in committed_steps(d)]
-    alarm_steps = sorted({c.step for c in alarms})
-    alarm_note = (
-        f"; the explosion alarm saved step(s) {alarm_steps} in {run_dir / ALARM_DIR} (kept apart: "
-        "--resume-step N loads one)" if alarm_steps else ""
-    )
-    if step is None:
-        if not regular and alarm_steps:
-            raise FileNotFoundError(f"--resume {run_dir}: no committed checkpoint in {regular_dir}{alarm_note}")
-        # [] when the run stopped before its first checkpoint: the resume starts it again from step 0
-        return [ResumeCandidate(regular_dir, s, "regular") for s in reversed(regular)]
-    if step in regular:
-        return [ResumeCandidate(regular_dir, step, "regular")]
-    matching = [c for c in alarms if c.step == step]
-    if matching:
-        return [max(matching, key=lambda c: c.directory.stat().st_mtime_ns)]
-    raise FileNotFoundError(
-        f"--resume-step {step}: no committed checkpoint at step {step} in {run_dir} (regular steps: {regular}"
-        f"{', alarm steps: ' + str(alarm_steps) if alarm_steps else ''})"
-    )
-
-
-def flat_config(data: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a.b": value}`` for a nested config dict (lists are values)."""
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        if isinstance(v, dict):
-            out.update(flat_config(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-# Keys a resume may change: everything else defines the saved state (agent and env keys, the seed that derives
-# every episode seed and RNG stream, the replay layout) or would not take effect.
-def is_state_key(key: str) -> bool:
-    """True for a config key whose value the saved train state, replay or RNG streams depend on."""
-    if key == "agent.per_layer_stats":  # --debug: extra statistics, not state
-        return False
-    return key.startswith(("agent.", "env.")) or key in STATE_TRAIN_KEYS
-
-
-STATE_TRAIN_KEYS = ("train.seed", "train.replay.capacity")
-
-
-def state_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key (was X, now Y)`` for every state-defining key that differs between two resolved config dicts."""
-    a, b = flat_config(recorded), flat_config(current)
-    out = []
-    for key in sorted(set(a) | set(b)):
-        if is_state_key(key) and a.get(key, "<absent>") != b.get(key, "<absent>"):
-            out.append(f"{key} (was {a.get(key, '<absent>')!r}, now {b.get(key, '<absent>')!r})")
-    return out
 
 
 def _warn(message: str) -> None:
@@ -342,7 +116,6 @@ class Trainer:
         self.last_eval: dict[str, float] | None = None
         self._eval_step: int | None = None
         self._resumed_replay = False
-        self.best_success = -1.0
         self.episode_actions: list[list[float]] = []
         self.lost_episodes = 0  # training episodes ended by a CARLA error
         self.consecutive_failures = 0
@@ -350,7 +123,6 @@ class Trainer:
 
         purge_step = None
         if resume and resume_candidates == []:  # stopped before its first checkpoint: start again from step 0
-            from jtd3.checkpoint import CheckpointStore
 
             self.ckpt = CheckpointStore.from_config(self.run_dir / "checkpoints", "new", tc.checkpoint)
             self.resume = False
@@ -359,11 +131,10 @@ class Trainer:
         elif resume:
             purge_step = self._restore(resume_candidates)
         else:
-            from jtd3.checkpoint import CheckpointStore
 
             self.ckpt = CheckpointStore.from_config(self.run_dir / "checkpoints", "new", tc.checkpoint)
         self.logger = RunLogger(self.run_dir, purge_step=purge_step)
-        self.window = _MetricWindow()
+        self.window = MetricWindow()
 
     def _make_envs(self):
         from jtd3.envs import DrivingEnv, make_env
@@ -391,7 +162,6 @@ class Trainer:
         return self.eval_env.backend is self.env.backend
 
     def _new_replay(self):
-        from jtd3.replay import ReplayBuffer
 
         return ReplayBuffer.from_config(
             self.tc.replay, self.env.observation_space, self.env.action_space, seed=self.tc.seed
@@ -417,8 +187,7 @@ class Trainer:
             "warmup_policy": self.warmup.state_dict(),
             "warmup_speed_sum": self.warmup_speed_sum,
             "warmup_speed_count": self.warmup_speed_count,
-            "last_eval": _json_floats(self.last_eval),
-            "best_success": self.best_success,
+            "last_eval": json_floats(self.last_eval),
             "lost_episodes": self.lost_episodes,
         }
 
@@ -426,7 +195,6 @@ class Trainer:
         """Load the first intact checkpoint of ``candidates``; returns the TensorBoard purge step."""
         import jax.numpy as jnp
 
-        from jtd3.checkpoint import CheckpointDamagedError, CheckpointStore, committed_steps
 
         if candidates is None:
             candidates = resume_candidates(self.run_dir)
@@ -493,7 +261,6 @@ class Trainer:
         self.last_eval = None if ls["last_eval"] is None else {
             k: (float("nan") if v is None else float(v)) for k, v in ls["last_eval"].items()
         }
-        self.best_success = float(ls["best_success"])
         self.lost_episodes = int(ls.get("lost_episodes", 0))
         self._resumed_replay = with_replay
         self._trim_eval_logs(restored.step)
@@ -507,7 +274,6 @@ class Trainer:
         import csv
         import io
 
-        from jtd3.cli import write_text_atomic
 
         def row_kept(row: list[str]) -> bool:
             try:
@@ -572,7 +338,6 @@ class Trainer:
     def _new_episode(self, *, cut: bool) -> dict[str, np.ndarray]:
         """Start the next training episode; ``cut``: the current one ends without terminated/truncated
         (evaluation on the shared CARLA session, a lost episode, a resume). CARLA errors are recovered from."""
-        from jtd3.envs.carla_session import CarlaError
 
         if cut:
             self.replay.start_new_episode()
@@ -586,7 +351,6 @@ class Trainer:
         or restarts the server with ``carla.server_command``); raise CarlaGaveUp after
         ``carla.max_consecutive_failures`` failures in a row. What is in the replay stays consistent: the
         failed step added nothing and the next episode starts a new replay episode."""
-        from jtd3.envs.carla_session import CarlaError
 
         while True:
             self.consecutive_failures += 1
@@ -682,8 +446,7 @@ class Trainer:
     def _run(self) -> int:
         import jax
 
-        from jtd3.diagnostics import check_explosion, tree_all_finite
-        from jtd3.envs.carla_session import CarlaError
+        from jtd3.agent.diagnostics import check_explosion, tree_all_finite
 
         tc, ac = self.tc, self.config.agent
         self.last_episode_return = float("nan")
@@ -801,7 +564,6 @@ class Trainer:
 
     def _evaluate_safely(self) -> dict[str, float] | None:
         """:meth:`_evaluate`; a CARLA error abandons this evaluation (counted as a failure)."""
-        from jtd3.envs.carla_session import CarlaError
 
         try:
             return self._evaluate()
@@ -862,7 +624,6 @@ class Trainer:
     def _alarm_checkpoint(self, alarms: list[tuple[str, float]]) -> Path:
         """Save the alarm's state apart, in ``alarms/<step>`` (``<step>-<k>`` if taken): a plain resume
         never loads it; ``--resume-step <step>`` does, and says what it is."""
-        from jtd3.checkpoint import CheckpointStore
 
         base = self.run_dir / ALARM_DIR
         directory, k = base / str(self.env_steps), 1
@@ -905,7 +666,7 @@ class Trainer:
             "warmup_mean_speed_kmh": (
                 self.warmup_speed_sum / self.warmup_speed_count if self.warmup_speed_count else None
             ),
-            "final_eval": _json_floats(self.last_eval),
+            "final_eval": json_floats(self.last_eval),
             "checkpoint": str(self.ckpt.step_path(self.env_steps)),
             "best_checkpoint_step": self.ckpt.best_step(),
         }

@@ -51,7 +51,7 @@ def restore(run_dir: Path):
     from jtd3.checkpoint import CheckpointStore
     from jtd3.evaluate import env_spaces
     from jtd3.replay import ReplayBuffer
-    from jtd3.train import load_config
+    from jtd3.run_config import load_config
 
     config = load_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
     obs_space, act_space = env_spaces(config.env)

@@ -19,14 +19,14 @@ import pathlib
 import cv2
 import numpy as np
 
-from jtd3.backend import VehicleControl
+from jtd3.backends.base import VehicleControl
 from jtd3.envs.config import EnvConfig
 from jtd3.baselines.pure_pursuit import PurePursuit
-from jtd3.sim import SimConfig, SimWorld
-from jtd3.sim.config import TOWNS
-from jtd3.sim.events import box_corners
-from jtd3.sim.render import BUILDING, VERGE
-from jtd3.sim.routes import load_reference_route, reference_spawn, route_from_plan
+from jtd3.backends.sim import SimConfig, SimWorld
+from jtd3.backends.sim.config import TOWNS
+from jtd3.backends.sim.events import box_corners
+from jtd3.backends.sim.render import BUILDING, VERGE
+from jtd3.roads.routes import load_reference_route, reference_spawn, route_from_plan
 
 
 def town_picture(world: SimWorld, route_xy: np.ndarray, level: int = 1) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""A scripted test double of :class:`jtd3.backend.Backend` for the environment tests.
+"""A scripted test double of :class:`jtd3.backends.base.Backend` for the environment tests.
 
 ``ScriptedBackend`` drives the ego with a plain kinematic model (or teleports it along poses the test queues),
 reports the NPCs, collisions and lane invasions the test scripts, and renders a camera frame that encodes the
@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
-from jtd3.backend import ActorState, CollisionEvent, LaneInvasionEvent, Pose, Snapshot, VehicleControl, Vehicles
-from jtd3.sim.roads import load_town
+from jtd3.backends.base import ActorState, CollisionEvent, LaneInvasionEvent, Pose, Snapshot, VehicleControl, Vehicles
+from jtd3.roads.towns import load_town
 
 EGO_EXTENT = np.array([2.4, 1.05, 0.75])
 

@@ -1,4 +1,4 @@
-"""A fake CARLA 0.9.16 server and ``carla`` client module for testing ``jtd3.envs.carla_session`` offline.
+"""A fake CARLA 0.9.16 server and ``carla`` client module for testing ``jtd3.backends.carla.session`` offline.
 
 ``make_carla(server)`` returns a namespace that stands in for the ``carla`` module; every class in it mirrors a
 class of the real wheel, with the same method and parameter names (``tests/test_carla_session.py`` checks

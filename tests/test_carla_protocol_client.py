@@ -2,7 +2,7 @@
 
 The wheel's Python API is the oracle: what it decodes from the server's replies and streams must be exactly
 what the embedded simulator computed (poses, velocities, controls and images are recomputed here with
-jtd3.sim and compared), so every streamed layout and msgpack shape is checked end to end.
+jtd3.backends.sim and compared), so every streamed layout and msgpack shape is checked end to end.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from jtd3 import DATA_DIR
-from jtd3.backend import VehicleControl
+from jtd3.backends.base import VehicleControl
+from jtd3.backends.sim import dynamics
+from jtd3.backends.sim.config import CameraConfig, SimConfig
+from jtd3.backends.sim.events import relative_impulse
+from jtd3.backends.sim.render import FrontCamera, build_town_raster
 from jtd3.carla_server.process import ServerProcess
-from jtd3.sim import dynamics
-from jtd3.sim.config import CameraConfig, SimConfig
-from jtd3.sim.events import relative_impulse
-from jtd3.sim.render import FrontCamera, build_town_raster
-from jtd3.sim.roads import load_town
+from jtd3.roads.towns import load_town
 
 carla = pytest.importorskip("carla")
 
@@ -188,7 +188,7 @@ def test_camera_frame_matches_the_tick_and_the_embedded_render(world, actors):
     s = world.get_snapshot()
     npc = [a for a in world.get_actors().filter("vehicle.nissan.*")][0]
     t = s.find(npc.id).get_transform()
-    from jtd3.backend import Vehicles  # noqa: PLC0415
+    from jtd3.backends.base import Vehicles  # noqa: PLC0415
 
     others = Vehicles(ids=np.array([npc.id]), location=np.array([[t.location.x, t.location.y, 0.0]]),
                       yaw=np.array([t.rotation.yaw]), velocity=np.zeros((1, 3)),

@@ -16,12 +16,14 @@ import textwrap
 import numpy as np
 import pytest
 
-from jtd3.backend import Pose, VehicleControl
-from jtd3.envs.carla_session import CarlaConfig, CarlaEpisodeLost, CarlaSensorTimeout, CarlaSession
+from jtd3.backends.base import Pose, VehicleControl
+from jtd3.backends.carla.config import CarlaConfig
+from jtd3.backends.carla.errors import CarlaEpisodeLost, CarlaSensorTimeout
+from jtd3.backends.carla.session import CarlaSession
 
 carla = pytest.importorskip("carla")
 
-from carla_protocol_fixtures import free_port, server  # noqa: F401 (server is a fixture)
+from carla_protocol_fixtures import free_port
 
 START = Pose(x=317.74, y=129.49, yaw=180.0)
 NO_FAULTS = ({}, {}, {}, [])
@@ -76,9 +78,11 @@ def test_late_and_duplicated_frames_are_matched_on_their_frame(session, server):
 
 SERVER_DIES = textwrap.dedent("""
     import sys, threading, time
-    from jtd3.backend import Pose, VehicleControl
+    from jtd3.backends.base import Pose, VehicleControl
+    from jtd3.backends.carla.config import CarlaConfig
+    from jtd3.backends.carla.errors import CarlaUnavailableError
+    from jtd3.backends.carla.session import CarlaSession
     from jtd3.carla_server.process import ServerProcess
-    from jtd3.envs.carla_session import CarlaConfig, CarlaSession, CarlaUnavailableError
     srv = ServerProcess()
     cfg = CarlaConfig(port=srv.port, tm_port=int(sys.argv[1]), timeout_s=2.0, tick_timeout_s=2.0, reconnect_retries=1,
                       reconnect_backoff_s=0.0, sensor_timeout_s=1.0)

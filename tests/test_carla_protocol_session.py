@@ -14,14 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jtd3.backend import Pose, VehicleControl
+from jtd3.backends.base import Pose, VehicleControl
+from jtd3.backends.carla.config import CarlaConfig
+from jtd3.backends.carla.session import CarlaSession
 from jtd3.config import from_dict
 from jtd3.envs import DrivingEnv, EnvConfig
-from jtd3.envs.carla_session import CarlaConfig, CarlaSession
 
 carla = pytest.importorskip("carla")
 
-from carla_protocol_fixtures import free_port, server  # noqa: F401 (server is a fixture)
+from carla_protocol_fixtures import free_port
 
 START = Pose(x=317.74, y=129.49, yaw=180.0)
 

@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 
-from jtd3.backend import Pose, VehicleControl
+from jtd3.backends.base import Pose, VehicleControl
 
 HOST = os.environ.get("JTD3_CARLA_HOST", "")
 pytestmark = [
@@ -33,7 +33,7 @@ def carla():
 
 @pytest.fixture
 def config():
-    from jtd3.envs.carla_session import CarlaConfig
+    from jtd3.backends.carla.config import CarlaConfig
 
     return CarlaConfig(
         host=HOST,
@@ -52,7 +52,7 @@ def observer(carla, config):
 
 
 def test_reset_and_step_drive_the_ego_with_frame_matched_sensors(carla, config):
-    from jtd3.envs.carla_session import CarlaSession
+    from jtd3.backends.carla.session import CarlaSession
 
     with CarlaSession(config) as s:
         assert "<OpenDRIVE" in s.opendrive
@@ -75,7 +75,7 @@ def test_reset_and_step_drive_the_ego_with_frame_matched_sensors(carla, config):
 
 
 def test_npcs_are_driven_by_the_synchronous_traffic_manager(config):
-    from jtd3.envs.carla_session import CarlaSession
+    from jtd3.backends.carla.session import CarlaSession
 
     with CarlaSession(config) as s:
         first = s.reset(START, num_vehicles=10, seed=1)
@@ -89,7 +89,7 @@ def test_npcs_are_driven_by_the_synchronous_traffic_manager(config):
 
 
 def test_same_seed_same_npcs(config):
-    from jtd3.envs.carla_session import CarlaSession
+    from jtd3.backends.carla.session import CarlaSession
 
     with CarlaSession(config) as s:
         a = s.reset(START, num_vehicles=8, seed=5)
@@ -99,7 +99,7 @@ def test_same_seed_same_npcs(config):
 
 
 def test_steering_across_the_centre_line_reports_a_lane_invasion(config):
-    from jtd3.envs.carla_session import CarlaSession
+    from jtd3.backends.carla.session import CarlaSession
 
     with CarlaSession(config) as s:
         s.reset(START, num_vehicles=0, seed=0)
@@ -113,7 +113,7 @@ def test_steering_across_the_centre_line_reports_a_lane_invasion(config):
 
 
 def test_close_restores_the_settings_and_leaves_no_actor(carla, config, observer):
-    from jtd3.envs.carla_session import CarlaSession
+    from jtd3.backends.carla.session import CarlaSession
 
     s = CarlaSession(config)
     world = observer.get_world()
@@ -134,7 +134,7 @@ def test_close_restores_the_settings_and_leaves_no_actor(carla, config, observer
 
 
 def test_a_second_session_after_close_finds_a_live_server(config):
-    from jtd3.envs.carla_session import CarlaSession
+    from jtd3.backends.carla.session import CarlaSession
 
     for seed in range(2):
         with CarlaSession(config) as s:

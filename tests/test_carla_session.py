@@ -25,29 +25,29 @@ import pytest
 
 import fake_carla
 from fake_carla import FakeServer, make_carla
-from jtd3.backend import Backend, Pose, VehicleControl
+from jtd3.backends.base import Backend, Pose, VehicleControl
 from jtd3.config import ConfigError, from_dict, track_reads
-from jtd3.envs.carla_session import (
-    CarlaConfig,
-    CarlaEpisodeLost,
-    CarlaError,
-    CarlaSensorTimeout,
-    CarlaSession,
-    CarlaSpawnError,
-    CarlaUnavailableError,
-    CarlaVersionError,
-    EventQueue,
-    FrameQueue,
-    bgra_to_gray,
+from jtd3.backends.carla.client import (
     check_versions,
     choose_npc_spawns,
     destroy_commands,
-    is_timeout,
-    probe_carla_rpc,
     restored_settings,
     sync_settings,
     to_carla_control,
 )
+from jtd3.backends.carla.config import CarlaConfig
+from jtd3.backends.carla.errors import (
+    CarlaEpisodeLost,
+    CarlaError,
+    CarlaSensorTimeout,
+    CarlaSpawnError,
+    CarlaUnavailableError,
+    CarlaVersionError,
+    is_timeout,
+)
+from jtd3.backends.carla.probe import probe_carla_rpc
+from jtd3.backends.carla.sensors import EventQueue, FrameQueue, bgra_to_gray
+from jtd3.backends.carla.session import CarlaSession
 
 START = Pose(x=317.74, y=129.49, yaw=180.0)  # the reference route's spawn, facing west
 
@@ -383,7 +383,7 @@ def test_missing_camera_frame_times_out_and_ends_the_episode():
     t0 = time.monotonic()
     with pytest.raises(CarlaSensorTimeout, match=rf"camera: no data for frame {missing} within 0.3 s"):
         s.step(VehicleControl())
-    assert 0.25 < time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 >= 0.25  # it waited for the frame (a loaded machine only makes this longer)
     assert server.alive() == [] and server.violations == []  # the episode was torn down
     with pytest.raises(RuntimeError, match="before reset"):
         s.step(VehicleControl())
@@ -525,8 +525,9 @@ def test_open_session_is_closed_at_interpreter_exit():
             print("ALIVE", server.alive(), "SYNC", server.settings["synchronous_mode"], "TM", server.tm[8000]["sync"],
                   "VIOLATIONS", server.violations)
 
-        from jtd3.backend import Pose
-        from jtd3.envs.carla_session import CarlaConfig, CarlaSession
+        from jtd3.backends.base import Pose
+        from jtd3.backends.carla.config import CarlaConfig
+        from jtd3.backends.carla.session import CarlaSession
         s = CarlaSession(CarlaConfig(probe=False), carla_module=make_carla(server))
         s.reset(Pose(x=317.74, y=129.49, yaw=180.0), 3, 0)
         print("SPAWNED", len(server.alive()))
@@ -629,13 +630,13 @@ def test_probe_silent_program_andclosed_port():
     t0 = time.monotonic()
     with pytest.raises(CarlaUnavailableError, match="did not answer"):
         probe_carla_rpc("127.0.0.1", port, 0.3)
-    assert 0.25 < time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 >= 0.25  # it gave the silent program its timeout
     t.join()
     port = closed_port()
-    t0 = time.monotonic()
-    with pytest.raises(CarlaUnavailableError, match=rf"CarlaUE4.sh -RenderOffScreen -carla-rpc-port={port}"):
+    with pytest.raises(CarlaUnavailableError, match=rf"CarlaUE4.sh -RenderOffScreen -carla-rpc-port={port}") as err:
         probe_carla_rpc("127.0.0.1", port, 2.0)
-    assert time.monotonic() - t0 < 0.5  # refused at once, no need to wait for the timeout
+    # refused at once (the connect failed), not given up after the timeout
+    assert "(connect: " in str(err.value) and "did not answer" not in str(err.value)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -709,10 +710,12 @@ def test_real_client_without_server_fails_within_the_client_timeout(probe):
     with pytest.raises(CarlaUnavailableError) as err:
         CarlaSession(cfg)
     elapsed = time.monotonic() - t0
-    assert elapsed < 1.0 + 0.5
-    if not probe:
-        assert elapsed > 0.9  # the carla client waits its full timeout
     msg = str(err.value)
+    if probe:
+        assert "(connect: " in msg  # the probe's refused connect: the carla client never saw the port
+    else:
+        assert elapsed > 0.9  # the carla client waits its full timeout
+        assert "time-out" in msg or "timed out" in msg, msg
     assert f"./CarlaUE4.sh -RenderOffScreen -carla-rpc-port={port}" in msg and "--env sim" in msg
 
 
@@ -905,7 +908,7 @@ while True:
 
 
 def test_server_process_starts_a_server_waits_until_it_answers_and_stops_it(tmp_path):
-    from jtd3.envs.carla_session import ServerProcess
+    from jtd3.backends.carla.server_process import ServerProcess
 
     script = tmp_path / "answering_server.py"
     script.write_text(_ANSWERING_SERVER)

@@ -252,7 +252,7 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_latest_checkpoint(tmp_p
     """A real process saves checkpoints (train state, loop state, a 20k-slot replay of 84x84 frames,
     141 MB) back to back and is SIGKILLed at random points inside a save, five times; after every kill
     the latest checkpoint restores and is consistent, and the next process resumes from it."""
-    from ckpt_kill_worker import consistency_errors, make_buffer, train_state  # tests/ is on sys.path
+    from ckpt_kill_worker import consistency_errors, make_buffer, train_state  # tests/ is on sys.path (conftest.py)
 
     directory, capacity = tmp_path / "run", 20_000
     chooser = random.Random(1234)

@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 
 from jtd3 import DATA_DIR
-from jtd3.backend import Pose, VehicleControl
+from jtd3.backends.base import Pose, VehicleControl
 from jtd3.cli import train_main
 from jtd3.config import from_dict, leaf_keys, track_reads
-from jtd3.train import Config
+from jtd3.run_config import Config
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _sim_collision_and_reverse() -> None:
-    from jtd3.sim import SimConfig, SimWorld
+    from jtd3.backends.sim import SimConfig, SimWorld
 
     world = SimWorld(SimConfig())
     p = world.network.project(300.0, 129.5)
@@ -57,8 +57,9 @@ def _carla_episode() -> None:
     pytest.importorskip("carla")
     from fake_carla import FakeServer, make_carla
 
+    from jtd3.backends.carla.errors import CarlaEpisodeLost
+    from jtd3.backends.carla.session import CarlaSession
     from jtd3.envs import DrivingEnv, EnvConfig
-    from jtd3.envs.carla_session import CarlaEpisodeLost, CarlaSession
 
     cfg = from_dict(EnvConfig, {"backend": "carla", "carla": {"probe": False, "reconnect_backoff_s": 0.0}})
     server = FakeServer(opendrive=(DATA_DIR / "Town01.xodr").read_text(encoding="utf-8"))
@@ -80,12 +81,12 @@ def _clear_map_caches() -> None:
 
     from jtd3.agent import state
     from jtd3.envs import driving_env
-    from jtd3.sim import roads
+    from jtd3.roads import towns
 
     jax.clear_caches()
     state.modules.cache_clear()
 
-    roads.load_town.cache_clear()
+    towns.load_town.cache_clear()
     driving_env._network_from_text.cache_clear()
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jtd3.ops.conv import (
+from jtd3.agent.conv import (
     camera_to_space_to_depth,
     conv2d,
     conv2d_on_space_to_depth,

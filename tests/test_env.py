@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from env_double import ScriptedBackend, npc
-from jtd3.backend import Backend
+from jtd3.backends.base import Backend
 from jtd3.config import from_dict
 from jtd3.envs import ENV_ID, DrivingEnv, EnvConfig, make_env, make_vector_env, vector_env_configs
 from jtd3.envs.observation import kinematics_layout
 from jtd3.envs.reward import COMPONENTS
-from jtd3.sim.routes import load_reference_route
+from jtd3.roads.routes import load_reference_route
 
 LAYOUT = kinematics_layout(EnvConfig().observation)
 WP = LAYOUT["waypoints"]
@@ -45,8 +45,8 @@ def route_poses(route, s_values):
 
 
 def test_env_double_is_an_honest_backend():
-    from jtd3.envs.carla_session import CarlaSession
-    from jtd3.sim.world import SimWorld
+    from jtd3.backends.carla.session import CarlaSession
+    from jtd3.backends.sim.world import SimWorld
 
     double = ScriptedBackend()
     assert isinstance(double, Backend)

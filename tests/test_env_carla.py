@@ -8,7 +8,7 @@ from fake_carla import FakeServer, make_carla
 from jtd3 import DATA_DIR
 from jtd3.config import from_dict
 from jtd3.envs import DrivingEnv, EnvConfig
-from jtd3.envs.carla_session import CarlaSession
+from jtd3.backends.carla.session import CarlaSession
 
 
 def carla_env(server, **overrides):

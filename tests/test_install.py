@@ -29,7 +29,7 @@ def test_env_spaces_from_the_config_equal_a_built_envs():
     from jtd3 import DATA_DIR
     from jtd3.config import from_dict
     from jtd3.envs import DrivingEnv, EnvConfig, make_env
-    from jtd3.envs.carla_session import CarlaSession
+    from jtd3.backends.carla.session import CarlaSession
     from jtd3.evaluate import env_spaces
 
     sim = from_dict(EnvConfig, {"observation": {"n_waypoints": 7}, "sim": {"camera": {"width": 64}}})

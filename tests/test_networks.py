@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jtd3.diagnostics import per_sample_l2
-from jtd3.networks import NORMS, ActorHead, NatureCNN, TwinCriticHead
+from jtd3.agent.diagnostics import per_sample_l2
+from jtd3.agent.networks import NORMS, ActorHead, NatureCNN, TwinCriticHead
 
 B = 3
 

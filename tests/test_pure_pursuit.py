@@ -3,10 +3,10 @@
 import numpy as np
 
 from jtd3.envs.config import EnvConfig
-from jtd3.backend import VehicleControl
+from jtd3.backends.base import VehicleControl
 from jtd3.baselines.pure_pursuit import PurePursuit
-from jtd3.sim import SimConfig, SimWorld
-from jtd3.sim.routes import load_reference_route, reference_spawn
+from jtd3.backends.sim import SimConfig, SimWorld
+from jtd3.roads.routes import load_reference_route, reference_spawn
 
 
 def test_steers_back_towards_the_route_and_tracks_speed():

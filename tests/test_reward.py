@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from jtd3.backend import ActorState, Vehicles
+from jtd3.backends.base import ActorState, Vehicles
 from jtd3.config import from_dict
 from jtd3.envs import EnvConfig
 from jtd3.envs.config import RewardConfig, RewardWeights

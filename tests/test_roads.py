@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from jtd3.sim.roads import RoadNetwork, available_towns, load_town
-from jtd3.sim.routes import densify, load_reference_route, reference_spawn
-from jtd3.sim.towns import procedural_town_xodr
+from jtd3.roads.network import RoadNetwork
+from jtd3.roads.routes import densify, load_reference_route, reference_spawn
+from jtd3.roads.towns import available_towns, load_town, procedural_town_xodr
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,9 @@ import pytest
 
 carla = pytest.importorskip("carla")
 
-from jtd3.sim.roads import RoadNetwork, load_town  # noqa: E402
-from jtd3.sim.towns import geometry_zoo_xodr  # noqa: E402
+from jtd3.roads.network import RoadNetwork  # noqa: E402
+from jtd3.roads.towns import load_town  # noqa: E402
+from jtd3.roads.towns import geometry_zoo_xodr  # noqa: E402
 
 TOWNS = ["town01", "grid3", "grid4", "zoo"]
 

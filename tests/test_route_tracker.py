@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jtd3.envs import route_tracker as rt
-from jtd3.sim.routes import densify, load_reference_route
+from jtd3.roads.routes import densify, load_reference_route
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from jtd3.backend import Pose, VehicleControl
+from jtd3.backends.base import Pose, VehicleControl
 from jtd3.config import from_dict, leaf_keys, track_reads
-from jtd3.sim import SimConfig, SimWorld
-from jtd3.sim.routes import load_reference_route, reference_spawn
+from jtd3.backends.sim import SimConfig, SimWorld
+from jtd3.roads.routes import load_reference_route, reference_spawn
 
 
 def test_every_sim_config_key_is_read():

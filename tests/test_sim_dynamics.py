@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from jtd3.backend import VehicleControl
-from jtd3.sim.config import VehicleConfig
-from jtd3.sim.dynamics import EgoState, step, turning_radius
+from jtd3.backends.base import VehicleControl
+from jtd3.backends.sim.config import VehicleConfig
+from jtd3.backends.sim.dynamics import EgoState, step, turning_radius
 
 P = VehicleConfig()
 DT = 0.05
@@ -80,7 +80,7 @@ def test_control_input_is_validated_and_clamped():
     with pytest.raises(ValueError, match="throttle"):
         VehicleControl(throttle=float("nan"))
     c = VehicleControl(throttle=3.0, steer=-7.0, brake=-1.0)
-    assert (c.throttle, c.steer, c.brake) == (1.0, -1.0, 0.0)  # clamped (documented in jtd3.backend)
+    assert (c.throttle, c.steer, c.brake) == (1.0, -1.0, 0.0)  # clamped (documented in jtd3.backends.base)
 
 
 def _steady_lateral_accel(speed, steer, p=P):
@@ -131,7 +131,7 @@ def test_braking_shares_the_friction_circle_with_cornering():
 
 def test_grip_is_validated():
     from jtd3.config import ConfigError
-    from jtd3.sim.config import NpcConfig
+    from jtd3.backends.sim.config import NpcConfig
 
     with pytest.raises(ConfigError, match="vehicle.grip"):
         VehicleConfig(grip=0.0)

@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from jtd3.backend import Pose, VehicleControl
-from jtd3.sim import SimConfig, SimWorld
-from jtd3.sim.dynamics import EgoState
-from jtd3.sim.events import box_corners, obb_overlap
+from jtd3.backends.base import Pose, VehicleControl
+from jtd3.backends.sim import SimConfig, SimWorld
+from jtd3.backends.sim.dynamics import EgoState
+from jtd3.backends.sim.events import box_corners, obb_overlap
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_erosion
 
-from jtd3.backend import Vehicles
-from jtd3.sim import SimConfig
-from jtd3.sim.render import FrontCamera, build_town_raster, render_birdeye
-from jtd3.sim.roads import load_town
+from jtd3.backends.base import Vehicles
+from jtd3.backends.sim import SimConfig
+from jtd3.backends.sim.render import FrontCamera, build_town_raster, render_birdeye
+from jtd3.roads.towns import load_town
 
 CFG = SimConfig()
 EGO = (250.0, 129.5, 180.0)  # road 4 lane 1, heading west

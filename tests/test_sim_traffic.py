@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from jtd3.envs.config import EnvConfig
-from jtd3.backend import Pose, VehicleControl
-from jtd3.sim import SimConfig, SimWorld
-from jtd3.sim.events import obb_overlap
-from jtd3.sim.render import BUILDING
+from jtd3.backends.base import Pose, VehicleControl
+from jtd3.backends.sim import SimConfig, SimWorld
+from jtd3.backends.sim.events import obb_overlap
+from jtd3.backends.sim.render import BUILDING
 
 
 def _overlapping_pairs(t) -> int:

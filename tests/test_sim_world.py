@@ -1,13 +1,13 @@
-"""SimWorld as a jtd3.backend.Backend: snapshots, determinism, bad input, cameras."""
+"""SimWorld as a jtd3.backends.base.Backend: snapshots, determinism, bad input, cameras."""
 
 import numpy as np
 import pytest
 
-from jtd3.backend import Backend, Pose, Snapshot, VehicleControl
+from jtd3.backends.base import Backend, Pose, Snapshot, VehicleControl
+from jtd3.backends.sim import SimConfig, SimWorld
 from jtd3.config import ConfigError, from_dict
-from jtd3.sim import SimConfig, SimWorld
-from jtd3.sim.roads import load_town
-from jtd3.sim.routes import load_reference_route, reference_spawn
+from jtd3.roads.routes import load_reference_route, reference_spawn
+from jtd3.roads.towns import load_town
 
 SPAWN = reference_spawn()
 

@@ -39,7 +39,7 @@ def restore(run_dir: Path):
     from jtd3 import agent
     from jtd3.envs import make_env
     from jtd3.replay import ReplayBuffer
-    from jtd3.train import Config, load_config
+    from jtd3.run_config import Config, load_config
 
     config = load_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
     env = make_env(config.env)
@@ -207,9 +207,9 @@ def test_evaluate_script_loads_a_checkpoint(tmp_path, monkeypatch):
 
 
 def test_metric_window_averages_actor_metrics_over_policy_steps_only():
-    from jtd3.train import _MetricWindow
+    from jtd3.training.bookkeeping import MetricWindow
 
-    w = _MetricWindow()
+    w = MetricWindow()
     # gradient_steps=1, policy_delay=2: every other call makes an actor update (its actor metrics are 0.0 otherwise)
     w.add({"losses/critic_loss": 1.0, "losses/actor_loss": 0.0, "losses/actor_updates": 0.0,
            "debug/actor_cnn_features_l2_norm_max": 0.0, "debug/critic_cnn_features_min": -1.0})

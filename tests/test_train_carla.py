@@ -23,7 +23,7 @@ from tiny_run import TINY_RUN
 from jtd3 import DATA_DIR
 from jtd3.checkpoint import CheckpointStore
 from jtd3.cli import train_main
-from jtd3.envs import carla_session
+from jtd3.backends.carla import session as carla_session
 
 CARLA = [
     "--env", "carla",

@@ -18,9 +18,9 @@ import pytest
 
 from jtd3 import validate
 from jtd3.config import from_dict, leaf_keys, load_yaml, track_reads
-from jtd3.exploration import noise_scale
 from jtd3.logging import RunLogger, append_csv_row
-from jtd3.train import Config
+from jtd3.run_config import Config
+from jtd3.training.exploration import noise_scale
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from jtd3.agent.networks import ACTIVATIONS, NORMS
 from jtd3.config import ConfigNode, check, choice, param
-from jtd3.networks import ACTIVATIONS, NORMS
 
 __all__ = ["AgentConfig", "CONV_IMPL_CHOICES", "ENCODERS", "TARGET_BN_STATS", "WEIGHT_DECAY_MODES"]
 
@@ -25,7 +25,7 @@ class AgentConfig(ConfigNode):
     """TD3 agent settings (networks, TD3 constants, optimisers, diagnostics)."""
 
     # --- networks
-    norm: str = choice("layernorm", NORMS, "normalization in the NatureCNN encoders (see jtd3.networks.NORMS)")
+    norm: str = choice("layernorm", NORMS, "normalization in the NatureCNN encoders (see jtd3.agent.networks.NORMS)")
     activation: str = choice("leaky_relu", ACTIVATIONS, "activation everywhere (leaky slope 0.01)")
     encoder: str = choice(
         "shared",

@@ -40,14 +40,13 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from jtd3.agent.diagnostics import feature_stats
 from jtd3.agent.state import AgentSpec, TrainState, make_optimizer, modules
-from jtd3.diagnostics import feature_stats, global_norm
 
 __all__ = [
     "act",
     "encode",
     "param_norms",
-    "polyak",
     "smoothed_target_action",
     "td_target",
     "train_step",
@@ -62,11 +61,6 @@ Batch = dict[str, Any]
 
 # ----------------------------------------------------------------------------------------------------------
 # Pure TD3 math
-
-
-def polyak(online: Any, target: Any, tau: float) -> Any:
-    """``tau * online + (1 - tau) * target`` leaf by leaf."""
-    return jax.tree.map(lambda o, t: tau * o + (1.0 - tau) * t, online, target)
 
 
 def smoothed_target_action(action: jax.Array, key: jax.Array, policy_noise: float, noise_clip: float) -> jax.Array:
@@ -235,8 +229,8 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
         "losses/q2_mean": jnp.mean(q[1]),
         "losses/target_q_mean": jnp.mean(target_q),
         "losses/td_error": jnp.mean(jnp.abs(q - target_q[None])),
-        "grad_norm/critic_cnn": global_norm(c_grads["encoder"]),
-        "grad_norm/critic_mlp": global_norm(c_grads["head"]),
+        "grad_norm/critic_cnn": optax.tree_utils.tree_norm(c_grads["encoder"]),
+        "grad_norm/critic_mlp": optax.tree_utils.tree_norm(c_grads["head"]),
     }
     metrics.update(_stats_metrics("critic", c_feats, c_layers))
 
@@ -269,15 +263,15 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
         actor_stats = {"encoder": a_stats} if spec.separate else state.actor_stats
         if spec.original:  # target copies of the MLP heads only; no target encoders, no target BN stats
             targets = dict(
-                actor_target_params={"head": polyak(actor_params["head"], at["head"], cfg.tau)},
-                critic_target_params={"head": polyak(critic_params["head"], ct["head"], cfg.tau)},
+                actor_target_params={"head": optax.incremental_update(actor_params["head"], at["head"], cfg.tau)},
+                critic_target_params={"head": optax.incremental_update(critic_params["head"], ct["head"], cfg.tau)},
                 actor_target_stats=state.actor_target_stats,
                 critic_target_stats=state.critic_target_stats,
             )
         else:
             targets = dict(
-                actor_target_params=polyak(actor_params, at, cfg.tau),
-                critic_target_params=polyak(critic_params, ct, cfg.tau),
+                actor_target_params=optax.incremental_update(actor_params, at, cfg.tau),
+                critic_target_params=optax.incremental_update(critic_params, ct, cfg.tau),
                 actor_target_stats=_follow_stats(cfg.target_bn_stats, actor_stats, state.actor_target_stats, cfg.tau),
                 critic_target_stats=_follow_stats(
                     cfg.target_bn_stats, critic_stats, state.critic_target_stats, cfg.tau
@@ -290,10 +284,10 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
             "debug/actor_q_max": jnp.max(q1),
             "debug/actor_q_min": jnp.min(q1),
             "debug/actor_q_on_critic_features": jnp.mean(q1_critic),
-            "grad_norm/actor_mlp": global_norm(a_grads["head"]),
+            "grad_norm/actor_mlp": optax.tree_utils.tree_norm(a_grads["head"]),
         }
         if spec.separate:
-            m["grad_norm/actor_cnn"] = global_norm(a_grads["encoder"])
+            m["grad_norm/actor_cnn"] = optax.tree_utils.tree_norm(a_grads["encoder"])
             m.update(_stats_metrics("actor", a_feats, a_layers))
         return new, {k: v.astype(jnp.float32) for k, v in m.items()}
 
@@ -332,12 +326,12 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
 def param_norms(state: TrainState) -> dict[str, jax.Array]:
     """``param_norm/{critic_cnn, critic_mlp, actor_mlp[, actor_cnn]}``: global L2 norms of the online params."""
     out = {
-        "param_norm/critic_cnn": global_norm(state.critic_params["encoder"]),
-        "param_norm/critic_mlp": global_norm(state.critic_params["head"]),
-        "param_norm/actor_mlp": global_norm(state.actor_params["head"]),
+        "param_norm/critic_cnn": optax.tree_utils.tree_norm(state.critic_params["encoder"]),
+        "param_norm/critic_mlp": optax.tree_utils.tree_norm(state.critic_params["head"]),
+        "param_norm/actor_mlp": optax.tree_utils.tree_norm(state.actor_params["head"]),
     }
     if "encoder" in state.actor_params:
-        out["param_norm/actor_cnn"] = global_norm(state.actor_params["encoder"])
+        out["param_norm/actor_cnn"] = optax.tree_utils.tree_norm(state.actor_params["encoder"])
     return out
 
 
@@ -346,7 +340,7 @@ def _follow_stats(mode: str, online: Any, target: Any, tau: float) -> Any:
     if mode == "copy":
         return jax.tree.map(jnp.copy, online)
     if mode == "polyak":
-        return polyak(online, target, tau)
+        return optax.incremental_update(online, target, tau)
     raise ValueError(f"unknown target_bn_stats {mode!r}; valid choices: 'polyak', 'copy'")
 
 

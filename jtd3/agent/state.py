@@ -36,7 +36,7 @@ from flax import struct
 from gymnasium import spaces
 
 from jtd3.agent.config import AgentConfig
-from jtd3.networks import ActorHead, NatureCNN, TwinCriticHead
+from jtd3.agent.networks import ActorHead, NatureCNN, TwinCriticHead
 
 __all__ = [
     "OPTIMIZER_SIDES", "AgentSpec", "Modules", "TrainState", "create", "make_optimizer", "modules", "resolve_conv_impl",

@@ -1,7 +1,7 @@
 """The blueprint library the server offers and the actors it keeps (its registry's records).
 
-Blueprints: the ego vehicle of :class:`jtd3.sim.config.VehicleConfig`, the NPC vehicles of
-:class:`jtd3.sim.config.NpcConfig` (their bounding boxes), ``sensor.camera.rgb``, ``sensor.other.collision``
+Blueprints: the ego vehicle of :class:`jtd3.backends.sim.config.VehicleConfig`, the NPC vehicles of
+:class:`jtd3.backends.sim.config.NpcConfig` (their bounding boxes), ``sensor.camera.rgb``, ``sensor.other.collision``
 and ``sensor.other.lane_invasion`` (computed by the client from the map and the pushed state, as CARLA does).
 """
 
@@ -11,9 +11,9 @@ import dataclasses
 import zlib
 from typing import Any
 
+from jtd3.backends.sim.config import NpcConfig, VehicleConfig
+from jtd3.backends.sim.dynamics import EgoState
 from jtd3.carla_server.layouts import ATTRIBUTE_TYPES
-from jtd3.sim.config import NpcConfig, VehicleConfig
-from jtd3.sim.dynamics import EgoState
 
 __all__ = ["Actor", "Blueprint", "blueprint_library"]
 
@@ -103,7 +103,7 @@ class Actor:
     parent: int = 0
     stream_id: int = 0
     state: EgoState | None = None  # vehicles
-    control: Any = None  # jtd3.backend.VehicleControl of vehicles
+    control: Any = None  # jtd3.backends.base.VehicleControl of vehicles
     control_tuple: tuple = (0.0, 0.0, 0.0, False, False, False, 0)
     autopilot: bool = False
     simulate_physics: bool = True

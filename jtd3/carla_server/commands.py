@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from jtd3.backend import VehicleControl
+from jtd3.backends.base import VehicleControl
 from jtd3.carla_server import layouts as L
 from jtd3.carla_server import rpc
 

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from jtd3.backend import Vehicles
+from jtd3.backends.base import Vehicles
+from jtd3.backends.sim import dynamics
+from jtd3.backends.sim.config import CameraConfig
+from jtd3.backends.sim.events import footprint_points, relative_impulse
+from jtd3.backends.sim.render import BUILDING, FrontCamera
 from jtd3.carla_server import layouts as L
 from jtd3.carla_server.actors import Actor
-from jtd3.sim import dynamics
-from jtd3.sim.config import CameraConfig
-from jtd3.sim.events import footprint_points, relative_impulse
-from jtd3.sim.render import BUILDING, FrontCamera
 
 if TYPE_CHECKING:
     from jtd3.carla_server.world import World
@@ -79,7 +79,7 @@ def collisions(world: World, sensor: Actor, before: dict, dt: float) -> list[tup
     prev = before[car.id]
     speed = math.hypot(prev.vx, prev.vy)
     direction = (prev.vx / speed, prev.vy / speed) if speed > 1e-6 else (1.0, 0.0)
-    # as jtd3.sim.world.SimWorld does for its ego: back to the pose before the tick, standing
+    # as jtd3.backends.sim.world.SimWorld does for its ego: back to the pose before the tick, standing
     car.state = dynamics.EgoState(prev.x, prev.y, prev.yaw, vx=0.0, vy=0.0, ax=-prev.vx / dt, ay=-prev.vy / dt,
                                   steer=s.steer)
     header = L.sensor_header(L.SENSOR_TYPES[sensor.type_id], world.frame, world.elapsed, world.world_transform(sensor))

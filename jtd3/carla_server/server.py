@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from jtd3.backends.sim.config import SimConfig
 from jtd3.carla_server import layouts as L
 from jtd3.carla_server import rpc
 from jtd3.carla_server.actors import Actor
@@ -27,7 +28,6 @@ from jtd3.carla_server.control import CONTROL
 from jtd3.carla_server.handlers import ERRORS, HANDLERS, VOID_CALLS
 from jtd3.carla_server.streaming import StreamServer
 from jtd3.carla_server.world import World
-from jtd3.sim.config import SimConfig
 
 __all__ = ["CarlaServer", "Faults"]
 

@@ -1,11 +1,11 @@
 """The world the server serves: the embedded simulator's town, dynamics, cameras and collisions, with actors
 spawned by the client (no networking here; :mod:`jtd3.carla_server.server` publishes what ``tick`` returns).
 
-Every vehicle moves by :func:`jtd3.sim.dynamics.step` (the embedded simulator's kinematic bicycle) under the
+Every vehicle moves by :func:`jtd3.backends.sim.dynamics.step` (the embedded simulator's kinematic bicycle) under the
 last control the client applied (its own, or its Traffic Manager's ``apply_batch``). A vehicle that carries a
 collision sensor is checked against every other vehicle and the town's buildings after each tick; on a hit it is
 put back at its pose before the tick with zero speed (the embedded simulator's collision model) and the sensor
-reports the other actor. Cameras render with :class:`jtd3.sim.render.FrontCamera` (grey, sent as BGRA); both in
+reports the other actor. Cameras render with :class:`jtd3.backends.sim.render.FrontCamera` (grey, sent as BGRA); both in
 :mod:`jtd3.carla_server.sensors`.
 """
 
@@ -16,15 +16,15 @@ import time
 
 import numpy as np
 
-from jtd3.backend import VehicleControl
+from jtd3.backends.base import VehicleControl
+from jtd3.backends.sim import dynamics
+from jtd3.backends.sim.config import SimConfig
+from jtd3.backends.sim.events import obb_overlap
+from jtd3.backends.sim.render import FrontCamera, build_town_raster
 from jtd3.carla_server import layouts as L
 from jtd3.carla_server.actors import Actor, Blueprint, blueprint_library
 from jtd3.carla_server.sensors import SpawnError, camera, collisions, image
-from jtd3.sim import dynamics
-from jtd3.sim.config import SimConfig
-from jtd3.sim.events import obb_overlap
-from jtd3.sim.render import FrontCamera, build_town_raster
-from jtd3.sim.roads import load_town
+from jtd3.roads.towns import load_town
 
 __all__ = ["SpawnError", "World", "spawn_points"]
 

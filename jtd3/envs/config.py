@@ -25,9 +25,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from jtd3.backends.carla.config import CarlaConfig
+from jtd3.backends.sim.config import SimConfig
 from jtd3.config import ConfigNode, check, choice, nested, param
-from jtd3.envs.carla_session import CarlaConfig
-from jtd3.sim.config import SimConfig
 
 __all__ = [
     "EnvConfig", "ObservationConfig", "RewardConfig", "RewardWeights", "SpeedControlConfig", "ROUTES", "ROUTE_STARTS",

@@ -13,7 +13,7 @@ is ``failure``. Truncation (``truncated``): ``max_episode_steps``; stalled when 
 :meth:`DrivingEnv.step`).
 
 Route bookkeeping is :mod:`jtd3.envs.route_tracker` (one arc length over one :class:`RoutePolyline`). Lane
-features (lateral offset, heading error, off-road) come from :class:`jtd3.sim.roads.RoadNetwork`, built from the
+features (lateral offset, heading error, off-road) come from :class:`jtd3.roads.network.RoadNetwork`, built from the
 backend's OpenDRIVE text, so both backends use the same code. Frames: CARLA's (metres, x east, y south, yaw in
 degrees clockwise seen from above; vehicle frame x forward, y right).
 """
@@ -29,16 +29,16 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from jtd3.backend import ActorState, Backend, Pose, Snapshot, VehicleControl, Vehicles
+from jtd3.backends.base import ActorState, Backend, Pose, Snapshot, VehicleControl, Vehicles
+from jtd3.backends.sim.world import SimWorld
 from jtd3.envs import observation as obs_lib
 from jtd3.envs import speed_control
 from jtd3.envs import reward as reward_lib
 from jtd3.envs import route_tracker
 from jtd3.envs.config import EnvConfig
 from jtd3.envs.viewer import LaneDrawing, birdeye_rgb, compose
-from jtd3.sim.roads import RoadNetwork
-from jtd3.sim.routes import RouteLocation, RoutePolyline, load_reference_route, reference_spawn, route_from_plan
-from jtd3.sim.world import SimWorld
+from jtd3.roads.network import RoadNetwork
+from jtd3.roads.routes import RouteLocation, RoutePolyline, load_reference_route, reference_spawn, route_from_plan
 
 __all__ = ["DrivingEnv", "GroundTruth", "TERMINATION_REASONS", "make_backend", "make_env"]
 
@@ -82,7 +82,7 @@ def make_backend(config: EnvConfig) -> Backend:
     if config.backend == "sim":
         return SimWorld(config.sim)
     if config.backend == "carla":
-        from jtd3.envs.carla_session import CarlaSession
+        from jtd3.backends.carla.session import CarlaSession
 
         return CarlaSession(config.carla)
     raise ValueError(f"unknown backend {config.backend!r}; choices: 'sim', 'carla'")
@@ -151,7 +151,7 @@ class DrivingEnv(gym.Env):
 
         self.backend: Backend = make_backend(cfg) if backend is None else backend
         if not isinstance(self.backend, Backend):
-            raise TypeError(f"backend {type(self.backend).__name__} does not implement jtd3.backend.Backend")
+            raise TypeError(f"backend {type(self.backend).__name__} does not implement jtd3.backends.base.Backend")
         try:
             self.network = network_of(self.backend)
             self._reference = self._load_reference_route() if cfg.route == "reference" else None

@@ -38,7 +38,7 @@ import math
 
 import numpy as np
 
-from jtd3.backend import ActorState, Vehicles
+from jtd3.backends.base import ActorState, Vehicles
 from jtd3.envs.config import RewardConfig
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Route bookkeeping: where the vehicle is along its route, as ONE number over ONE route representation.
 
-The route is a :class:`jtd3.sim.routes.RoutePolyline` (coarse waypoints + a dense polyline with the explicit
+The route is a :class:`jtd3.roads.routes.RoutePolyline` (coarse waypoints + a dense polyline with the explicit
 bridge ``waypoint_s``). The whole tracking state is the arc length ``s`` of the vehicle's foot point on the
 dense polyline (and its high-water mark ``s_max``). Everything else derives from it:
 
@@ -21,7 +21,7 @@ import dataclasses
 
 import numpy as np
 
-from jtd3.sim.routes import RouteLocation, RoutePolyline
+from jtd3.roads.routes import RouteLocation, RoutePolyline
 
 __all__ = ["RouteState", "RouteStep", "start", "advance", "upcoming_waypoints"]
 

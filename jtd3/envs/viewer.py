@@ -13,8 +13,9 @@ import math
 import cv2
 import numpy as np
 
-from jtd3.backend import ActorState, Vehicles
-from jtd3.sim.roads import RoadNetwork
+from jtd3.backends.base import ActorState, Vehicles
+from jtd3.backends.sim.events import box_corners
+from jtd3.roads.network import RoadNetwork
 
 __all__ = ["LaneDrawing", "birdeye_rgb", "compose"]
 
@@ -68,9 +69,9 @@ def birdeye_rgb(
         cv2.circle(img, (int(p[0]), int(p[1])), (4 if k == 0 else 2) << _SHIFT, (255, 220, 0), -1, cv2.LINE_AA, _SHIFT)
     for i in range(len(vehicles)):
         loc, ext = vehicles.location[i], vehicles.extent[i]
-        cv2.fillConvexPoly(img, px(_corners(loc[0], loc[1], vehicles.yaw[i], ext[0], ext[1])), (220, 50, 50),
+        cv2.fillConvexPoly(img, px(box_corners(loc[0], loc[1], vehicles.yaw[i], ext[0], ext[1])), (220, 50, 50),
                            cv2.LINE_AA, _SHIFT)
-    cv2.fillConvexPoly(img, px(_corners(x, y, yaw, ego.extent[0], ego.extent[1])), (40, 210, 60), cv2.LINE_AA, _SHIFT)
+    cv2.fillConvexPoly(img, px(box_corners(x, y, yaw, ego.extent[0], ego.extent[1])), (40, 210, 60), cv2.LINE_AA, _SHIFT)
     return img
 
 
@@ -83,10 +84,3 @@ def compose(camera: np.ndarray, birdeye: np.ndarray, lines: list[str]) -> np.nda
     for i, line in enumerate(lines):
         cv2.putText(text, line, (4, 14 + 14 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (230, 230, 230), 1, cv2.LINE_AA)
     return np.concatenate([top, text], axis=0)
-
-
-def _corners(x: float, y: float, yaw: float, hl: float, hw: float) -> np.ndarray:
-    c, s = math.cos(math.radians(yaw)), math.sin(math.radians(yaw))
-    lx = np.array([hl, hl, -hl, -hl])
-    ly = np.array([-hw, hw, hw, -hw])
-    return np.stack([x + lx * c - ly * s, y + lx * s + ly * c], axis=1)

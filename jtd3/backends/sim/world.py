@@ -1,4 +1,4 @@
-"""``SimWorld``: the embedded backend (``jtd3.backend.Backend``) tying road network, dynamics, traffic,
+"""``SimWorld``: the embedded backend (``jtd3.backends.base.Backend``) tying road network, dynamics, traffic,
 events and cameras together. Synchronous: one ``step`` is one fixed tick of ``config.dt`` seconds.
 
 Collisions stop the ego: when its box would overlap a vehicle or a static obstacle after a tick, it is put back
@@ -13,13 +13,14 @@ import math
 import cv2
 import numpy as np
 
-from jtd3.backend import ActorState, CollisionEvent, LaneInvasionEvent, Pose, Snapshot, VehicleControl, Vehicles
-from jtd3.sim import dynamics
-from jtd3.sim.config import SimConfig
-from jtd3.sim.events import box_corners, crossed_markings, footprint_points, obb_overlap, relative_impulse
-from jtd3.sim.render import BUILDING, FrontCamera, build_town_raster, render_birdeye, vehicle_grey
-from jtd3.sim.roads import RoadNetwork, load_town
-from jtd3.sim.traffic import Traffic
+from jtd3.backends.base import ActorState, CollisionEvent, LaneInvasionEvent, Pose, Snapshot, VehicleControl, Vehicles
+from jtd3.backends.sim import dynamics
+from jtd3.backends.sim.config import SimConfig
+from jtd3.backends.sim.events import box_corners, crossed_markings, footprint_points, obb_overlap, relative_impulse
+from jtd3.backends.sim.render import BUILDING, FrontCamera, build_town_raster, render_birdeye, vehicle_grey
+from jtd3.backends.sim.traffic import Traffic
+from jtd3.roads.network import RoadNetwork
+from jtd3.roads.towns import load_town
 
 __all__ = ["EGO_ID", "SimWorld"]
 
@@ -71,7 +72,7 @@ class SimWorld:
     def step(self, control: VehicleControl) -> Snapshot:
         """Apply ``control`` (a ``VehicleControl``: NaN rejected and ranges clamped by it) for one tick."""
         if not isinstance(control, VehicleControl):
-            raise TypeError(f"control must be a jtd3.backend.VehicleControl, got {type(control).__name__}")
+            raise TypeError(f"control must be a jtd3.backends.base.VehicleControl, got {type(control).__name__}")
         if self.ego is None or self._closed:
             raise RuntimeError("call reset() before step()")
         return self._tick(control)

@@ -1,7 +1,7 @@
 """Road network with CARLA's waypoint semantics, built from OpenDRIVE by jtd3's own reader.
 
-The public entry points are :meth:`RoadNetwork.from_opendrive` and :func:`load_town`. A :class:`RoadNetwork`
-answers what ``carla.Map`` answers, in CARLA's frame (metres, x east, y south, yaw in degrees clockwise seen
+The public entry points are :meth:`RoadNetwork.from_opendrive` and :func:`jtd3.roads.towns.load_town`. A
+:class:`RoadNetwork` answers what ``carla.Map`` answers, in CARLA's frame (metres, x east, y south, yaw in degrees clockwise seen
 from above):
 
 - :meth:`RoadNetwork.project` / :meth:`RoadNetwork.project_many`: nearest lane centre of the requested lane
@@ -16,7 +16,11 @@ from above):
   :attr:`Waypoint.left_marking` / :attr:`Waypoint.right_marking`: lane change information as CARLA derives it.
 - :meth:`RoadNetwork.topology`: ``carla.Map.get_topology()`` (driving lanes).
 - :meth:`RoadNetwork.plan_route` (Dijkstra between two locations on the driving-lane graph) and
-  :meth:`RoadNetwork.random_route` (random start and goal from a seeded generator).
+  :meth:`RoadNetwork.random_route` (random start and goal from a seeded generator), in
+  :mod:`jtd3.roads.planning`.
+
+The values it hands out (:class:`~jtd3.roads.lanes.Waypoint`, :class:`~jtd3.roads.lanes.Projection`,
+:class:`~jtd3.roads.lanes.Route`, ...) are in :mod:`jtd3.roads.lanes`.
 
 CARLA's own road code is the oracle: ``tests/test_roads_carla_oracle.py`` compares all of this with
 ``carla.Map(name, xodr)`` at thousands of points.
@@ -25,70 +29,27 @@ CARLA's own road code is the oracle: ``tests/test_roads_carla_oracle.py`` compar
 from __future__ import annotations
 
 import dataclasses
-import functools
-import heapq
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-from jtd3 import DATA_DIR
-from jtd3.sim.opendrive import Lane, LaneSection, OpenDrive, Road, RoadMark, parse_opendrive
+from jtd3.roads.lanes import (
+    LANE_CHANGE_BITS,
+    LANE_CHANGE_NAMES,
+    LANE_TYPES,
+    MARK_TYPES,
+    LaneInfo,
+    LaneMarking,
+    Projection,
+    ProjectionBatch,
+    Waypoint,
+)
+from jtd3.roads.opendrive import Lane, LaneSection, OpenDrive, Road, RoadMark, parse_opendrive
+from jtd3.roads.planning import RoutePlanning
 
-__all__ = [
-    "LaneMarking",
-    "Projection",
-    "ProjectionBatch",
-    "RoadNetwork",
-    "Route",
-    "Waypoint",
-    "available_towns",
-    "load_town",
-]
-
-# carla.LaneMarkingType names for OpenDRIVE roadMark types (CARLA's RoadInfoMarkRecord parser).
-_MARK_TYPES = {
-    "none": "NONE",
-    "solid": "Solid",
-    "broken": "Broken",
-    "solid solid": "SolidSolid",
-    "solid broken": "SolidBroken",
-    "broken solid": "BrokenSolid",
-    "broken broken": "BrokenBroken",
-    "botts dots": "BottsDots",
-    "grass": "Grass",
-    "curb": "Curb",
-}
-# carla.LaneChange bit values: NONE=0, Right=1, Left=2, Both=3. OpenDRIVE laneChange increase/decrease map to
-# Right/Left numerically, as CARLA's parser does.
-_LANE_CHANGE_BITS = {"none": 0, "increase": 1, "decrease": 2, "both": 3}
-_LANE_CHANGE_NAMES = ("NONE", "Right", "Left", "Both")
-
-# carla.LaneType names for OpenDRIVE lane types.
-_LANE_TYPES = {
-    "none": "NONE",
-    "driving": "Driving",
-    "stop": "Stop",
-    "shoulder": "Shoulder",
-    "biking": "Biking",
-    "sidewalk": "Sidewalk",
-    "border": "Border",
-    "restricted": "Restricted",
-    "parking": "Parking",
-    "bidirectional": "Bidirectional",
-    "median": "Median",
-    "special1": "Special1",
-    "special2": "Special2",
-    "special3": "Special3",
-    "roadworks": "RoadWorks",
-    "tram": "Tram",
-    "rail": "Rail",
-    "entry": "Entry",
-    "exit": "Exit",
-    "offramp": "OffRamp",
-    "onramp": "OnRamp",
-}
+__all__ = ["RoadNetwork"]
 
 # Spacing (m) of the dense lane-centre polylines used for nearest-lane queries. Linear interpolation between
 # samples 0.25 m apart deviates from an 8 m radius arc by under 1 mm.
@@ -98,118 +59,11 @@ _K_NEAREST = 8
 _K_NEAREST_YAW = 24
 
 
-@dataclasses.dataclass(frozen=True)
-class LaneMarking:
-    """A lane boundary marking as ``carla.LaneMarking`` reports it (type/color names of CARLA's enums)."""
-
-    type: str  # carla.LaneMarkingType name: "NONE", "Solid", "Broken", "SolidSolid", "Curb", ...
-    color: str  # OpenDRIVE colour ("standard", "white", "yellow", ...)
-    width: float  # metres
-    lane_change: str  # carla.LaneChange name of this record
-
-
-@dataclasses.dataclass(frozen=True)
-class LaneInfo:
-    """A lane of one lane section (a node of the lane graph)."""
-
-    index: int
-    road_id: int
-    section_id: int
-    lane_id: int
-    type: str  # OpenDRIVE type ("driving", "sidewalk", ...)
-    s0: float  # section start along the road
-    s1: float  # section end
-    junction_id: int  # -1 outside junctions
-
-    @property
-    def length(self) -> float:
-        return self.s1 - self.s0
-
-    @property
-    def forward(self) -> bool:
-        """True when travel goes with increasing s (CARLA: lane_id <= 0)."""
-        return self.lane_id <= 0
-
-    @property
-    def is_junction(self) -> bool:
-        return self.junction_id >= 0
-
-
-@dataclasses.dataclass(frozen=True)
-class Waypoint:
-    """A point on a lane centre, like ``carla.Waypoint`` (CARLA frame, yaw in degrees along the travel direction)."""
-
-    lane_index: int  # index into RoadNetwork.lanes
-    road_id: int
-    section_id: int
-    lane_id: int
-    s: float  # OpenDRIVE s along the road (decreases along travel for lane_id > 0, as in CARLA)
-    x: float
-    y: float
-    z: float
-    yaw: float  # degrees, CARLA convention, direction of travel
-    lane_width: float
-    lane_type: str  # carla.LaneType name ("Driving", "Sidewalk", ...)
-    is_junction: bool
-    junction_id: int
-    left_marking: LaneMarking | None
-    right_marking: LaneMarking | None
-    lane_change: str  # carla.LaneChange name
-
-    @property
-    def location(self) -> np.ndarray:
-        return np.array([self.x, self.y, self.z])
-
-
-@dataclasses.dataclass(frozen=True)
-class Projection(Waypoint):
-    """A query point projected onto its nearest lane centre: a :class:`Waypoint` plus the offsets."""
-
-    lateral_offset: float = 0.0  # metres, positive = right of the direction of travel
-    distance: float = 0.0  # metres from the query point to the lane centre (2D)
-
-
-@dataclasses.dataclass(frozen=True)
-class ProjectionBatch:
-    """Vectorised projection of N points (arrays of shape (N,)); see :meth:`RoadNetwork.project_many`."""
-
-    lane_index: np.ndarray  # int64
-    road_id: np.ndarray
-    lane_id: np.ndarray
-    s: np.ndarray  # OpenDRIVE s
-    x: np.ndarray  # lane centre, CARLA frame
-    y: np.ndarray
-    yaw: np.ndarray  # lane heading along travel, degrees (CARLA)
-    lane_width: np.ndarray
-    lateral_offset: np.ndarray  # positive = right of travel direction
-    distance: np.ndarray  # |query - centre|
-    is_junction: np.ndarray  # bool
-
-    @property
-    def inside(self) -> np.ndarray:
-        """True where the query lies within half a lane width of the centre (CARLA's ``project_to_road=False``)."""
-        return self.distance < 0.5 * self.lane_width
-
-
-@dataclasses.dataclass(frozen=True)
-class Route:
-    """A route on the lane graph: the lanes used and a dense centre-line polyline (CARLA frame)."""
-
-    lanes: tuple[tuple[int, float, float], ...]  # (lane index, s_from, s_to) in travel order
-    points: np.ndarray  # (N, 2) x, y
-    yaw: np.ndarray  # (N,) degrees
-    s: np.ndarray  # (N,) cumulative arc length from the start (m)
-
-    @property
-    def length(self) -> float:
-        return float(self.s[-1])
-
-
 def _wrap_deg(a: np.ndarray | float) -> np.ndarray | float:
     return (np.asarray(a) + 180.0) % 360.0 - 180.0
 
 
-class RoadNetwork:
+class RoadNetwork(RoutePlanning):
     """Lanes, lane graph and spatial index of one OpenDRIVE map. Build with :meth:`from_opendrive`."""
 
     def __init__(self, odr: OpenDrive, text: str, name: str = "custom") -> None:
@@ -486,9 +340,9 @@ class RoadNetwork:
             if "any" in lane_types:
                 idx = np.arange(len(self.sample_lane))
             else:
-                unknown = sorted(lane_types - set(_LANE_TYPES))
+                unknown = sorted(lane_types - set(LANE_TYPES))
                 if unknown:
-                    raise ValueError(f"unknown lane type(s) {unknown}; choices: any, {', '.join(_LANE_TYPES)}")
+                    raise ValueError(f"unknown lane type(s) {unknown}; choices: any, {', '.join(LANE_TYPES)}")
                 mask = np.isin(self._lane_type[self.sample_lane], sorted(lane_types))
                 idx = np.flatnonzero(mask)
             if idx.size == 0:
@@ -594,7 +448,7 @@ class RoadNetwork:
             z=float(z[0]),
             yaw=float(yaw[0]),
             lane_width=float(w[0]),
-            lane_type=_LANE_TYPES.get(info.type, "NONE"),
+            lane_type=LANE_TYPES.get(info.type, "NONE"),
             is_junction=info.is_junction,
             junction_id=info.junction_id,
             left_marking=left,
@@ -623,20 +477,20 @@ class RoadNetwork:
         def conv(m: RoadMark | None) -> LaneMarking | None:
             if m is None:
                 return None
-            bits = _LANE_CHANGE_BITS.get(m.lane_change, 0)
-            return LaneMarking(_MARK_TYPES.get(m.type, "Other"), m.color, m.width, _LANE_CHANGE_NAMES[bits])
+            bits = LANE_CHANGE_BITS.get(m.lane_change, 0)
+            return LaneMarking(MARK_TYPES.get(m.type, "Other"), m.color, m.width, LANE_CHANGE_NAMES[bits])
 
         # CARLA (client Waypoint::GetLaneChange): the outer record gives the right side, the inner the left;
         # a missing record allows both; Right/Left swap for records on the positive side.
-        c_right = _LANE_CHANGE_BITS.get(outer.lane_change, 0) if outer is not None else 3
-        c_left = _LANE_CHANGE_BITS.get(inner.lane_change, 0) if inner is not None else 3
+        c_right = LANE_CHANGE_BITS.get(outer.lane_change, 0) if outer is not None else 3
+        c_left = LANE_CHANGE_BITS.get(inner.lane_change, 0) if inner is not None else 3
         swap = {1: 2, 2: 1}
         if info.lane_id > 0:
             c_right = swap.get(c_right, c_right)
         if inner_id > 0:
             c_left = swap.get(c_left, c_left)
         change = (c_right & 1) | (c_left & 2)
-        return conv(inner), conv(outer), _LANE_CHANGE_NAMES[change]
+        return conv(inner), conv(outer), LANE_CHANGE_NAMES[change]
 
     def next(self, wp: Waypoint, distance: float) -> list[Waypoint]:
         """Waypoints ``distance`` metres ahead along the travel direction, one per branch (``waypoint.next``)."""
@@ -735,152 +589,3 @@ class RoadNetwork:
         hi = self.sample_xy.max(axis=0) + margin
         return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
 
-    # ------------------------------------------------------------------------------------------------------
-    # Route planning on the driving-lane graph
-
-    def _arc_to(self, li: int, s: float) -> float:
-        """Distance travelled from the start of lane ``li`` to OpenDRIVE ``s`` (along travel)."""
-        info = self.lanes[li]
-        return (s - info.s0) if info.forward else (info.s1 - s)
-
-    def plan_route(
-        self,
-        start: tuple[float, float],
-        goal: tuple[float, float],
-        start_yaw: float | None = None,
-        spacing: float = 1.0,
-    ) -> Route:
-        """Shortest route (Dijkstra, cost = lane length) on the driving lanes from ``start`` to ``goal``.
-
-        Both locations are projected onto driving lanes first (``start_yaw`` picks the start lane's direction).
-        Raises ``ValueError`` when the goal cannot be reached.
-        """
-        ps = self.project(start[0], start[1], yaw=start_yaw)
-        pg = self.project(goal[0], goal[1])
-        return self._route_between(ps.lane_index, ps.s, pg.lane_index, pg.s, spacing)
-
-    def _route_between(self, l0: int, s0: float, l1: int, s1: float, spacing: float) -> Route:
-        a0, a1 = self._arc_to(l0, s0), self._arc_to(l1, s1)
-        if l0 == l1 and a1 >= a0:
-            return self._make_route([(l0, s0, s1)], spacing)
-        # Dijkstra from the end of l0 over whole lanes; cost to reach the *start* of a lane.
-        start_cost = self.lanes[l0].length - a0
-        dist = {}
-        prev: dict[int, int] = {}
-        heap = []
-        for n in self._successors[l0]:
-            if self.lanes[n].type == "driving":
-                heapq.heappush(heap, (start_cost, n, l0))
-        while heap:
-            c, n, p = heapq.heappop(heap)
-            if n in dist:
-                continue
-            dist[n] = c
-            prev[n] = p
-            if n == l1:
-                break
-            for m in self._successors[n]:
-                if m not in dist and self.lanes[m].type == "driving":
-                    heapq.heappush(heap, (c + self.lanes[n].length, m, n))
-        if l1 not in dist:
-            raise ValueError(
-                f"no route from lane (road {self.lanes[l0].road_id}, lane {self.lanes[l0].lane_id}) to "
-                f"(road {self.lanes[l1].road_id}, lane {self.lanes[l1].lane_id})"
-            )
-        chain = [l1]
-        while chain[-1] != l0:
-            chain.append(prev[chain[-1]])
-            if len(chain) > len(self.lanes) + 1:
-                raise RuntimeError("route reconstruction loops")
-        chain.reverse()
-        parts = []
-        for i, li in enumerate(chain):
-            info = self.lanes[li]
-            a = s0 if i == 0 else (info.s0 if info.forward else info.s1)
-            b = s1 if i == len(chain) - 1 else (info.s1 if info.forward else info.s0)
-            parts.append((li, a, b))
-        return self._make_route(parts, spacing)
-
-    def _make_route(self, parts: list[tuple[int, float, float]], spacing: float) -> Route:
-        xs, ys, yaws = [], [], []
-        for li, a, b in parts:
-            n = max(int(math.ceil(abs(b - a) / spacing)), 1) + 1
-            grid = np.linspace(a, b, n)
-            x, y, _z, yaw, _w = self.lane_centre(li, grid)
-            if xs:  # drop the duplicated joint
-                x, y, yaw = x[1:], y[1:], yaw[1:]
-            xs.append(x)
-            ys.append(y)
-            yaws.append(yaw)
-        pts = np.stack([np.concatenate(xs), np.concatenate(ys)], axis=1)
-        keep = np.concatenate([[True], np.hypot(*np.diff(pts, axis=0).T) > 1e-6])
-        pts = pts[keep]
-        yaw = np.concatenate(yaws)[keep]
-        s = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(pts, axis=0).T))])
-        return Route(tuple(parts), pts, yaw, s)
-
-    def random_route(
-        self, rng: np.random.Generator, min_length: float = 100.0, max_length: float = 400.0, spacing: float = 1.0
-    ) -> Route:
-        """A random route on driving lanes: random start lane and position (outside junctions), then a random walk
-        through the lane graph until the length is in [min_length, max_length]. Deterministic for ``rng``."""
-        if not 0 < min_length <= max_length:
-            raise ValueError(f"need 0 < min_length <= max_length, got {min_length}, {max_length}")
-        starts = [i.index for i in self.lanes if i.type == "driving" and not i.is_junction and i.length > 1.0]
-        if not starts:
-            raise ValueError("the map has no driving lanes outside junctions")
-        for _ in range(100):
-            l0 = int(rng.choice(starts))
-            info = self.lanes[l0]
-            a0 = float(rng.uniform(0.0, 0.5 * info.length))
-            s0 = info.s0 + a0 if info.forward else info.s1 - a0
-            parts = []
-            li, s, total = l0, s0, 0.0
-            target = float(rng.uniform(min_length, max_length))
-            while True:
-                cur = self.lanes[li]
-                end = cur.s1 if cur.forward else cur.s0
-                left = abs(end - s)
-                if total + left >= target:
-                    stop = s + (target - total) if cur.forward else s - (target - total)
-                    parts.append((li, s, stop))
-                    total = target
-                    break
-                parts.append((li, s, end))
-                total += left
-                nxt = [n for n in self._successors[li] if self.lanes[n].type == "driving"]
-                if not nxt:
-                    break
-                li = int(rng.choice(nxt))
-                ni = self.lanes[li]
-                s = ni.s0 if ni.forward else ni.s1
-            if total >= min_length:
-                return self._make_route(parts, spacing)
-        raise ValueError(f"could not find a route of at least {min_length} m in 100 tries")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Towns
-
-
-def available_towns() -> tuple[str, ...]:
-    """Town names :func:`load_town` accepts: ``town01`` and procedural ``grid<N>`` towns (see jtd3.sim.towns)."""
-    from jtd3.sim.towns import PROCEDURAL_TOWNS
-
-    return ("town01",) + PROCEDURAL_TOWNS
-
-
-@functools.lru_cache(maxsize=8)
-def load_town(name: str, seed: int = 0) -> RoadNetwork:
-    """Load a town by name: ``town01`` (CARLA's Town01, shipped) or a procedural town (``seed`` picks its layout).
-
-    Cached per (name, seed): the network is immutable after construction.
-    """
-    from jtd3.sim.towns import PROCEDURAL_TOWNS, procedural_town_xodr
-
-    if name == "town01":
-        text = (DATA_DIR / "Town01.xodr").read_text(encoding="utf-8")
-        return RoadNetwork.from_opendrive(text, name="town01")
-    if name in PROCEDURAL_TOWNS:
-        return RoadNetwork.from_opendrive(procedural_town_xodr(name, seed), name=f"{name}-seed{seed}")
-    raise ValueError(f"unknown town {name!r}; choices: {', '.join(available_towns())}")

@@ -1,9 +1,9 @@
-"""The CARLA 0.9.16 backend: the only module in jtd3 that talks to a CARLA server.
+"""The CARLA 0.9.16 backend: the session, the only code in jtd3 that talks to a CARLA server.
 
-:class:`CarlaSession` implements :class:`jtd3.backend.Backend` on a real server. It keeps the server in
+:class:`CarlaSession` implements :class:`jtd3.backends.base.Backend` on a real server. It keeps the server in
 synchronous mode (fixed step ``fixed_delta_seconds``, 0.05 s by default), drives one ego vehicle with a
 front RGB camera, a collision sensor and a lane-invasion sensor, spawns NPC vehicles under a seeded Traffic
-Manager, and hands back plain NumPy/Python :class:`jtd3.backend.Snapshot` objects: no ``carla`` object ever
+Manager, and hands back plain NumPy/Python :class:`jtd3.backends.base.Snapshot` objects: no ``carla`` object ever
 leaves this module (they do not pickle).
 
 Lifecycle (each step is a known way for a CARLA client to leave a server frozen or crashed)::
@@ -34,6 +34,11 @@ call ``reset``).
 
 Frames and units: CARLA's (metres, seconds, degrees; x east, y south, z up, left-handed; yaw clockwise seen
 from above). See ``docs/carla.md`` for the design notes and measured numbers.
+
+Its pieces: :mod:`~jtd3.backends.carla.config` (settings), :mod:`~jtd3.backends.carla.errors`,
+:mod:`~jtd3.backends.carla.probe` (the port probe), :mod:`~jtd3.backends.carla.sensors` (queues, conversions),
+:mod:`~jtd3.backends.carla.client` (the carla wheel: import, versions, commands) and
+:mod:`~jtd3.backends.carla.server_process` (a server the session starts).
 """
 
 from __future__ import annotations
@@ -42,560 +47,48 @@ import atexit
 import dataclasses
 import logging
 import math
-import os
-import queue
-import re
-import shlex
-import signal
-import socket
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-import cv2
 import numpy as np
 
-from jtd3.backend import (
-    ActorState,
-    CollisionEvent,
-    LaneInvasionEvent,
-    Pose,
-    Snapshot,
-    VehicleControl,
-    Vehicles,
+from jtd3.backends.base import ActorState, Pose, Snapshot, VehicleControl, Vehicles
+from jtd3.backends.carla.client import (
+    check_versions,
+    choose_npc_spawns,
+    destroy_commands,
+    import_carla,
+    npc_spawn_commands,
+    restored_settings,
+    sync_settings,
+    to_carla_control,
 )
-from jtd3.config import ConfigNode, check, choice, param
+from jtd3.backends.carla.config import CarlaConfig
+from jtd3.backends.carla.errors import (
+    CarlaEpisodeLost,
+    CarlaError,
+    CarlaSensorTimeout,
+    CarlaSpawnError,
+    CarlaUnavailableError,
+    is_timeout,
+    unavailable_message,
+)
+from jtd3.backends.carla.probe import probe_carla_rpc
+from jtd3.backends.carla.sensors import (
+    EventQueue,
+    FrameQueue,
+    bgra_to_gray,
+    collision_event,
+    lane_invasion_event,
+    vector3,
+)
+from jtd3.backends.carla.server_process import ServerProcess
 
-__all__ = [
-    "CarlaConfig",
-    "CarlaEpisodeLost",
-    "CarlaError",
-    "CarlaSensorTimeout",
-    "CarlaSession",
-    "ServerProcess",
-    "CarlaSpawnError",
-    "CarlaUnavailableError",
-    "CarlaVersionError",
-    "EventQueue",
-    "FrameQueue",
-    "bgra_to_gray",
-    "import_carla",
-    "is_timeout",
-    "probe_carla_rpc",
-    "to_carla_control",
-]
+__all__ = ["CarlaSession"]
 
 log = logging.getLogger(__name__)
-
-CAMERA_KINDS = ("front", "birdeye")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Configuration
-
-
-@dataclasses.dataclass(frozen=True)
-class CarlaConfig(ConfigNode):
-    """Settings of one CARLA session (one server). Times in seconds, distances in metres, angles in degrees."""
-
-    host: str = param("127.0.0.1", "CARLA server host")
-    port: int = param(2000, "CARLA RPC port (-carla-rpc-port); the server also uses port+1 for sensor streams")
-    timeout_s: float = param(5.0, "client timeout for connecting and for every RPC call (s)")
-    probe: bool = param(
-        True,
-        "check with a raw msgpack-rpc 'version' call that a CARLA (rpclib) server answers before the carla "
-        "client touches the port: the carla client aborts the process when another program answers",
-    )
-    load_world_timeout_s: float = param(60.0, "client timeout while the server loads a different town (s)")
-    tick_timeout_s: float = param(10.0, "how long world.tick() waits for the server to compute a frame (s)")
-    allow_version_mismatch: bool = param(
-        False, "warn instead of failing when the server's X.Y.Z version differs from the carla wheel's"
-    )
-    town: str = param("Town01", "map loaded with load_world_if_different(town, reset_settings=False)")
-    fixed_delta_seconds: float = param(0.05, "simulated seconds per tick (synchronous mode)")
-    restore_settings: str = choice(
-        "original",
-        ("original", "asynchronous"),
-        "what close() applies: the settings found at connect, or those with synchronous mode off and a "
-        "variable step (use when a crashed client left the server synchronous: it would stay frozen)",
-    )
-    tm_port: int = param(8000, "Traffic Manager port (one per server when several run on one host)")
-    tm_leading_distance_m: float = param(2.5, "Traffic Manager global distance to the leading vehicle (m)")
-    tm_hybrid_physics: bool = param(False, "Traffic Manager hybrid physics mode (cheaper NPCs far from the ego)")
-    ego_blueprint: str = param("vehicle.tesla.model3", "blueprint id of the ego vehicle")
-    ego_role_name: str = param("hero", "role_name attribute of the ego (CARLA tools look for 'hero')")
-    spawn_lift_m: float = param(0.5, "height above the spawn pose of the first ego spawn attempt (m)")
-    spawn_retries: int = param(
-        4, "extra ego spawn attempts after the first (each one tick later and spawn_lift_m higher)"
-    )
-    npc_filter: str = param("vehicle.*", "blueprint wildcard for NPC vehicles")
-    npc_four_wheels_only: bool = param(True, "keep only blueprints with number_of_wheels == 4 (no bikes)")
-    npc_min_distance_m: float = param(15.0, "NPCs spawn only at map spawn points at least this far from the ego")
-    camera_kind: str = choice(
-        "front", CAMERA_KINDS, "camera in the Snapshot: front RGB camera, or 'birdeye' (not on this backend yet)"
-    )
-    camera_width: int = param(256, "front camera image width (pixels)")
-    camera_height: int = param(144, "front camera image height (pixels)")
-    camera_fov: float = param(90.0, "front camera horizontal field of view (degrees)")
-    camera_mount: tuple[float, float, float] = param(
-        (1.6, 0.0, 1.5), "camera position relative to the ego (x forward, y right, z up; m)"
-    )
-    camera_pitch: float = param(0.0, "camera pitch (degrees, negative looks down)")
-    output_width: int = param(84, "width of the grayscale camera frame in the Snapshot (pixels)")
-    output_height: int = param(84, "height of the grayscale camera frame in the Snapshot (pixels)")
-    sensor_timeout_s: float = param(2.0, "how long to wait for a sensor frame matching the tick (s)")
-    reconnect_retries: int = param(3, "reconnect attempts after a server timeout before giving up")
-    reconnect_backoff_s: float = param(2.0, "wait before reconnect attempt k is k * reconnect_backoff_s (s)")
-    server_command: str | None = param(
-        None,
-        "command (split like a shell would, no shell features) that starts a CARLA server answering on host:port, "
-        "e.g. '/opt/carla/CarlaUE4.sh -RenderOffScreen -carla-rpc-port=2000'; with it the session starts the "
-        "server when none answers, restarts it when it dies or stops answering, and stops it on close; null: "
-        "never start one",
-    )
-    server_start_timeout_s: float = param(120.0, "how long a server started by server_command may take to answer (s)")
-    restart_every_episodes: int = param(
-        0, "restart the server started by server_command every this many episodes (the usual workaround for "
-        "CARLA's memory leaks in long runs); 0: never"
-    )
-    max_consecutive_failures: int = param(
-        5, "training saves a checkpoint and stops after this many CARLA failures in a row (lost episodes, "
-        "failed resets or evaluations); each failure ends its episode cleanly and training goes on"
-    )
-
-    def __post_init__(self) -> None:
-        check(bool(self.host), "carla.host", self.host, "a non-empty host name")
-        for key in ("port", "tm_port"):
-            v = getattr(self, key)
-            check(1 <= v <= 65535, f"carla.{key}", v, "a TCP port in [1, 65535]")
-        check(self.port + 1 <= 65535, "carla.port", self.port, "<= 65534 (CARLA also uses port+1)")
-        check(self.tm_port not in (self.port, self.port + 1), "carla.tm_port", self.tm_port,
-              f"different from the RPC port {self.port} and the streaming port {self.port + 1}")
-        for key in ("timeout_s", "load_world_timeout_s", "tick_timeout_s", "sensor_timeout_s"):
-            v = getattr(self, key)
-            check(math.isfinite(v) and v > 0, f"carla.{key}", v, "> 0")
-        check(0.0 < self.fixed_delta_seconds <= 0.1, "carla.fixed_delta_seconds", self.fixed_delta_seconds,
-              "in (0, 0.1] (CARLA's physics substepping is limited to 0.1 s per frame by default)")
-        check(self.spawn_retries >= 0, "carla.spawn_retries", self.spawn_retries, ">= 0")
-        check(self.reconnect_retries >= 0, "carla.reconnect_retries", self.reconnect_retries, ">= 0")
-        check(self.reconnect_backoff_s >= 0, "carla.reconnect_backoff_s", self.reconnect_backoff_s, ">= 0")
-        check(self.server_command is None or bool(self.server_command.strip()), "carla.server_command",
-              self.server_command, "a command or null")
-        check(math.isfinite(self.server_start_timeout_s) and self.server_start_timeout_s > 0,
-              "carla.server_start_timeout_s", self.server_start_timeout_s, "> 0")
-        check(self.restart_every_episodes >= 0, "carla.restart_every_episodes", self.restart_every_episodes, ">= 0")
-        check(self.restart_every_episodes == 0 or self.server_command is not None, "carla.restart_every_episodes",
-              self.restart_every_episodes, "0 unless carla.server_command is set (only a server the run started "
-              "can be restarted)")
-        check(self.max_consecutive_failures >= 1, "carla.max_consecutive_failures", self.max_consecutive_failures,
-              ">= 1")
-        check(self.spawn_lift_m >= 0, "carla.spawn_lift_m", self.spawn_lift_m, ">= 0")
-        check(self.npc_min_distance_m >= 0, "carla.npc_min_distance_m", self.npc_min_distance_m, ">= 0")
-        check(self.tm_leading_distance_m >= 0, "carla.tm_leading_distance_m", self.tm_leading_distance_m, ">= 0")
-        for key in ("camera_width", "camera_height", "output_width", "output_height"):
-            v = getattr(self, key)
-            check(v > 0, f"carla.{key}", v, "> 0")
-        check(0.0 < self.camera_fov < 180.0, "carla.camera_fov", self.camera_fov, "in (0, 180)")
-        check(all(math.isfinite(v) for v in self.camera_mount), "carla.camera_mount", self.camera_mount,
-              "three finite numbers")
-        check(bool(self.ego_blueprint.startswith("vehicle.")), "carla.ego_blueprint", self.ego_blueprint,
-              "a vehicle blueprint id such as 'vehicle.tesla.model3'")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Errors
-
-
-class CarlaError(RuntimeError):
-    """Base class of every error this module raises about the server."""
-
-
-class CarlaUnavailableError(CarlaError):
-    """No CARLA server answers at host:port (within the client timeout), or reconnecting failed."""
-
-
-class CarlaVersionError(CarlaError):
-    """The server's CARLA version differs from the carla client wheel's."""
-
-
-class CarlaSpawnError(CarlaError):
-    """The ego could not be spawned within the allowed attempts."""
-
-
-class CarlaSensorTimeout(CarlaError):
-    """A sensor did not deliver the frame of the current tick in time."""
-
-
-class CarlaEpisodeLost(CarlaError):
-    """The server timed out during ``step``; the session reconnected but the episode is gone: call ``reset``."""
-
-
-def unavailable_message(host: str, port: int, timeout_s: float, reason: str) -> str:
-    """What to tell a user when nothing usable answers at ``host:port``."""
-    return (
-        f"no CARLA server reachable at {host}:{port} ({reason}; client timeout {timeout_s:g} s).\n"
-        f"Start CARLA 0.9.16 on that machine, e.g.\n"
-        f"    ./CarlaUE4.sh -RenderOffScreen -carla-rpc-port={port}\n"
-        f"(it also listens on port {port + 1} for sensor streams), and wait until it accepts connections;\n"
-        f"or run on the embedded simulator instead: --env sim"
-    )
-
-
-_TIMEOUT_PATTERN = re.compile(r"time-?out", re.IGNORECASE)
-
-
-def is_timeout(error: BaseException) -> bool:
-    """True for the carla client's network timeout (``RuntimeError('time-out of 5000ms while waiting ...')``)."""
-    return (
-        isinstance(error, RuntimeError)
-        and not isinstance(error, CarlaError)
-        and bool(_TIMEOUT_PATTERN.search(str(error)))
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Pure helpers (no server)
-
-
-def import_carla() -> Any:
-    """Import the ``carla`` client wheel, or explain how to get it."""
-    try:
-        import carla  # noqa: PLC0415 (lazy on purpose: jtd3 imports without the wheel)
-    except ImportError as e:
-        raise ImportError(
-            "the CARLA backend needs the carla 0.9.16 client wheel (Linux/Windows x86_64, CPython 3.10-3.12): "
-            "pip install 'jtd3[carla]' (or pip install carla==0.9.16); or use the embedded simulator: --env sim"
-        ) from e
-    return carla
-
-
-def parse_version(text: str) -> tuple[int, int, int] | None:
-    """``"0.9.16"`` / ``"0.9.16-12-gabcdef"`` -> ``(0, 9, 16)``; ``None`` if there is no X.Y.Z prefix."""
-    m = re.match(r"\s*(\d+)\.(\d+)\.(\d+)", text)
-    return (int(m[1]), int(m[2]), int(m[3])) if m else None
-
-
-def check_versions(client_version: str, server_version: str, allow_mismatch: bool) -> None:
-    """Raise :class:`CarlaVersionError` unless client and server share X.Y.Z (or warn if ``allow_mismatch``)."""
-    c, s = parse_version(client_version), parse_version(server_version)
-    if c is not None and c == s:
-        return
-    msg = (
-        f"CARLA server version {server_version!r} differs from the carla client wheel {client_version!r}; "
-        f"install the matching wheel (pip install carla=={server_version.split('-')[0]}) or start a CARLA "
-        f"{client_version} server"
-    )
-    if not allow_mismatch:
-        raise CarlaVersionError(msg + " (carla.allow_version_mismatch=true only warns)")
-    log.warning("%s; continuing because carla.allow_version_mismatch is set", msg)
-
-
-def to_carla_control(carla: Any, control: VehicleControl) -> Any:
-    """``carla.VehicleControl`` from a (clamped) :class:`jtd3.backend.VehicleControl`; nothing else builds one."""
-    if not isinstance(control, VehicleControl):
-        raise TypeError(f"expected jtd3.backend.VehicleControl, got {type(control).__name__}")
-    return carla.VehicleControl(
-        throttle=control.throttle,
-        steer=control.steer,
-        brake=control.brake,
-        hand_brake=bool(control.hand_brake),
-        reverse=bool(control.reverse),
-        manual_gear_shift=False,
-        gear=0,
-    )
-
-
-def bgra_to_gray(raw: Any, width: int, height: int, out_width: int, out_height: int) -> np.ndarray:
-    """A CARLA camera buffer (BGRA, uint8, row-major ``height x width``) -> uint8 ``(out_height, out_width)``.
-
-    BGRA -> gray with OpenCV's luma weights, then ``cv2.resize(..., INTER_AREA)`` (pixel-area averaging, the
-    right filter for downscaling).
-    """
-    buf = np.frombuffer(raw, dtype=np.uint8)
-    if buf.size != width * height * 4:
-        raise ValueError(f"camera buffer has {buf.size} bytes, expected {width}x{height}x4 = {width * height * 4}")
-    gray = cv2.cvtColor(buf.reshape(height, width, 4), cv2.COLOR_BGRA2GRAY)
-    if (width, height) == (out_width, out_height):
-        return gray.copy()
-    return cv2.resize(gray, (out_width, out_height), interpolation=cv2.INTER_AREA)
-
-
-def sync_settings(settings: Any, fixed_delta_seconds: float, no_rendering: bool) -> Any:
-    """Turn a ``carla.WorldSettings`` (a fresh copy from ``get_settings()``) into jtd3's settings, in place."""
-    settings.synchronous_mode = True
-    settings.fixed_delta_seconds = float(fixed_delta_seconds)
-    settings.no_rendering_mode = bool(no_rendering)
-    return settings
-
-
-def restored_settings(original: Any, mode: str) -> Any:
-    """The settings ``close()`` applies: the saved ones, or those with synchronous mode and the fixed step off."""
-    if mode == "original":
-        return original
-    if mode == "asynchronous":
-        original.synchronous_mode = False
-        original.fixed_delta_seconds = None
-        return original
-    raise ValueError(f"restore_settings = {mode!r}: must be one of 'original', 'asynchronous'")
-
-
-def destroy_commands(carla: Any, actor_ids: Sequence[int]) -> list[Any]:
-    """One ``command.DestroyActor`` per id, for a single ``apply_batch_sync``."""
-    return [carla.command.DestroyActor(int(i)) for i in actor_ids]
-
-
-def npc_spawn_commands(carla: Any, blueprints: Sequence[Any], transforms: Sequence[Any], tm_port: int) -> list:
-    """``SpawnActor(bp, tf).then(SetAutopilot(FutureActor, True, tm_port))`` for each NPC (one batch)."""
-    if len(blueprints) != len(transforms):
-        raise ValueError(f"{len(blueprints)} blueprints for {len(transforms)} transforms")
-    cmd = carla.command
-    return [
-        cmd.SpawnActor(bp, tf).then(cmd.SetAutopilot(cmd.FutureActor, True, int(tm_port)))
-        for bp, tf in zip(blueprints, transforms)
-    ]
-
-
-def choose_npc_spawns(
-    spawn_xy: np.ndarray, ego_xy: tuple[float, float], count: int, min_distance: float, rng: np.random.Generator
-) -> np.ndarray:
-    """Indices of ``count`` spawn points (rows of ``spawn_xy``, metres) at least ``min_distance`` from the ego.
-
-    Deterministic for a given generator state. Raises ``ValueError`` when too few points qualify.
-    """
-    if count < 0:
-        raise ValueError(f"num_vehicles must be >= 0, got {count}")
-    if count == 0:
-        return np.zeros(0, np.int64)
-    d = np.hypot(spawn_xy[:, 0] - ego_xy[0], spawn_xy[:, 1] - ego_xy[1]) if len(spawn_xy) else np.zeros(0)
-    candidates = np.flatnonzero(d >= min_distance)
-    if count > len(candidates):
-        raise ValueError(
-            f"num_vehicles = {count}, but only {len(candidates)} of the map's {len(spawn_xy)} spawn points are "
-            f"at least {min_distance:g} m from the ego (carla.npc_min_distance_m)"
-        )
-    return candidates[rng.permutation(len(candidates))[:count]]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The port probe (raw socket, no carla client)
-
-_RPC_VERSION_REQUEST = bytes(
-    [0x94, 0x00, 0x01, 0xA7, *b"version", 0x91, 0x91, 0xC2]
-)  # msgpack [0 (request), 1 (msgid), "version", [[false]]]: CARLA's sync Metadata is the first argument
-_RPC_RESPONSE_HEADER = bytes([0x94, 0x01, 0x01])  # msgpack [1 (response), 1 (msgid), ...
-
-
-def probe_carla_rpc(host: str, port: int, timeout_s: float) -> None:
-    """Check that an rpclib (msgpack-rpc) server, as CARLA runs, answers at ``host:port``.
-
-    Sends the request the carla client sends for ``get_server_version`` over a plain socket and checks the
-    reply is a msgpack-rpc response to it. Raises :class:`CarlaUnavailableError` when nothing answers (refused,
-    unreachable, or no reply within ``timeout_s``) and :class:`CarlaError` when some other program answers.
-    Never lets the carla client near a foreign protocol (that aborts the whole process).
-    """
-    deadline = time.monotonic() + timeout_s
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout_s)
-    except OSError as e:
-        raise CarlaUnavailableError(unavailable_message(host, port, timeout_s, f"connect: {e}")) from e
-    reply = b""
-    try:
-        sock.sendall(_RPC_VERSION_REQUEST)
-        while len(reply) < len(_RPC_RESPONSE_HEADER):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise socket.timeout
-            sock.settimeout(remaining)
-            chunk = sock.recv(64)
-            if not chunk:
-                break
-            reply += chunk
-    except (socket.timeout, TimeoutError) as e:
-        raise CarlaUnavailableError(
-            unavailable_message(host, port, timeout_s, "a program accepts connections but did not answer")
-        ) from e
-    except OSError as e:
-        raise CarlaUnavailableError(unavailable_message(host, port, timeout_s, f"probe: {e}")) from e
-    finally:
-        sock.close()
-    if not reply.startswith(_RPC_RESPONSE_HEADER):
-        raise CarlaError(
-            f"the program at {host}:{port} is not a CARLA server (it answered {reply[:16]!r} to a msgpack-rpc "
-            f"'version' call); refusing to connect the carla client, which would abort this process. "
-            f"Check carla.port (-carla-rpc-port of the server), or use --env sim"
-        )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Sensor queues (filled on CARLA's threads, read on ours)
-
-
-class FrameQueue:
-    """One item per frame (a camera, the world snapshot), matched to the tick's frame number.
-
-    ``put`` runs on the carla callback thread. ``get(frame)`` returns the item of exactly that frame: older
-    items (late, or duplicates of a frame already taken) are dropped and counted in ``stats['stale']``, newer
-    ones are kept for their own tick (``stats['early']``); a repeated newer frame counts as ``'duplicate'``.
-    """
-
-    def __init__(self, name: str, frame_of: Callable[[Any], int] = lambda item: int(item.frame)):
-        self.name = name
-        self._frame_of = frame_of
-        self._queue: queue.Queue = queue.Queue()
-        self._ahead: dict[int, Any] = {}
-        self.stats = {"stale": 0, "early": 0, "duplicate": 0}
-
-    def put(self, item: Any) -> None:
-        self._queue.put(item)
-
-    def get(self, frame: int, timeout_s: float) -> Any:
-        if frame in self._ahead:
-            item = self._ahead.pop(frame)
-            self._drop_older(frame)
-            return item
-        deadline = time.monotonic() + timeout_s
-        seen: list[int] = []
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                item = self._queue.get(timeout=max(remaining, 0.0)) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                raise CarlaSensorTimeout(
-                    f"{self.name}: no data for frame {frame} within {timeout_s:g} s (carla.sensor_timeout_s); "
-                    f"frames received meanwhile: {seen[-10:]}"
-                ) from None
-            f = self._frame_of(item)
-            seen.append(f)
-            if f == frame:
-                self._drop_older(frame)
-                return item
-            if f < frame:
-                self.stats["stale"] += 1
-            elif f in self._ahead:
-                self.stats["duplicate"] += 1
-            else:
-                self.stats["early"] += 1
-                self._ahead[f] = item
-
-    def _drop_older(self, frame: int) -> None:
-        for f in [f for f in self._ahead if f < frame]:
-            del self._ahead[f]
-            self.stats["stale"] += 1
-
-
-class EventQueue:
-    """Event sensors (collision, lane invasion): any number of items per frame, most frames none.
-
-    ``take(frame)`` returns every item with ``item.frame <= frame`` received so far, oldest frame first;
-    items of later frames wait for their own tick. Nothing is waited for: an event that arrives after its
-    tick was collected comes out with the next ``take``.
-    """
-
-    def __init__(self, name: str, frame_of: Callable[[Any], int] = lambda item: int(item.frame)):
-        self.name = name
-        self._frame_of = frame_of
-        self._queue: queue.Queue = queue.Queue()
-        self._ahead: list[tuple[int, Any]] = []
-
-    def put(self, item: Any) -> None:
-        self._queue.put(item)
-
-    def take(self, frame: int) -> list[Any]:
-        pending = self._ahead
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            pending.append((self._frame_of(item), item))
-        ready = sorted((p for p in pending if p[0] <= frame), key=lambda p: p[0])  # stable: arrival order
-        self._ahead = [p for p in pending if p[0] > frame]
-        return [item for _, item in ready]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Conversions carla -> NumPy (inside this module only)
-
-
-def _vec(v: Any) -> np.ndarray:
-    return np.array([v.x, v.y, v.z], dtype=np.float64)
-
-
-def _collision(event: Any) -> CollisionEvent:
-    other = event.other_actor
-    other_type = str(other.type_id) if other is not None else "static.unknown"
-    other_id = -1 if other is None or other_type.startswith("static.") else int(other.id)
-    return CollisionEvent(
-        frame=int(event.frame),
-        other_id=other_id,
-        other_type=other_type,
-        intensity=float(np.linalg.norm(_vec(event.normal_impulse))),
-    )
-
-
-def _lane_invasion(event: Any) -> LaneInvasionEvent:
-    names = tuple(str(getattr(m.type, "name", m.type)) for m in event.crossed_lane_markings)
-    return LaneInvasionEvent(frame=int(event.frame), crossed_markings=names)
-
-
-class ServerProcess:
-    """A CARLA server started with ``carla.server_command``, in its own process group.
-
-    :meth:`start` runs the command and waits until ``host:port`` answers CARLA's RPC probe (at most
-    ``start_timeout_s``); :meth:`stop` sends SIGTERM to the process group, then SIGKILL after 15 s.
-    """
-
-    def __init__(self, command: str, host: str, port: int, start_timeout_s: float):
-        self.command, self.host, self.port, self.start_timeout_s = command, host, port, start_timeout_s
-        self._proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        argv = shlex.split(self.command)
-        try:
-            self._proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL)
-        except OSError as e:
-            raise CarlaUnavailableError(f"carla.server_command {self.command!r} could not start: {e}") from e
-        deadline = time.monotonic() + self.start_timeout_s
-        last: BaseException | None = None
-        while time.monotonic() < deadline:
-            code = self._proc.poll()
-            if code is not None:
-                raise CarlaUnavailableError(
-                    f"carla.server_command {self.command!r} exited with code {code} before a server answered on "
-                    f"{self.host}:{self.port}"
-                )
-            try:
-                probe_carla_rpc(self.host, self.port, 1.0)
-                log.info("started a CARLA server (pid %d): %s", self._proc.pid, self.command)
-                return
-            except CarlaError as e:
-                last = e
-                time.sleep(0.5)
-        self.stop()
-        raise CarlaUnavailableError(
-            f"carla.server_command {self.command!r}: no CARLA server answered on {self.host}:{self.port} within "
-            f"carla.server_start_timeout_s = {self.start_timeout_s:g} s (last: {last})"
-        )
-
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                proc.wait(timeout=wait_s)
-                return
-            except subprocess.TimeoutExpired:
-                continue
 
 
 @dataclasses.dataclass
@@ -634,7 +127,7 @@ def _close_live_sessions() -> None:
 
 
 class CarlaSession:
-    """A :class:`jtd3.backend.Backend` on a CARLA 0.9.16 server (connects in the constructor).
+    """A :class:`jtd3.backends.base.Backend` on a CARLA 0.9.16 server (connects in the constructor).
 
     ``carla_module`` replaces the ``carla`` wheel (tests pass a fake); leave it ``None`` otherwise.
     Use as a context manager or call :meth:`close`; sessions still open at interpreter exit are closed then.
@@ -693,7 +186,7 @@ class CarlaSession:
         On a server timeout the session reconnects (at most ``reconnect_retries`` times) and starts over.
         """
         if not isinstance(spawn, Pose):
-            raise TypeError(f"spawn must be a jtd3.backend.Pose, got {type(spawn).__name__}")
+            raise TypeError(f"spawn must be a jtd3.backends.base.Pose, got {type(spawn).__name__}")
         if not all(math.isfinite(v) for v in (spawn.x, spawn.y, spawn.z, spawn.yaw)):
             raise ValueError(f"spawn pose must be finite, got {spawn}")
         if isinstance(num_vehicles, bool) or not isinstance(num_vehicles, (int, np.integer)) or num_vehicles < 0:
@@ -734,7 +227,7 @@ class CarlaSession:
         the server timed out (after reconnecting); either way the episode was torn down: call :meth:`reset`.
         """
         if not isinstance(control, VehicleControl):
-            raise TypeError(f"control must be a jtd3.backend.VehicleControl, got {type(control).__name__}")
+            raise TypeError(f"control must be a jtd3.backends.base.VehicleControl, got {type(control).__name__}")
         with self._lock:
             self._check_open()
             ep = self._episode
@@ -970,7 +463,7 @@ class CarlaSession:
         frame = int(world.tick(cfg.tick_timeout_s))
         # Every vehicle in the world (ours and any other client's): type and bounding box do not change.
         ep.statics = {
-            int(a.id): (str(a.type_id), _vec(a.bounding_box.extent)) for a in world.get_actors().filter("vehicle.*")
+            int(a.id): (str(a.type_id), vector3(a.bounding_box.extent)) for a in world.get_actors().filter("vehicle.*")
         }
         if int(ep.ego.id) not in ep.statics:
             raise CarlaError(f"the ego (id {ep.ego.id}) is not among the world's vehicles after spawning")
@@ -1075,8 +568,8 @@ class CarlaSession:
                 f"camera delivered {image.width}x{image.height}, configured {cfg.camera_width}x{cfg.camera_height}"
             )
         camera = bgra_to_gray(image.raw_data, image.width, image.height, cfg.output_width, cfg.output_height)
-        collisions = tuple(_collision(e) for e in ep.collision_queue.take(frame))
-        lanes = tuple(_lane_invasion(e) for e in ep.lane_queue.take(frame))
+        collisions = tuple(collision_event(e) for e in ep.collision_queue.take(frame))
+        lanes = tuple(lane_invasion_event(e) for e in ep.lane_queue.take(frame))
         self.sensor_stats = {q.name: dict(q.stats) for q in (ep.world_queue, ep.camera_queue)}
 
         ego_id = int(ep.ego.id)
@@ -1089,11 +582,11 @@ class CarlaSession:
                 snap = ws.find(i)
                 ids.append(i)
                 transforms.append(snap.get_transform())
-                velocities.append(_vec(snap.get_velocity()))
+                velocities.append(vector3(snap.get_velocity()))
         if ids:
             vehicles = Vehicles(
                 ids=np.array(ids, dtype=np.int64),
-                location=np.array([_vec(t.location) for t in transforms]),
+                location=np.array([vector3(t.location) for t in transforms]),
                 yaw=np.array([float(t.rotation.yaw) for t in transforms]),
                 velocity=np.array(velocities),
                 extent=np.array([ep.statics[i][1] for i in ids]),
@@ -1116,11 +609,11 @@ class CarlaSession:
         return ActorState(
             id=int(snap.id),
             type_id=type_id,
-            location=_vec(tf.location),
+            location=vector3(tf.location),
             rotation=np.array([tf.rotation.pitch, tf.rotation.yaw, tf.rotation.roll], dtype=np.float64),
-            velocity=_vec(snap.get_velocity()),
-            acceleration=_vec(snap.get_acceleration()),
-            angular_velocity=_vec(snap.get_angular_velocity()),
+            velocity=vector3(snap.get_velocity()),
+            acceleration=vector3(snap.get_acceleration()),
+            angular_velocity=vector3(snap.get_angular_velocity()),
             extent=extent.copy(),
         )
 

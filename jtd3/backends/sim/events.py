@@ -14,7 +14,8 @@ import math
 
 import numpy as np
 
-from jtd3.sim.roads import RoadNetwork
+from jtd3.roads.lanes import MARK_TYPES
+from jtd3.roads.network import RoadNetwork
 
 __all__ = ["box_corners", "crossed_markings", "footprint_points", "obb_overlap", "relative_impulse"]
 
@@ -68,8 +69,6 @@ def relative_impulse(v_ego: np.ndarray, v_other: np.ndarray, m_ego: float, m_oth
 
 def _boundary_marks(net: RoadNetwork, lane_index: int, s: float, a: int, b: int) -> list[str]:
     """Marking types (carla.LaneMarkingType names) between lane ids ``a`` and ``b`` of one lane section."""
-    from jtd3.sim.roads import _MARK_TYPES  # one table for the whole package
-
     info = net.lanes[lane_index]
     sec = net._section(info)
     ds = s - sec.s
@@ -88,7 +87,7 @@ def _boundary_marks(net: RoadNetwork, lane_index: int, s: float, a: int, b: int)
         else:
             mark_lane = left_id  # between negative lanes: the inner lane's outer edge
         m = sec.lanes[mark_lane].mark_at(ds)
-        out.append(_MARK_TYPES.get(m.type, "Other") if m is not None else "NONE")
+        out.append(MARK_TYPES.get(m.type, "Other") if m is not None else "NONE")
     return out
 
 

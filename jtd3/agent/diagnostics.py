@@ -22,7 +22,6 @@ __all__ = [
     "FEATURE_STATS",
     "check_explosion",
     "feature_stats",
-    "global_norm",
     "nonfinite_leaves",
     "per_sample_l2",
     "tree_all_finite",
@@ -58,14 +57,6 @@ def feature_stats(x: jax.Array, prefix: str = "") -> dict[str, jax.Array]:
         jnp.mean((x <= 0).astype(jnp.float32)),
     )
     return {prefix + name: v for name, v in zip(FEATURE_STATS, values)}
-
-
-def global_norm(tree: Any) -> jax.Array:
-    """L2 norm of all leaves of ``tree`` together (0.0 for an empty tree), float32."""
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        return jnp.zeros((), jnp.float32)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in leaves))
 
 
 def tree_all_finite(tree: Any) -> jax.Array:

@@ -30,9 +30,9 @@ import math
 import numpy as np
 from scipy.spatial import cKDTree
 
-from jtd3.backend import Vehicles
-from jtd3.sim.config import NpcConfig
-from jtd3.sim.roads import RoadNetwork
+from jtd3.backends.base import Vehicles
+from jtd3.backends.sim.config import NpcConfig
+from jtd3.roads.network import RoadNetwork
 
 __all__ = ["LaneGraph", "Traffic"]
 

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtd3.ops.conv import CONV_IMPLS, camera_to_space_to_depth, conv2d, conv2d_on_space_to_depth
+from jtd3.agent.conv import CONV_IMPLS, camera_to_space_to_depth, conv2d, conv2d_on_space_to_depth
 
 __all__ = [
     "ACTIVATIONS",
@@ -65,10 +65,10 @@ def activation_fn(name: str):
 
 
 class Conv(nn.Module):
-    """VALID 2-D convolution (NHWC, HWIO kernel) through :func:`jtd3.ops.conv.conv2d`.
+    """VALID 2-D convolution (NHWC, HWIO kernel) through :func:`jtd3.agent.conv.conv2d`.
 
     With ``input_s2d`` the input is already in space-to-depth layout with block ``stride`` (see
-    :func:`jtd3.ops.conv.camera_to_space_to_depth`; only for ``impl="im2col"``); the kernel parameter keeps
+    :func:`jtd3.agent.conv.camera_to_space_to_depth`; only for ``impl="im2col"``); the kernel parameter keeps
     its ordinary ``(kernel, kernel, C, features)`` shape either way, so parameters do not depend on ``impl``.
     """
 

@@ -1,7 +1,7 @@
 """The contract between a world backend and :class:`jtd3.envs.DrivingEnv`.
 
-Two backends implement :class:`Backend`: the embedded simulator (``jtd3.sim``, the default) and a CARLA
-0.9.16 server (``jtd3.envs.carla_session``, the only module that imports ``carla`` at runtime). Everything
+Two backends implement :class:`Backend`: the embedded simulator (``jtd3.backends.sim``, the default) and a CARLA
+0.9.16 server (``jtd3.backends.carla.session``, the only module that imports ``carla`` at runtime). Everything
 that crosses this boundary is plain Python / NumPy (CARLA objects do not pickle and must never reach an
 observation, ``info`` dict or the replay buffer).
 

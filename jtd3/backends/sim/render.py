@@ -23,9 +23,9 @@ import math
 import cv2
 import numpy as np
 
-from jtd3.backend import Vehicles
-from jtd3.sim.config import CameraConfig, RenderConfig
-from jtd3.sim.roads import RoadNetwork
+from jtd3.backends.base import Vehicles
+from jtd3.backends.sim.config import CameraConfig, RenderConfig
+from jtd3.roads.network import RoadNetwork
 
 __all__ = [
     "BUILDING",

@@ -160,7 +160,7 @@ class NpcConfig(ConfigNode):
 
 @dataclasses.dataclass(frozen=True)
 class SimConfig(ConfigNode):
-    """The embedded simulator (``jtd3.sim.SimWorld``)."""
+    """The embedded simulator (``jtd3.backends.sim.SimWorld``)."""
 
     town: str = choice("town01", TOWNS, "town01: CARLA's Town01; grid3/grid4: procedural towns (layout from town_seed)")
     town_seed: int = param(0, "layout seed of procedural towns")

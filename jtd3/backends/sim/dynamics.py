@@ -26,8 +26,8 @@ import math
 
 import numpy as np
 
-from jtd3.backend import VehicleControl
-from jtd3.sim.config import VehicleConfig
+from jtd3.backends.base import VehicleControl
+from jtd3.backends.sim.config import VehicleConfig
 
 __all__ = ["EgoState", "GRAVITY", "step", "turning_radius"]
 

@@ -14,11 +14,16 @@ town to drive in; the CARLA-oracle test uses it to check the reader's geometry a
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
-__all__ = ["PROCEDURAL_TOWNS", "geometry_zoo_xodr", "procedural_town_xodr"]
+from jtd3 import DATA_DIR
+from jtd3.roads.network import RoadNetwork
+from jtd3.roads.opendrive import _parse_geometry
+
+__all__ = ["PROCEDURAL_TOWNS", "available_towns", "geometry_zoo_xodr", "load_town", "procedural_town_xodr"]
 
 PROCEDURAL_TOWNS = ("grid3", "grid4")
 
@@ -241,7 +246,6 @@ def geometry_zoo_xodr() -> str:
     s = 0.0
     x, y, h = 0.0, 0.0, 0.0
     pieces = [("line", 10.0, ""), ("spiral", 20.0, (0.0, 0.04)), ("arc", 15.0, 0.04), ("spiral", 20.0, (0.04, 0.0)), ("line", 10.0, "")]
-    from jtd3.sim.opendrive import _parse_geometry  # local import: reuse the reader to chain geometries
     import xml.etree.ElementTree as ET
 
     for kind, length, p in pieces:
@@ -270,3 +274,22 @@ def geometry_zoo_xodr() -> str:
     out.append(_road(4, 40.36685, -1, "", geom, lanes_two_sections(40.36685, 0.0)))
     out.append("</OpenDRIVE>\n")
     return "".join(out)
+
+
+def available_towns() -> tuple[str, ...]:
+    """Town names :func:`load_town` accepts: ``town01`` and procedural ``grid<N>`` towns (see jtd3.roads.towns)."""
+    return ("town01",) + PROCEDURAL_TOWNS
+
+
+@functools.lru_cache(maxsize=8)
+def load_town(name: str, seed: int = 0) -> RoadNetwork:
+    """Load a town by name: ``town01`` (CARLA's Town01, shipped) or a procedural town (``seed`` picks its layout).
+
+    Cached per (name, seed): the network is immutable after construction.
+    """
+    if name == "town01":
+        text = (DATA_DIR / "Town01.xodr").read_text(encoding="utf-8")
+        return RoadNetwork.from_opendrive(text, name="town01")
+    if name in PROCEDURAL_TOWNS:
+        return RoadNetwork.from_opendrive(procedural_town_xodr(name, seed), name=f"{name}-seed{seed}")
+    raise ValueError(f"unknown town {name!r}; choices: {', '.join(available_towns())}")

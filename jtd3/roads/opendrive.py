@@ -7,7 +7,7 @@ objects (used as static obstacles).
 
 Frames: everything in this module is in the **OpenDRIVE** frame (right-handed, x east, y north, heading ``hdg``
 in radians counter-clockwise from +x, lateral coordinate ``t`` positive to the left). The conversion to CARLA's
-frame (y south, yaw in degrees clockwise) happens in one place, :mod:`jtd3.sim.roads`, exactly as CARLA does it
+frame (y south, yaw in degrees clockwise) happens in one place, :mod:`jtd3.roads.network`, exactly as CARLA does it
 (``y -> -y``, ``yaw = -degrees(hdg)``).
 """
 

@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from jtd3 import DATA_DIR
-from jtd3.backend import Pose
+from jtd3.backends.base import Pose
 
 __all__ = [
     "RouteLocation",
@@ -161,6 +161,6 @@ def reference_spawn(route: RoutePolyline | None = None) -> Pose:
 
 
 def route_from_plan(route, spacing: float = 1.0) -> RoutePolyline:
-    """A :class:`RoutePolyline` from a planned :class:`jtd3.sim.roads.Route` (its lane-boundary points as waypoints)."""
+    """A :class:`RoutePolyline` from a planned :class:`jtd3.roads.lanes.Route` (its lane-boundary points as waypoints)."""
     pts = np.asarray(route.points, dtype=np.float64)
     return densify(pts, spacing)

@@ -1,0 +1,70 @@
+"""The training loop's settings (YAML section ``train``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+from jtd3.checkpoint import CheckpointConfig
+from jtd3.config import ConfigNode, check, nested, param
+from jtd3.replay import ReplayConfig
+from jtd3.training.exploration import ExplorationConfig
+
+__all__ = ["TrainConfig"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(ConfigNode):
+    """The actor loop, evaluation, checkpointing and logging (YAML section ``train``)."""
+
+    seed: int = param(0, "seed of everything: agent init, episode seeds, exploration, replay sampling")
+    max_timesteps: int = param(
+        20_000, "environment steps to train for (the README's main job; the original ran 1,000,000)"
+    )
+    learning_starts: int = param(2_000, "environment steps taken by the warm-up policy before any update")
+    batch_size: int = param(64, "transitions per gradient step")
+    train_freq: int = param(4, "environment steps between two update calls")
+    gradient_steps: int = param(
+        2, "gradient steps per update call (one jitted lax.scan); with train_freq 4: one gradient step every two "
+        "env steps (DrQ-v2's ratio with action repeat 2)"
+    )
+    eval_freq: int = param(2_500, "environment steps between evaluations")
+    num_eval_episodes: int = param(10, "deterministic episodes per evaluation (they select the best checkpoint)")
+    checkpoint_freq: int = param(2_500, "environment steps between checkpoints (a multiple of eval_freq)")
+    log_freq: int = param(250, "environment steps between TensorBoard writes of update metrics (means)")
+    debug: bool = param(False, "log update metrics after every update, with per-conv-layer statistics")
+    logdir: str = param("runs", "directory holding run directories")
+    run_name: str | None = param(None, "run directory name; null: <norm>_<encoder>_s<scenario>_seed<seed>_<time>")
+    explosion_l2_threshold: float = param(
+        1.0e4, "alarm when the per-sample feature L2 norm (max over the batch) exceeds this"
+    )
+    jax_memory_fraction: float = param(
+        0.5, "fraction of GPU memory JAX may take (XLA_PYTHON_CLIENT_MEM_FRACTION), leaving room for CARLA"
+    )
+    progress_bar: bool = param(True, "show a tqdm progress bar on the console")
+    exploration: ExplorationConfig = nested(ExplorationConfig)
+    replay: ReplayConfig = nested(ReplayConfig)
+    checkpoint: CheckpointConfig = nested(CheckpointConfig)
+
+    def __post_init__(self):
+        for key in ("max_timesteps", "batch_size", "train_freq", "gradient_steps", "eval_freq", "checkpoint_freq",
+                    "log_freq", "num_eval_episodes"):
+            value = getattr(self, key)
+            check(value >= 1, f"train.{key}", value, ">= 1")
+        check(self.learning_starts >= 0, "train.learning_starts", self.learning_starts, ">= 0")
+        check(self.checkpoint_freq % self.eval_freq == 0, "train.checkpoint_freq", self.checkpoint_freq,
+              f"a multiple of train.eval_freq ({self.eval_freq}) so that every checkpoint carries its evaluation")
+        check(math.isfinite(self.explosion_l2_threshold) and self.explosion_l2_threshold > 0,
+              "train.explosion_l2_threshold", self.explosion_l2_threshold, "a finite number > 0 (the alarm cannot "
+              "be switched off: an infinite threshold would hide exploding features)")
+        check(0.0 < self.jax_memory_fraction <= 1.0, "train.jax_memory_fraction", self.jax_memory_fraction,
+              "in (0, 1]")
+        check(bool(self.logdir), "train.logdir", self.logdir, "a non-empty path")
+        check(self.run_name is None or _is_plain_name(self.run_name), "train.run_name", self.run_name,
+              "one directory name inside train.logdir (no '/', not '.' or '..', not empty)")
+
+
+def _is_plain_name(name: str) -> bool:
+    """A single path component that stays inside its parent directory."""
+    return bool(name) and name not in (".", "..") and "/" not in name and os.sep not in name and "\0" not in name
