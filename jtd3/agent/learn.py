@@ -374,6 +374,17 @@ def is_actor_metric(name: str) -> bool:
     return name in ("losses/actor_loss", "losses/actor_q") or name.startswith(("grad_norm/actor", "debug/actor"))
 
 
+def metric_reduction(name: str) -> str:
+    """How a metric is reduced over several updates: ``"max"`` / ``"min"`` for names ending in ``_max`` /
+    ``_min``, else ``"mean"``. The one rule behind :func:`update_many` (over its K steps, in jnp) and
+    ``jtd3.training.bookkeeping.MetricWindow`` (over update calls between two log writes, in Python)."""
+    if name.endswith("_max"):
+        return "max"
+    if name.endswith("_min"):
+        return "min"
+    return "mean"
+
+
 @jax.jit
 def update_many(state: TrainState, batches: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
     """K TD3 updates in one call (``lax.scan``); every leaf of ``batches`` has a leading K axis.
@@ -398,21 +409,18 @@ def update_many(state: TrainState, batches: Batch) -> tuple[TrainState, dict[str
         if name == "losses/actor_updates":
             out[name] = count
             continue
+        how = metric_reduction(name)
         if is_actor_metric(name):
             mask = policy > 0
-            if name.endswith("_max"):
+            if how == "max":
                 red = jnp.max(jnp.where(mask, values, -jnp.inf))
-            elif name.endswith("_min"):
+            elif how == "min":
                 red = jnp.min(jnp.where(mask, values, jnp.inf))
             else:
                 red = jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(count, 1.0)
             out[name] = jnp.where(count > 0, red, 0.0)
-        elif name.endswith("_max"):
-            out[name] = jnp.max(values)
-        elif name.endswith("_min"):
-            out[name] = jnp.min(values)
         else:
-            out[name] = jnp.mean(values)
+            out[name] = {"max": jnp.max, "min": jnp.min, "mean": jnp.mean}[how](values)
     return state, {**out, **param_norms(state)}
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from jtd3.agent.learn import is_actor_metric
+from jtd3.agent.learn import is_actor_metric, metric_reduction
 
 __all__ = ["MetricWindow", "episode_seed", "eval_seed", "eval_summary", "json_floats"]
 
@@ -46,7 +46,8 @@ def json_floats(d: dict[str, float] | None) -> dict[str, float | None] | None:
 
 
 class MetricWindow:
-    """Means of update metrics between two TensorBoard writes (``*_max`` keys keep the max, ``*_min`` the min).
+    """Update metrics reduced between two TensorBoard writes (``jtd3.agent.learn.metric_reduction``: ``*_max``
+    keys keep the max, ``*_min`` the min, the others the mean).
 
     Actor metrics exist on policy steps only (0.0 on the others): they are averaged over the update calls
     that made actor updates, weighted by ``losses/actor_updates``.
@@ -69,9 +70,10 @@ class MetricWindow:
             actor = is_actor_metric(k)
             if actor and actor_updates == 0:
                 continue
-            if k.endswith("_max"):
+            how = metric_reduction(k)
+            if how == "max":
                 self.extremes[k] = max(self.extremes.get(k, -math.inf), v)
-            elif k.endswith("_min"):
+            elif how == "min":
                 self.extremes[k] = min(self.extremes.get(k, math.inf), v)
             else:
                 self.sums[k] += v * actor_updates if actor else v
