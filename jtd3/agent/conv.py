@@ -1,8 +1,7 @@
 """2-D convolution (NHWC activations, HWIO kernels, VALID padding) with a CPU-friendly custom VJP.
 
 Why: XLA:CPU's convolution weight gradient is slow, and its convolutions scale worse than linearly with the
-batch (measured on the 2-core development CPU: the NatureCNN's first conv at B = 256 takes ~13x the B = 64
-time, not 4x; see docs/agent.md). This module computes the same function with three ingredients:
+batch (docs/agent.md has the measurements). This module computes the same function with three ingredients:
 
 1. **Space-to-depth.** A stride-``s`` convolution whose kernel size is a multiple of ``s`` equals a stride-1
    convolution on the ``s x s`` space-to-depth rearrangement of its input with a rearranged kernel

@@ -1,7 +1,8 @@
 """The gymnasium driving environment over two backends (embedded simulator, CARLA server). See docs/env.md.
 
 - :func:`make_env` / :class:`DrivingEnv`: observation ``{"camera": uint8 (4, 84, 84), "kinematics": float32
-  (55,)}``, action ``[steer, throttle_brake]`` in [-1, 1], reward and termination of issue 4.
+  (55,)}``, action ``[steer, target speed]`` in [-1, 1] (``env.longitudinal_action: pedals``: ``[steer,
+  throttle_brake]``), reward (``jtd3.envs.reward``) and termination (``jtd3.envs.driving_env``).
 - :class:`EnvConfig` (with ``ObservationConfig``, ``RewardConfig``, ``SimConfig``, ``CarlaConfig``); defaults in
   the ``env`` section of ``configs/default.yaml``.
 - :func:`make_vector_env`: ``AsyncVectorEnv`` of N simulators, or N CARLA servers from a ``host:port`` list.
