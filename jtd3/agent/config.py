@@ -32,9 +32,10 @@ class AgentConfig(ConfigNode):
         ENCODERS,
         "shared (default, DrQ style): one critic-owned encoder, the actor reads stop_gradient(features); half "
         "the encoder passes of separate per update (docs/agent.md has the speeds). separate: actor and critic "
-        "own a NatureCNN each, the actor's learns only through the action. original: the PyTorch original's wiring, kept to reproduce its failure (Q1 scored "
-        "on the actor encoder's features, gradients into the actor encoder through Q1's state input; no target "
-        "encoders: the TD target uses the online critic encoder with the target heads)",
+        "own a NatureCNN each, the actor's learns only through the action. original: the PyTorch original's "
+        "wiring, kept to reproduce its failure (Q1 scored on the actor encoder's features, gradients into the actor "
+        "encoder through Q1's state input; no target encoders: the TD target uses the online critic encoder with "
+        "the target heads)",
     )
     features_dim: int = param(512, "NatureCNN output size")
     actor_hidden: tuple[int, ...] = param((256, 256), "actor MLP hidden sizes")
