@@ -48,9 +48,9 @@ class AgentConfig(ConfigNode):
         "the replay lacks (without it the actor saturated its steering at -1 and learned to stop)"
     )
     trunk_dim: int = param(
-        0, "> 0: each head (the actor, each Q head) first maps the CNN features through Dense(trunk_dim) + LayerNorm "
-        "+ tanh (DrQ-v2's trunk), so that the action is not 2 of ~530 inputs of the Q head; 0: the features go in "
-        "as they are"
+        50, "> 0: each head (the actor, each Q head) first maps the CNN features through Dense(trunk_dim) + LayerNorm "
+        "+ tanh (DrQ-v2's trunk), so that the action is not 2 of ~570 inputs of the Q head (without it Q was nearly "
+        "linear in the action and the policy bang-bang, docs/learning.md); 0: the features go in as they are"
     )
     # --- TD3
     gamma: float = param(0.99, "discount per environment step")
