@@ -189,12 +189,17 @@ def test_separate_actor_encoder_learns_only_through_the_action():
 
 
 def _blind_actor(state):
-    """The state with an actor head whose first layer ignores the encoder features (the action then does not
-    depend on the actor encoder)."""
+    """The state with an actor head that ignores the encoder features (the action then does not depend on the
+    actor encoder): a zero trunk kernel (the trunk then outputs tanh(LayerNorm(0)) = 0), or without a trunk
+    zero rows for the features in the first layer."""
     head = state.actor_params["head"]
-    kernel = head["mlp"]["fc0"]["kernel"]
-    blind = kernel.at[: state.spec.config.features_dim].set(0.0)
-    blind_head = {"mlp": {**head["mlp"], "fc0": {**head["mlp"]["fc0"], "kernel": blind}}}
+    if "trunk" in head:
+        fc = head["trunk"]["fc"]
+        blind_head = {**head, "trunk": {**head["trunk"], "fc": {**fc, "kernel": jnp.zeros_like(fc["kernel"])}}}
+    else:
+        kernel = head["mlp"]["fc0"]["kernel"]
+        blind = kernel.at[: state.spec.config.features_dim].set(0.0)
+        blind_head = {"mlp": {**head["mlp"], "fc0": {**head["mlp"]["fc0"], "kernel": blind}}}
     return state.replace(actor_params={**state.actor_params, "head": blind_head})
 
 
@@ -339,19 +344,25 @@ def test_terminated_stops_bootstrap_and_truncation_does_not():
 
 
 def test_n_step_batches_bootstrap_with_their_own_discount():
-    """agent.n_step: a batch with "discount" (gamma^m per sample, from the replay) uses it in the TD target in
-    place of gamma: discount = gamma reproduces the 1-step update exactly, discount 0 makes the target the
-    (summed) reward."""
-    state = run("layernorm", "shared")["s0"]
+    """agent.n_step > 1: the batch carries "discount" (gamma^m per sample, from the replay) and the TD target
+    uses it in place of gamma: discount = gamma reproduces the 1-step update exactly, discount 0 makes the
+    target the (summed) reward. A batch that does not match agent.n_step is refused (a wiring bug)."""
+    one = run("layernorm", "shared")["s0"]
+    n3 = agent.create(dataclasses.replace(one.spec.config, n_step=3), OBS_SPACE, ACT_SPACE, seed=0)
+    chex.assert_trees_all_equal(n3.critic_params, one.critic_params)  # same networks, same init
     batch = make_batch(4, terminated=0.0)
-    _, m_plain = agent.update(state, batch)
-    gamma = state.spec.config.gamma
-    _, m_same = agent.update(state, {**batch, "discount": jnp.full((B,), gamma, jnp.float32)})
+    _, m_plain = agent.update(one, batch)
+    gamma = one.spec.config.gamma
+    _, m_same = agent.update(n3, {**batch, "discount": jnp.full((B,), gamma, jnp.float32)})
     np.testing.assert_allclose(float(m_same["losses/target_q_mean"]), float(m_plain["losses/target_q_mean"]), rtol=1e-6)
-    _, m_zero = agent.update(state, {**batch, "discount": jnp.zeros((B,), jnp.float32)})
+    _, m_zero = agent.update(n3, {**batch, "discount": jnp.zeros((B,), jnp.float32)})
     assert float(m_zero["losses/target_q_mean"]) == pytest.approx(float(jnp.mean(batch["reward"])), abs=1e-6)
     with pytest.raises(ValueError, match=r"discount"):
-        agent.update(state, {**batch, "discount": jnp.zeros((B + 1,), jnp.float32)})
+        agent.update(n3, {**batch, "discount": jnp.zeros((B + 1,), jnp.float32)})
+    with pytest.raises(ValueError, match=r"n_step = 3.*no discount"):
+        agent.update(n3, batch)
+    with pytest.raises(ValueError, match=r"n_step = 1.*a discount"):
+        agent.update(one, {**batch, "discount": jnp.zeros((B,), jnp.float32)})
 
 
 def test_critic_loss_decreases_on_a_fixed_batch():
@@ -453,13 +464,17 @@ def test_sizes_come_from_the_spaces():
     obs_space = spaces.Dict(
         {"camera": spaces.Box(0, 255, (3, 84, 84), np.uint8), "kinematics": spaces.Box(-1, 1, (7,), np.float32)}
     )
-    state = agent.create(
-        AgentConfig(encoder="separate", features_dim=64, actor_hidden=(32,)), obs_space, spaces.Box(-1, 1, (3,)), 0
-    )
+    cfg = AgentConfig(encoder="separate", features_dim=64, actor_hidden=(32,), trunk_dim=20)
+    state = agent.create(cfg, obs_space, spaces.Box(-1, 1, (3,)), 0)
     chex.assert_shape(state.actor_params["encoder"]["conv1"]["kernel"], (8, 8, 3, 32))
-    chex.assert_shape(state.actor_params["head"]["mlp"]["fc0"]["kernel"], (64 + 7, 32))
+    chex.assert_shape(state.actor_params["head"]["trunk"]["fc"]["kernel"], (64, 20))
+    chex.assert_shape(state.actor_params["head"]["mlp"]["fc0"]["kernel"], (20 + 7, 32))
     chex.assert_shape(state.actor_params["head"]["mlp"]["out"]["kernel"], (32, 3))
-    chex.assert_shape(state.critic_params["head"]["q"]["mlp"]["fc0"]["kernel"], (2, 64 + 7 + 3, 256))
+    chex.assert_shape(state.critic_params["head"]["q"]["trunk"]["fc"]["kernel"], (2, 64, 20))
+    chex.assert_shape(state.critic_params["head"]["q"]["mlp"]["fc0"]["kernel"], (2, 20 + 7 + 3, 256))
+    flat = agent.create(dataclasses.replace(cfg, trunk_dim=0), obs_space, spaces.Box(-1, 1, (3,)), 0)
+    assert "trunk" not in flat.actor_params["head"] and "trunk" not in flat.critic_params["head"]["q"]
+    chex.assert_shape(flat.critic_params["head"]["q"]["mlp"]["fc0"]["kernel"], (2, 64 + 7 + 3, 256))
     assert (state.spec.camera_shape, state.spec.kinematics_dim, state.spec.action_dim) == ((3, 84, 84), 7, 3)
 
 
@@ -513,7 +528,7 @@ def test_every_config_field_is_read_and_per_layer_stats_are_reported():
         gamma=0.9, tau=0.01, policy_noise=0.1, noise_clip=0.3, policy_delay=3, cnn_lr=2e-4, mlp_lr=5e-4,
         cnn_grad_clip=10.0, mlp_grad_clip=5.0, weight_decay=1e-5, bn_momentum=0.9, target_bn_stats="copy",
         conv_impl="im2col", conv_chunk=3, per_layer_stats=True, encoder="separate", actor_out_init=1e-2,
-        actor_grad_clip=1.0, critic_grad_clip=10.0, weight_decay_mode="coupled",
+        actor_grad_clip=1.0, critic_grad_clip=10.0, weight_decay_mode="coupled", trunk_dim=12, n_step=1,
     )  # fmt: skip
     batch = make_batch(0)
     with track_reads() as reads:

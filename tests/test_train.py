@@ -83,6 +83,15 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     assert max(s for s, _ in scalars["losses/critic_loss"]) == 240
 
 
+def test_n_step_training_samples_n_step_batches(tmp_path):
+    """agent.n_step = 3 reaches the replay: the agent refuses 1-step batches under n_step > 1, so a run that
+    trains at all sampled n-step ones."""
+    code, run_dir = run(tmp_path, "nstep", 100, "--set", "agent.n_step=3")
+    assert code == 0
+    restored, _ = restore(run_dir)
+    assert restored.loop_state["updates"] > 0
+
+
 def test_explosion_alarm_on_feature_norm_writes_a_checkpoint_and_exits_3(tmp_path, capsys):
     code, run_dir = run(tmp_path, "boom", 200, "--set", "train.explosion_l2_threshold=1e-3")
     assert code == 3

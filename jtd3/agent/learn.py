@@ -109,6 +109,13 @@ def validate_batch(spec: AgentSpec, batch: Batch) -> int:
     if nb != b:
         raise ValueError(f"batch['next_obs'] has batch size {nb}, batch['obs'] has {b}")
     shapes = {"action": (b, spec.action_dim), "reward": (b,), "terminated": (b,)}
+    n_step = spec.config.n_step
+    if ("discount" in batch) != (n_step > 1):  # the loop must sample with the agent's n_step
+        raise ValueError(
+            f"agent.n_step = {n_step}: n-step batches (n_step > 1) carry a 'discount' (gamma^m) per sample and "
+            f"1-step batches none, got {'a' if 'discount' in batch else 'no'} discount; sample with "
+            "ReplayBuffer.sample(..., n_step=agent.n_step, gamma=agent.gamma)"
+        )
     if "discount" in batch:
         shapes["discount"] = (b,)
     for key, shape in shapes.items():
