@@ -35,6 +35,7 @@ def test_iqm_trims_a_quarter_on_each_side_and_the_bootstrap_brackets_it():
     assert bootstrap_iqm_interval([[1, 1, 1], [1, 1]], reps=50) == (1.0, 1.0)
 
 
+@pytest.mark.slow
 def test_benchmark_smoke_trains_evaluates_and_reports(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_learning", ROOT / "benchmarks" / "bench_learning.py")
     bench = importlib.util.module_from_spec(spec)

@@ -90,6 +90,7 @@ def _clear_map_caches() -> None:
     driving_env._network_from_text.cache_clear()
 
 
+@pytest.mark.slow
 def test_every_config_key_is_read(tmp_path):
     _clear_map_caches()
     argv = [

@@ -52,6 +52,7 @@ def restore(run_dir: Path):
     return restored, replay
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     code, full = run(tmp_path, "full", 240)
     assert code == 0
