@@ -431,7 +431,7 @@ class ReplayBuffer:
             raise ValueError("indices must name valid transitions (see valid_indices())")
         if n_step < 1:
             raise ValueError(f"n_step = {n_step}: must be >= 1")
-        n, st = self.capacity, self.stack
+        n = self.capacity
         reward = np.take(self.reward, idx)
         last = idx  # unwrapped slot of the last step taken
         if n_step > 1:
@@ -446,22 +446,18 @@ class ReplayBuffer:
                 last = last + going
                 going &= ~(self.terminated[nxt] | self.truncated[nxt])
             reward = reward.astype(np.float32)
-        # Stacks: frame j (j = 0 newest) of the stack at slot t is slot t - min(j, ep_pos[t]) (module doc).
-        back = np.arange(st - 1, -1, -1)[None, :]
-        obs_slots = (idx[:, None] - np.minimum(back, self.ep_pos[idx][:, None])) % n
-        nxt = last + 1
-        next_slots = (nxt[:, None] - np.minimum(back, self.ep_pos[nxt % n][:, None])) % n
+        nxt = (last + 1) % n
         last = last % n
         batch = {
             "obs": {
-                "camera": np.take(self.frames, obs_slots, axis=0),
+                "camera": np.take(self.frames, self._stack_slots(idx), axis=0),
                 "kinematics": np.take(self.kinematics, idx, axis=0),
             },
             "action": np.take(self.action, idx, axis=0),
             "reward": reward,
             "next_obs": {
-                "camera": np.take(self.frames, next_slots, axis=0),
-                "kinematics": np.take(self.kinematics, nxt % n, axis=0),
+                "camera": np.take(self.frames, self._stack_slots(nxt), axis=0),
+                "kinematics": np.take(self.kinematics, nxt, axis=0),
             },
             "terminated": np.take(self.terminated, last).astype(np.float32),
         }
@@ -470,6 +466,12 @@ class ReplayBuffer:
         if n_step > 1:
             batch["discount"] = discount.astype(np.float32)
         return batch
+
+    def _stack_slots(self, slots: np.ndarray) -> np.ndarray:
+        """(B, stack) slots of the frame stacks at ``slots``, oldest first: frame j (j = 0 newest) of the stack
+        at slot t is slot t - min(j, ep_pos[t]) (module doc), so a stack never reaches into another episode."""
+        back = np.arange(self.stack - 1, -1, -1)[None, :]
+        return (slots[:, None] - np.minimum(back, self.ep_pos[slots][:, None])) % self.capacity
 
     def valid_indices(self) -> np.ndarray:
         """Slots where a sampleable transition starts (oldest-first order is not implied)."""

@@ -66,8 +66,8 @@ def main() -> None:
                 print(f"{s:13.2f} " + " ".join(f"{x:6.1f}" for x in row))
         action = policy(obs)
         obs, _, terminated, truncated, info = env.step(action)
-        st = env.unwrapped._state
-        ego, others = st.ego, st.vehicles
+        truth = env.unwrapped.ground_truth()
+        ego, others = truth.ego, truth.vehicles
         near = (math.nan,) * 4
         if len(others):
             d = others.location[:, :2] - ego.location[:2]
