@@ -7,7 +7,7 @@ so the fake cannot drift into an API CARLA does not have). Fake-only controls li
 
 - ``server.log``: every server-visible call in order, e.g. ``("spawn", id, type_id)``, ``("listen", id)``,
   ``("stop", id)``, ``("destroy", id)``, ``("tick", frame)``, ``("apply_settings", {...})``,
-  ``("tm_sync", port, bool)``, ``("tm_seed", port, seed)``, ``("load_world", town)``.
+  ``("tm_sync", port, bool)``, ``("tm_shut_down", port)``, ``("tm_seed", port, seed)``, ``("load_world", town)``.
 - ``server.violations``: things that crash or freeze a real server (a sensor destroyed while listening,
   a tick outside synchronous mode, a control applied to a dead actor ...). Tests assert it stays empty.
 - ``server.down`` (every RPC times out), ``server.fail[name] = n`` (the next n calls of RPC ``name`` time
@@ -21,6 +21,11 @@ so the fake cannot drift into an API CARLA does not have). Fake-only controls li
 - ``server.down_rpcs = n``: the next n RPCs of any name time out (a server gone for a while, then back).
 - ``server.at_tick[n] = hook``: ``hook(server)`` runs when the n-th ``tick`` RPC arrives, before it is served
   (fault injection at a chosen moment of a training run).
+- ``server.tm_deadlocks = n``: the next n ``world.tick()`` calls hang after the server's tick, as carla 0.9.16's
+  Traffic Manager does when a notification is lost, until a Traffic Manager's synchronous mode is switched off
+  (``server.tm_woken`` counts those wake-ups; a hang raises after 30 s so a broken test cannot block forever).
+- ``server.tm_rpc = True``: a Traffic Manager created afterwards also serves ``set_synchronous_mode`` over
+  msgpack-rpc on a free port (its ``get_port()``), as the real one's ``TrafficManagerServer`` does.
 - ``server.restart()``: what a crashed and restarted server looks like: no actors, default (asynchronous)
   settings, a new world id, no Traffic Manager state, answering again.
 
@@ -35,6 +40,7 @@ import enum
 import fnmatch
 import itertools
 import math
+import socket
 import threading
 import types
 from typing import Any, Callable
@@ -388,6 +394,11 @@ class FakeServer:
         self.down_rpcs = 0
         self.at_tick: dict[int, Callable[[FakeServer], None]] = {}
         self.tick_rpcs = 0
+        self.tm_deadlocks = 0
+        self.tm_rpc = False
+        self._tm_rpc_ports: dict[int, int] = {}  # configured port -> RPC port
+        self.tm_woken = 0
+        self._tm_wake = threading.Event()
         self.restarts = 0
         self._timers: list[threading.Timer] = []
         self._lock = threading.RLock()
@@ -708,16 +719,24 @@ class TrafficManager:
     def __init__(self, server: FakeServer, port: int) -> None:
         self._server, self._port = server, port
         self._state()
+        if server.tm_rpc and port not in server._tm_rpc_ports:
+            server._tm_rpc_ports[port] = _serve_tm_rpc(self)
+
+    def get_port(self) -> int:
+        return self._server._tm_rpc_ports.get(self._port, self._port)
 
     def _state(self) -> dict[str, Any]:
         return self._server.tm.setdefault(self._port, {"sync": False, "seed": None, "distance": None, "hybrid": False})
 
-    def get_port(self) -> int:
-        return self._port
-
     def set_synchronous_mode(self, mode_switch: bool = True) -> None:
         self._state()["sync"] = bool(mode_switch)
+        if not mode_switch:
+            self._server._tm_wake.set()
         self._server.log.append(("tm_sync", self._port, bool(mode_switch)))
+
+    def shut_down(self) -> None:
+        self._server.tm.pop(self._port, None)
+        self._server.log.append(("tm_shut_down", self._port))
 
     def set_random_device_seed(self, value: int) -> None:
         self._state()["seed"] = value
@@ -728,6 +747,34 @@ class TrafficManager:
 
     def set_hybrid_physics_mode(self, enabled: bool = False) -> None:
         self._state()["hybrid"] = enabled
+
+
+def _serve_tm_rpc(tm: TrafficManager) -> int:
+    """A msgpack-rpc listener for ``set_synchronous_mode`` (daemon threads); returns its port."""
+    import msgpack  # noqa: PLC0415 (only this fake-only feature needs it)
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve(conn: socket.socket) -> None:
+        unpacker = msgpack.Unpacker(raw=False)
+        with conn:
+            while data := conn.recv(4096):
+                unpacker.feed(data)
+                for _, msgid, name, args in unpacker:
+                    error = None
+                    if name == "set_synchronous_mode":
+                        tm.set_synchronous_mode(bool(args[0]))
+                    else:
+                        error = f"fake TM: {name} is not served"
+                    conn.sendall(msgpack.packb([1, msgid, error, None]))
+
+    def accept() -> None:
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener.getsockname()[1]
 
 
 class World:
@@ -757,7 +804,15 @@ class World:
 
     def tick(self, seconds: float = 0.0) -> int:
         self._rpc("tick")
-        return self._server.tick()
+        frame = self._server.tick()
+        server = self._server
+        if server.tm_deadlocks > 0:
+            server.tm_deadlocks -= 1
+            if not server._tm_wake.wait(30.0):
+                raise AssertionError("fake: world.tick() hung in the Traffic Manager and nothing woke it")
+            server._tm_wake.clear()
+            server.tm_woken += 1
+        return frame
 
     def get_map(self) -> Map:
         self._rpc("get_map")

@@ -304,8 +304,10 @@ def test_load_and_reload_world_start_a_new_episode(world, server):  # last: the 
     frame = world.tick()
     new = client.load_world("Town01", reset_settings=False)
     assert new.id == world.id + 1 and new.get_settings().synchronous_mode
-    assert [a.type_id for a in new.get_actors()] == ["spectator"]
     assert new.tick() > frame  # the frame counter goes on across episodes
+    # Listed from the client's latest world state: after a tick of the new episode (right after load_world this
+    # client's state can still be one without actors; seen once in 10 runs).
+    assert [a.type_id for a in new.get_actors()] == ["spectator"]
     assert not new.get_snapshot().has_actor(ego.id)
     again = client.reload_world()  # reset_settings defaults to True
     assert again.id == new.id + 1 and not again.get_settings().synchronous_mode

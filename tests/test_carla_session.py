@@ -106,8 +106,41 @@ def test_connect_sets_synchronous_mode_traffic_manager_and_keeps_original_settin
     assert ("load_world_if_different", "Town01", False) in server.log and not any(k == "load_world" for k in kinds)
     s.close()
     assert server.settings["synchronous_mode"] is False and server.settings["fixed_delta_seconds"] is None
-    assert server.log[-1] == ("tm_sync", 8123, False)
+    assert server.log[-2:] == [("tm_sync", 8123, False), ("tm_shut_down", 8123)]  # a fresh TM per session
     assert_clean(server)
+
+
+def test_a_shared_traffic_manager_is_left_running_when_asked():
+    s, server = session(FakeServer(), tm_port=8124, tm_shut_down_on_close=False)
+    s.close()
+    assert server.tm[8124]["sync"] is False and ("tm_shut_down", 8124) not in server.log
+
+
+def test_a_tick_stuck_in_the_traffic_manager_is_woken_by_the_watchdog(caplog):
+    server = FakeServer()
+    server.tm_rpc = True  # the watchdog reaches the TM over its RPC server (its Python API waits on a lock)
+    s, _ = session(server, tick_timeout_s=0.1, tick_watchdog_s=0.3)
+    s.reset(START, 2, 0)
+    server.tm_deadlocks = 1
+    with caplog.at_level("WARNING", logger="jtd3.backends.carla.session"):
+        frames = [s.step(VehicleControl(throttle=0.5)).frame]  # stuck until the watchdog wakes the TM
+        # The watchdog switches the TM back on right after waking it; wait for that, as a tick in between
+        # would find the TM asynchronous for that moment (the fake records it as a violation).
+        deadline = time.monotonic() + 5.0
+        while not server.tm[8000]["sync"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        frames += [s.step(VehicleControl(throttle=0.5)).frame for _ in range(2)]
+    assert np.all(np.diff(frames) == 1)  # the stuck tick returned its frame and stepping went on
+    assert server.tm_woken == 1 and s.stuck_ticks == 1 and "carla-simulator/carla#9172" in caplog.text
+    assert server.tm[8000]["sync"] is True and server.log.count(("tm_sync", 8000, False)) == 1
+    s.close()
+    assert_clean(server)
+
+
+def test_tick_watchdog_must_outlast_the_ticks_own_timeouts():
+    with pytest.raises(ValueError, match="carla.tick_watchdog_s"):
+        CarlaConfig(tick_timeout_s=10.0, tick_watchdog_s=15.0)
+    assert CarlaConfig(tick_timeout_s=10.0, tick_watchdog_s=0.0).tick_watchdog_s == 0.0
 
 
 def test_load_world_if_different_with_reset_settings_false():
@@ -522,7 +555,7 @@ def test_open_session_is_closed_at_interpreter_exit():
 
         @atexit.register  # registered first, so it runs after the session module's handler
         def report():
-            print("ALIVE", server.alive(), "SYNC", server.settings["synchronous_mode"], "TM", server.tm[8000]["sync"],
+            print("ALIVE", server.alive(), "SYNC", server.settings["synchronous_mode"], "TM_RUNNING", 8000 in server.tm,
                   "VIOLATIONS", server.violations)
 
         from jtd3.backends.base import Pose
@@ -537,7 +570,7 @@ def test_open_session_is_closed_at_interpreter_exit():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "SPAWNED 7" in out.stdout
-    assert "ALIVE [] SYNC False TM False VIOLATIONS []" in out.stdout
+    assert "ALIVE [] SYNC False TM_RUNNING False VIOLATIONS []" in out.stdout
 
 
 def test_is_timeout_recognises_only_the_client_timeout():

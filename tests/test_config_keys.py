@@ -42,10 +42,11 @@ def _sim_collision_and_reverse() -> None:
     world.close()
 
 
-def _random_route_birdeye() -> None:
+def _random_route_birdeye_lead_vehicle() -> None:
     from jtd3.envs import EnvConfig, make_env
 
-    cfg = from_dict(EnvConfig, {"route": "random", "route_start": "random", "sim": {"town": "grid3", "camera": {"kind": "birdeye"}}})
+    cfg = from_dict(EnvConfig, {"route": "random", "route_start": "random", "observation": {"lead_vehicle": True},
+                                 "sim": {"town": "grid3", "camera": {"kind": "birdeye"}}})
     env = make_env(cfg, seed=0)
     env.reset(seed=1)
     for _ in range(3):
@@ -102,7 +103,7 @@ def test_every_config_key_is_read(tmp_path):
     ]
     with track_reads() as reads:
         assert train_main(argv) == 0
-        _random_route_birdeye()
+        _random_route_birdeye_lead_vehicle()
         _sim_collision_and_reverse()
         _carla_episode()
     unread = sorted(key for key, field in leaf_keys(Config).items() if field not in reads)

@@ -231,6 +231,28 @@ def test_vehicle_ahead_costs_proximity_and_waives_standstill():
     assert info["reward_components"]["standstill"] == -cfg.weights.standstill
 
 
+def test_lead_vehicle_entries_read_the_gap_and_closing_speed_of_the_vehicle_ahead():
+    ref = load_reference_route()
+    env, be = double_env(observation={"lead_vehicle": True, "n_waypoints": 10})
+    o = env.config.observation
+    layout = kinematics_layout(o)
+    assert env.observation_space["kinematics"].shape == (5 + 2 * 10 + 2,)
+    obs, _ = env.reset(seed=0)
+    k = obs["kinematics"]
+    assert k[layout["lead_gap"]][0] == 1.0 and k[layout["lead_closing"]][0] == 0.0  # nobody ahead
+    x, y, _ = ref.point_at(10.0)
+    be.npcs = npc(float(x) - 10.0, float(y))  # 10 m ahead (heading west), standing
+    be.teleports = [(float(x), float(y), 180.0, 8.0), (float(x), float(y), 180.0, 8.0)]
+    obs, *_ = env.step(np.zeros(2, np.float32))
+    k = obs["kinematics"]
+    assert k[layout["lead_gap"]][0] == pytest.approx((10.0 - 2.4 - 2.0) / o.lead_range_m, abs=1e-5)
+    assert k[layout["lead_closing"]][0] == pytest.approx(8.0 * 3.6 / o.speed_scale_kmh, abs=1e-5)
+    assert k[layout["waypoints"]].shape == (20,)  # the waypoints keep their place
+    be.npcs = npc(float(x) - 10.0, float(y) + 4.0, yaw=0.0)  # in the oncoming lane: not ahead
+    obs, *_ = env.step(np.zeros(2, np.float32))
+    assert obs["kinematics"][layout["lead_gap"]][0] == 1.0 and obs["kinematics"][layout["lead_closing"]][0] == 0.0
+
+
 def test_info_is_plain_python():
     env, _ = double_env()
     _, info0 = env.reset(seed=0)

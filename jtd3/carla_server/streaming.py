@@ -100,17 +100,18 @@ class StreamServer:
             self._expected.discard(stream_id)
             self._subscribed.notify_all()
         log.debug("stream %d: subscriber connected", stream_id)
-        # A subscriber that stops reading must not block the tick that publishes: sends time out (and drop it).
-        conn.settimeout(SEND_TIMEOUT_S)
-        # Detect the client closing its end (unsubscribe): a read returns b"".
-        while True:
-            try:
-                if not conn.recv(64):
-                    break
-            except socket.timeout:
-                continue
-            except OSError:
-                break
+        try:
+            # A subscriber that stops reading must not block the tick that publishes: sends time out (and drop it).
+            conn.settimeout(SEND_TIMEOUT_S)
+            # Detect the client closing its end (unsubscribe): a read returns b"".
+            while True:
+                try:
+                    if not conn.recv(64):
+                        break
+                except socket.timeout:
+                    continue
+        except OSError:  # closed under us (server close, or dropped by a publish that timed out)
+            pass
         self._drop(stream_id, conn)
 
     def _drop(self, stream_id: int, conn: socket.socket) -> None:

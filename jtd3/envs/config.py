@@ -43,12 +43,13 @@ ROUTE_STARTS = ("beginning", "random")
 class ObservationConfig(ConfigNode):
     """The observation: a stack of camera frames and a kinematic vector scaled to roughly [-1, 1].
 
-    Kinematic layout (length ``5 + 2 * n_waypoints``; see :func:`jtd3.envs.observation.kinematics_layout`):
+    Kinematic layout (length ``5 + 2 * n_waypoints`` [+ 2]; see :func:`jtd3.envs.observation.kinematics_layout`):
     forward speed / ``speed_scale_kmh``; distance to the next route waypoint / ``distance_scale_m``; angle to
     it (vehicle frame, positive right) / ``angle_scale_deg``; signed lateral offset from the lane centre
     (positive right) / ``lateral_scale_m``; heading error to the lane (vehicle yaw - lane yaw, positive =
     turned right of the lane) / ``heading_scale_deg``; then the next ``n_waypoints`` route waypoints (x forward,
-    y right, vehicle frame) / ``waypoint_scale_m``. Every entry is clipped to [-clip, clip].
+    y right, vehicle frame) / ``waypoint_scale_m``; with ``lead_vehicle`` the gap to the vehicle ahead and the
+    closing speed. Every entry is clipped to [-clip, clip].
     """
 
     frame_stack: int = param(4, "camera frames per observation, oldest first")
@@ -60,12 +61,17 @@ class ObservationConfig(ConfigNode):
     heading_scale_deg: float = param(90.0, "heading error to the lane divided by this (degrees)")
     waypoint_scale_m: float = param(50.0, "waypoint coordinates in the vehicle frame divided by this (m)")
     clip: float = param(5.0, "every kinematic entry is clipped to [-clip, clip] (the Box bounds)")
+    lead_vehicle: bool = param(
+        False, "append the vehicle ahead (nearest in the reward's ahead corridor), as a front radar gives it: "
+        "bumper gap / lead_range_m (1: none) and closing speed / speed_scale_kmh (0: none)",
+    )
+    lead_range_m: float = param(40.0, "lead_vehicle: the gap is divided by this and capped at 1 (m)")
 
     def __post_init__(self) -> None:
         check(self.frame_stack >= 1, "observation.frame_stack", self.frame_stack, ">= 1")
         check(self.n_waypoints >= 1, "observation.n_waypoints", self.n_waypoints, ">= 1")
         for name in ("speed_scale_kmh", "distance_scale_m", "angle_scale_deg", "lateral_scale_m",
-                     "heading_scale_deg", "waypoint_scale_m", "clip"):
+                     "heading_scale_deg", "waypoint_scale_m", "clip", "lead_range_m"):
             v = getattr(self, name)
             check(math.isfinite(v) and v > 0, f"observation.{name}", v, "> 0")
 

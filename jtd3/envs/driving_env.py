@@ -404,6 +404,7 @@ class DrivingEnv(gym.Env):
     def _observation(self) -> dict[str, np.ndarray]:
         st = self._state
         o = self.config.observation
+        ahead = reward_lib.vehicle_ahead(st.ego, st.vehicles, self.config.reward) if o.lead_vehicle else None
         kin = obs_lib.kinematics_vector(
             o,
             x=float(st.ego.location[0]),
@@ -413,6 +414,8 @@ class DrivingEnv(gym.Env):
             waypoints=route_tracker.upcoming_waypoints(self.route, st.next_waypoint, o.n_waypoints),
             lane_offset_m=st.lane_offset_m,
             lane_heading_deg=st.lane_heading_deg,
+            lead_gap_m=None if ahead is None else ahead.gap_m,
+            lead_closing_speed=0.0 if ahead is None else ahead.closing_speed,
         )
         return {"camera": self._stack.copy(), "kinematics": kin}
 

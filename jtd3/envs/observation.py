@@ -17,6 +17,11 @@ idx   name                    raw quantity (unit)                               
 4     lane_heading            vehicle yaw - lane yaw, wrapped to [-180, 180), + right (deg) heading_scale_deg
 5..   wp{i}_x, wp{i}_y        next waypoints i = 0..N-1, vehicle frame (m)                  waypoint_scale_m
 ====  ======================  ==========================================================  =================
+
+With ``lead_vehicle`` two entries follow, what a front radar measures of the vehicle ahead (the nearest in the
+ego's corridor, ``jtd3.envs.reward.vehicle_ahead``): ``lead_gap``, the bumper gap / ``lead_range_m`` (1 when
+there is none, negative when the boxes overlap), and ``lead_closing``, ego forward speed - its speed along the
+ego heading (km/h, > 0 approaching; 0 when there is none) / ``speed_scale_kmh``.
 """
 
 from __future__ import annotations
@@ -56,14 +61,17 @@ def to_vehicle_frame(points: np.ndarray, x: float, y: float, yaw_deg: float) -> 
 
 def kinematics_size(cfg: ObservationConfig) -> int:
     """Length of the kinematic vector for ``cfg``."""
-    return N_SCALARS + 2 * cfg.n_waypoints
+    return N_SCALARS + 2 * cfg.n_waypoints + (2 if cfg.lead_vehicle else 0)
 
 
 def kinematics_layout(cfg: ObservationConfig) -> dict[str, slice]:
     """Name -> slice of the kinematic vector (``waypoints`` is the interleaved x0, y0, x1, y1, ... block)."""
     names = ("speed", "wp_distance", "wp_angle", "lane_offset", "lane_heading")
     out = {name: slice(i, i + 1) for i, name in enumerate(names)}
-    out["waypoints"] = slice(N_SCALARS, N_SCALARS + 2 * cfg.n_waypoints)
+    end = N_SCALARS + 2 * cfg.n_waypoints
+    out["waypoints"] = slice(N_SCALARS, end)
+    if cfg.lead_vehicle:
+        out["lead_gap"], out["lead_closing"] = slice(end, end + 1), slice(end + 1, end + 2)
     return out
 
 
@@ -77,11 +85,14 @@ def kinematics_vector(
     waypoints: np.ndarray,
     lane_offset_m: float,
     lane_heading_deg: float,
+    lead_gap_m: float | None = None,
+    lead_closing_speed: float = 0.0,
 ) -> np.ndarray:
     """The scaled kinematic vector (see the module table).
 
     ``waypoints`` are the next ``n_waypoints`` route waypoints in world coordinates (n, 2), the first being
     the next waypoint; ``forward_speed`` is in m/s; ``lane_heading_deg`` is vehicle yaw - lane yaw (degrees).
+    ``lead_gap_m`` (None: no vehicle ahead) and ``lead_closing_speed`` (m/s) are read with ``lead_vehicle``.
     """
     n = cfg.n_waypoints
     if waypoints.shape != (n, 2):
@@ -89,13 +100,16 @@ def kinematics_vector(
     local = to_vehicle_frame(waypoints, x, y, yaw_deg)
     dist = float(math.hypot(local[0, 0], local[0, 1]))
     angle = math.degrees(math.atan2(local[0, 1], local[0, 0]))
-    out = np.empty(N_SCALARS + 2 * n, dtype=np.float64)
+    out = np.empty(kinematics_size(cfg), dtype=np.float64)
     out[0] = forward_speed * 3.6 / cfg.speed_scale_kmh
     out[1] = dist / cfg.distance_scale_m
     out[2] = angle / cfg.angle_scale_deg
     out[3] = lane_offset_m / cfg.lateral_scale_m
     out[4] = wrap_deg(lane_heading_deg) / cfg.heading_scale_deg
-    out[N_SCALARS:] = local.reshape(-1) / cfg.waypoint_scale_m
+    out[N_SCALARS:N_SCALARS + 2 * n] = local.reshape(-1) / cfg.waypoint_scale_m
+    if cfg.lead_vehicle:
+        out[-2] = (cfg.lead_range_m if lead_gap_m is None else min(lead_gap_m, cfg.lead_range_m)) / cfg.lead_range_m
+        out[-1] = 0.0 if lead_gap_m is None else lead_closing_speed * 3.6 / cfg.speed_scale_kmh
     return np.clip(out, -cfg.clip, cfg.clip).astype(np.float32)
 
 

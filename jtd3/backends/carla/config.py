@@ -26,6 +26,11 @@ class CarlaConfig(ConfigNode):
     )
     load_world_timeout_s: float = param(60.0, "client timeout while the server loads a different town (s)")
     tick_timeout_s: float = param(10.0, "how long world.tick() waits for the server to compute a frame (s)")
+    tick_watchdog_s: float = param(
+        25.0, "a world.tick() still running after this long is stuck in carla 0.9.16's Traffic Manager (a "
+        "lost-notification deadlock): the session switches the TM's synchronous mode off and on to wake it "
+        "(logged; counted in stuck_ticks); >= 2 * tick_timeout_s, 0: off",
+    )
     allow_version_mismatch: bool = param(
         False, "warn instead of failing when the server's X.Y.Z version differs from the carla wheel's"
     )
@@ -40,6 +45,10 @@ class CarlaConfig(ConfigNode):
     tm_port: int = param(8000, "Traffic Manager port (one per server when several run on one host)")
     tm_leading_distance_m: float = param(2.5, "Traffic Manager global distance to the leading vehicle (m)")
     tm_hybrid_physics: bool = param(False, "Traffic Manager hybrid physics mode (cheaper NPCs far from the ego)")
+    tm_shut_down_on_close: bool = param(
+        True, "close() shuts the Traffic Manager down (its thread in this process stops; the next session starts "
+        "a fresh one); set false when other clients share tm_port and still use its Traffic Manager",
+    )
     ego_blueprint: str = param("vehicle.tesla.model3", "blueprint id of the ego vehicle")
     ego_role_name: str = param("hero", "role_name attribute of the ego (CARLA tools look for 'hero')")
     spawn_lift_m: float = param(0.5, "height above the spawn pose of the first ego spawn attempt (m)")
@@ -92,6 +101,9 @@ class CarlaConfig(ConfigNode):
         for key in ("timeout_s", "load_world_timeout_s", "tick_timeout_s", "sensor_timeout_s"):
             v = getattr(self, key)
             check(math.isfinite(v) and v > 0, f"carla.{key}", v, "> 0")
+        check(self.tick_watchdog_s == 0 or self.tick_watchdog_s >= 2 * self.tick_timeout_s, "carla.tick_watchdog_s",
+              self.tick_watchdog_s, f"0 (off) or >= 2 * tick_timeout_s = {2 * self.tick_timeout_s:g} (before "
+              "that the tick may still be waiting for the server, not stuck)")
         check(0.0 < self.fixed_delta_seconds <= 0.1, "carla.fixed_delta_seconds", self.fixed_delta_seconds,
               "in (0, 0.1] (CARLA's physics substepping is limited to 0.1 s per frame by default)")
         check(self.spawn_retries >= 0, "carla.spawn_retries", self.spawn_retries, ">= 0")

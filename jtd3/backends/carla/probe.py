@@ -1,14 +1,18 @@
-"""The port probe: a raw msgpack-rpc ``version`` call, so the carla client is never pointed at a program that is
-not CARLA (that aborts the process)."""
+"""Raw msgpack-rpc calls made beside the carla client: the port probe (a ``version`` call, so the carla client is
+never pointed at a program that is not CARLA: that aborts the process) and calls to a Traffic Manager's own RPC
+server (reachable while the client's Traffic Manager API is blocked)."""
 
 from __future__ import annotations
 
 import socket
 import time
+from typing import Any
+
+import msgpack
 
 from jtd3.backends.carla.errors import CarlaError, CarlaUnavailableError, unavailable_message
 
-__all__ = ["probe_carla_rpc"]
+__all__ = ["call_traffic_manager", "probe_carla_rpc"]
 
 _RPC_VERSION_REQUEST = bytes(
     [0x94, 0x00, 0x01, 0xA7, *b"version", 0x91, 0x91, 0xC2]
@@ -55,3 +59,28 @@ def probe_carla_rpc(host: str, port: int, timeout_s: float) -> None:
             f"'version' call); refusing to connect the carla client, which would abort this process. "
             f"Check carla.port (-carla-rpc-port of the server), or use --env sim"
         )
+
+
+def call_traffic_manager(port: int, name: str, *args: Any, host: str = "127.0.0.1", timeout_s: float = 5.0) -> Any:
+    """Call ``name(*args)`` on the RPC server of the Traffic Manager listening on ``host:port``; returns its result.
+
+    The Traffic Manager that a carla client runs in its process also serves its settings over msgpack-rpc
+    (``TrafficManagerServer``: ``set_synchronous_mode``, ``health_check_remote_TM``, ...) for remote clients.
+    That path calls the Traffic Manager directly, without the client-side lock that ``world.tick()`` holds
+    while it waits for the Traffic Manager's step. Raises ``OSError`` / ``TimeoutError`` when nothing answers
+    and ``RuntimeError`` with the server's error.
+    """
+    with socket.create_connection((host, port), timeout=timeout_s) as sock:
+        sock.sendall(msgpack.packb([0, 1, name, list(args)], use_bin_type=True))
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        while True:
+            data = sock.recv(1 << 12)
+            if not data:
+                raise ConnectionError(f"the Traffic Manager on port {port} closed the connection during {name}")
+            unpacker.feed(data)
+            for reply in unpacker:
+                if not (isinstance(reply, list) and len(reply) == 4 and reply[0] == 1 and reply[1] == 1):
+                    raise RuntimeError(f"not a msgpack-rpc response to {name}: {reply!r:.200}")
+                if reply[2] is not None:
+                    raise RuntimeError(f"Traffic Manager {name}: {reply[2]!r:.200}")
+                return reply[3]

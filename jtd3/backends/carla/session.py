@@ -75,7 +75,7 @@ from jtd3.backends.carla.errors import (
     is_timeout,
     unavailable_message,
 )
-from jtd3.backends.carla.probe import probe_carla_rpc
+from jtd3.backends.carla.probe import call_traffic_manager, probe_carla_rpc
 from jtd3.backends.carla.sensors import (
     EventQueue,
     FrameQueue,
@@ -85,6 +85,7 @@ from jtd3.backends.carla.sensors import (
     vector3,
 )
 from jtd3.backends.carla.server_process import ServerProcess
+from jtd3.backends.carla.watchdog import Watchdog
 
 __all__ = ["CarlaSession"]
 
@@ -148,6 +149,7 @@ class CarlaSession:
         self._client: Any = None
         self._world: Any = None
         self._tm: Any = None
+        self._tm_rpc_port: int | None = None
         self._original_settings: Any = None
         self._opendrive: str | None = None
         self._spawn_transforms: list[Any] = []
@@ -158,6 +160,9 @@ class CarlaSession:
         self.cleanup_problems: list[str] = []  # what the last teardown could not do (also logged)
         self.npc_spawn_failures: list[str] = []  # server errors of the last reset's NPC batch (also logged)
         self.sensor_stats: dict[str, dict[str, int]] = {}  # stale/early/duplicate counts of the last episode
+        self._tick_watchdog = (Watchdog(self.config.tick_watchdog_s, self._unstick_traffic_manager,
+                                        name=f"carla-tick-watchdog:{self.config.port}")
+                               if self.config.tick_watchdog_s > 0 else None)
         self._server: ServerProcess | None = None  # the server this session started (carla.server_command)
         self._server_spec = (cfg.server_command, cfg.server_start_timeout_s)  # what to start, if anything
         self._resets_since_start = 0
@@ -267,6 +272,12 @@ class CarlaSession:
                 if tm is not None:
                     self._attempt(problems, "switch Traffic Manager synchronous mode off",
                                   lambda: tm.set_synchronous_mode(False))
+                    if self.config.tm_shut_down_on_close:
+                        # A Traffic Manager left running keeps a thread in this process that polls the server
+                        # every frame, aborts the process when that server goes away, and carries stale
+                        # step flags into the next session's synchronous ticks (where carla 0.9.16's
+                        # unlocked notify can deadlock world.tick; docs/carla.md). A fresh one per session.
+                        self._attempt(problems, "shut the Traffic Manager down", tm.shut_down)
             elif self._world is not None:
                 problems.append("skipped restoring the world settings and the Traffic Manager: the server timed out")
             if problems:
@@ -276,6 +287,8 @@ class CarlaSession:
             if self._server is not None:
                 self._server.stop()
                 self._server = None
+            if self._tick_watchdog is not None:
+                self._tick_watchdog.close()
 
     def __enter__(self) -> "CarlaSession":
         return self
@@ -332,10 +345,11 @@ class CarlaSession:
         world.apply_settings(sync_settings(world.get_settings(), cfg.fixed_delta_seconds, no_rendering=False))
         # Positional port: the stub names it client_connection, the 0.9.16 binding names it port.
         tm = self._tm = client.get_trafficmanager(cfg.tm_port)
+        self._tm_rpc_port = int(tm.get_port())  # the port its RPC server bound (the watchdog calls it)
         tm.set_synchronous_mode(True)
         tm.set_global_distance_to_leading_vehicle(cfg.tm_leading_distance_m)
         tm.set_hybrid_physics_mode(cfg.tm_hybrid_physics)
-        world.tick(cfg.tick_timeout_s)
+        self._tick(world)
         carla_map = world.get_map()
         self._opendrive = carla_map.to_opendrive()
         self._spawn_transforms = list(carla_map.get_spawn_points())
@@ -440,7 +454,7 @@ class CarlaSession:
                         len(ids))
             return
         self._client.apply_batch_sync(destroy_commands(self._carla, ids), False)
-        self._world.tick(self.config.tick_timeout_s)
+        self._tick()
 
     # -- episode ---------------------------------------------------------------------------------------
 
@@ -456,11 +470,11 @@ class CarlaSession:
 
         ep.ego = self._spawn_ego(library, spawn)
         ep.vehicle_ids.append(int(ep.ego.id))
-        world.tick(cfg.tick_timeout_s)  # the ego's pose reads as the origin until the server has ticked
+        self._tick(world)  # the ego's pose reads as the origin until the server has ticked
 
         ep.vehicle_ids.extend(self._spawn_npcs(library, spawn, num_vehicles, rng))
         self._attach_sensors(library, ep)
-        frame = int(world.tick(cfg.tick_timeout_s))
+        frame = self._tick(world)
         # Every vehicle in the world (ours and any other client's): type and bounding box do not change.
         ep.statics = {
             int(a.id): (str(a.type_id), vector3(a.bounding_box.extent)) for a in world.get_actors().filter("vehicle.*")
@@ -489,7 +503,7 @@ class CarlaSession:
                 if k:
                     log.info("ego spawned at attempt %d/%d", k + 1, attempts)
                 return actor
-            world.tick(cfg.tick_timeout_s)  # let destroyed actors leave before the next attempt
+            self._tick(world)  # let destroyed actors leave before the next attempt
         raise CarlaSpawnError(
             f"could not spawn {cfg.ego_blueprint} at (x={spawn.x:.2f}, y={spawn.y:.2f}, yaw={spawn.yaw:.1f}) in "
             f"{attempts} attempts (carla.spawn_retries = {cfg.spawn_retries}): the place is occupied (an actor "
@@ -555,8 +569,34 @@ class CarlaSession:
             ep.sensors.append(sensor)
             sensor.listen(sink)  # the callback only enqueues: it holds no reference to the session
 
+    def _tick(self, world: Any = None) -> int:
+        """``world.tick()``, watched: a tick stuck in the Traffic Manager is woken up (see watchdog.py)."""
+        world = self._world if world is None else world
+        if self._tick_watchdog is None:
+            return int(world.tick(self.config.tick_timeout_s))
+        with self._tick_watchdog.watch():
+            return int(world.tick(self.config.tick_timeout_s))
+
+    def _unstick_traffic_manager(self) -> None:
+        """Runs on the watchdog's thread while ``world.tick()`` hangs: off and on again wakes the TM's worker."""
+        port = self._tm_rpc_port
+        log.warning("world.tick() on %s:%d has not returned after %.0f s (every wait of the tick but the Traffic "
+                    "Manager's has timed out by now): switching the Traffic Manager's synchronous mode off and on "
+                    "to wake it (carla 0.9.16's lost-notification deadlock, carla-simulator/carla#9172)",
+                    self.config.host, self.config.port, self.config.tick_watchdog_s)
+        if port is not None:
+            # Over the TM's own RPC server: the carla module's TrafficManager calls wait for a lock that the
+            # stuck tick holds.
+            call_traffic_manager(port, "set_synchronous_mode", False)
+            call_traffic_manager(port, "set_synchronous_mode", True)
+
+    @property
+    def stuck_ticks(self) -> int:
+        """How many times the tick watchdog has had to wake the Traffic Manager (see watchdog.py)."""
+        return 0 if self._tick_watchdog is None else self._tick_watchdog.overruns
+
     def _tick_and_collect(self, ep: _Episode) -> Snapshot:
-        return self._collect(ep, int(self._world.tick(self.config.tick_timeout_s)))
+        return self._collect(ep, self._tick())
 
     def _collect(self, ep: _Episode, frame: int) -> Snapshot:
         """The Snapshot of ``frame``: every sensor's data matched on that frame number."""
@@ -683,7 +723,7 @@ class CarlaSession:
 
         if vehicles and not run(f"destroy {len(vehicles)} vehicles", destroy_vehicles):
             left += vehicles
-        run("tick after destroying the actors", lambda: world.tick(cfg.tick_timeout_s))
+        run("tick after destroying the actors", lambda: self._tick(world))
         if left:
             self._add_orphans(ep.world_id, left)
         if problems:
