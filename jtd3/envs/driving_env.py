@@ -384,7 +384,8 @@ class DrivingEnv(gym.Env):
         ego = snap.ego
         x, y = float(ego.location[0]), float(ego.location[1])
         lane = self.network.project_many(np.array([[x, y]]), np.array([ego.yaw]))
-        off_road = not bool(self.network.on_lane_many(np.array([[x, y]]))[0])
+        # Inside the lane of its own direction is on the road; otherwise ask the nearest lane (a second query).
+        off_road = not (bool(lane.inside[0]) or bool(self.network.on_lane_many(np.array([[x, y]]))[0]))
         self._snapshot = snap
         self._state = GroundTruth(
             episode=self._episode,

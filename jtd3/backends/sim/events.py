@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from jtd3.roads.lanes import MARK_TYPES
+from jtd3.roads.lanes import MARK_TYPES, ProjectionBatch
 from jtd3.roads.network import RoadNetwork
 
 __all__ = ["box_corners", "crossed_markings", "footprint_points", "obb_overlap", "relative_impulse"]
@@ -91,10 +91,15 @@ def _boundary_marks(net: RoadNetwork, lane_index: int, s: float, a: int, b: int)
     return out
 
 
-def crossed_markings(net: RoadNetwork, before: np.ndarray, after: np.ndarray) -> tuple[str, ...]:
-    """Markings crossed by points moving from ``before`` (K, 2) to ``after`` (K, 2), by CARLA's rule."""
+def crossed_markings(net: RoadNetwork, before: np.ndarray, after: np.ndarray,
+                     projection: ProjectionBatch | None = None) -> tuple[str, ...]:
+    """Markings crossed by points moving from ``before`` (K, 2) to ``after`` (K, 2), by CARLA's rule.
+
+    ``projection``: ``net.project_many`` of ``before`` then ``after`` (and possibly more points after them),
+    when the caller has it already.
+    """
     k = len(before)
-    b = net.project_many(np.concatenate([before, after]))
+    b = net.project_many(np.concatenate([before, after])) if projection is None else projection
     crossed: list[str] = []
     for i in range(k):
         l0, l1 = int(b.lane_index[i]), int(b.lane_index[k + i])

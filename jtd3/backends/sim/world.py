@@ -98,9 +98,11 @@ class SimWorld:
         # lane invasion (corners) and off-road (centre) in one projection batch
         before = box_corners(prev.x, prev.y, prev.yaw, self._hl, self._hw)
         after = box_corners(new.x, new.y, new.yaw, self._hl, self._hw)
-        crossed = crossed_markings(self.network, before, after) if (prev.x, prev.y, prev.yaw) != (new.x, new.y, new.yaw) else ()
+        batch = self.network.project_many(np.concatenate([before, after, [[new.x, new.y]]]))
+        moved = (prev.x, prev.y, prev.yaw) != (new.x, new.y, new.yaw)
+        crossed = crossed_markings(self.network, before, after, batch) if moved else ()
         self.ego = new
-        self.offroad = not bool(self.network.on_lane_many(np.array([[new.x, new.y]]))[0])
+        self.offroad = not bool(batch.inside[-1])
         invasions = (LaneInvasionEvent(self.frame, crossed),) if crossed else ()
         vehicles = self.traffic.vehicles()
         return Snapshot(
