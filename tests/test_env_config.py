@@ -23,12 +23,13 @@ def _episode(cfg, steps=30):
 
 def test_every_env_key_is_read():
     """The original project had YAML keys nothing read. Two short episodes (reference route with the front
-    camera on Town01; a random route, random start and the bird's-eye camera on a procedural town) read every key of the
+    camera on Town01; a random route, random start, the lead-vehicle entries and the bird's-eye camera on a
+    procedural town) read every key of the
     environment, observation and reward sections. (sim.* is the simulator's to read, carla.* CarlaSession's:
     tests/test_sim_config.py, tests/test_carla_session.py.)"""
     with track_reads() as reads:
         _episode(EnvConfig())
-        _episode(from_dict(EnvConfig, {"route": "random", "route_start": "random",
+        _episode(from_dict(EnvConfig, {"route": "random", "route_start": "random", "observation": {"lead_vehicle": True},
                                        "sim": {"town": "grid3", "camera": {"kind": "birdeye"}}}))
     keys = leaf_keys(EnvConfig)
     unread = sorted(k for k, pair in keys.items() if pair not in reads and not k.startswith(("sim.", "carla.")))
