@@ -264,8 +264,9 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path, capsys, monkeypatch):
         raise AssertionError("the second Ctrl-C did not interrupt")
 
     monkeypatch.setattr(train.Trainer, "_evaluate", evaluate_interrupted_twice)
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN when started in the background
     with pytest.raises(SystemExit) as e:
         run(tmp_path, "int2", 200)
     assert e.value.code == 130
     assert committed_steps(tmp_path / "int2" / "checkpoints") == []  # nothing saved: it left at once
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the CLI's handler is uninstalled
+    assert signal.getsignal(signal.SIGINT) is before  # the CLI's handler is uninstalled, the previous one back
