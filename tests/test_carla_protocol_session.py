@@ -16,6 +16,7 @@ import pytest
 
 from jtd3.backends.base import Pose, VehicleControl
 from jtd3.backends.carla.config import CarlaConfig
+from jtd3.backends.carla.probe import call_traffic_manager
 from jtd3.backends.carla.session import CarlaSession
 from jtd3.config import from_dict
 from jtd3.envs import DrivingEnv, EnvConfig
@@ -57,6 +58,21 @@ def test_same_seed_same_npcs(config):
         c = s.reset(START, num_vehicles=5, seed=4)
     key = lambda snap: sorted(map(tuple, snap.vehicles.location[:, :2].round(2)))  # noqa: E731
     assert key(a) == key(b) != key(c)
+
+
+def test_the_traffic_manager_takes_the_tick_watchdogs_calls_over_its_rpc_server(config):
+    """What the tick watchdog sends when a tick hangs (docs/carla.md), here on a healthy session: the carla
+    client's Traffic Manager answers it on tm_port, and the NPCs go on being driven synchronously after it."""
+    with CarlaSession(config) as s:
+        first = s.reset(START, num_vehicles=6, seed=2)
+        assert call_traffic_manager(config.tm_port, "set_synchronous_mode", False) is None
+        assert call_traffic_manager(config.tm_port, "set_synchronous_mode", True) is None
+        with pytest.raises(RuntimeError, match="no_such_call"):
+            call_traffic_manager(config.tm_port, "no_such_call")  # it is the TM's RPC server that answered
+        last = [s.step(VehicleControl(brake=1.0)) for _ in range(60)][-1]
+        moved = np.hypot(*(last.vehicles.location - first.vehicles.location)[:, :2].T)
+        assert (moved > 1.0).sum() >= 3, moved
+        assert s.stuck_ticks == 0
 
 
 def test_close_restores_the_settings_and_leaves_no_actor(config, server):
