@@ -46,6 +46,7 @@ def _random_route_birdeye_lead_vehicle() -> None:
     from jtd3.envs import EnvConfig, make_env
 
     cfg = from_dict(EnvConfig, {"route": "random", "route_start": "random", "observation": {"lead_vehicle": True},
+                                 "speed_control": {"follow": True},
                                  "sim": {"town": "grid3", "camera": {"kind": "birdeye"}}})
     env = make_env(cfg, seed=0)
     env.reset(seed=1)

@@ -14,6 +14,7 @@ from jtd3.backends.base import Backend
 from jtd3.config import from_dict
 from jtd3.envs import ENV_ID, DrivingEnv, EnvConfig, make_env, make_vector_env, vector_env_configs
 from jtd3.envs.observation import kinematics_layout
+from jtd3.envs.speed_control import following_speed
 from jtd3.envs.reward import COMPONENTS
 from jtd3.roads.routes import load_reference_route
 
@@ -486,3 +487,30 @@ def test_standing_still_ends_the_episode_as_stalled_and_moving_resets_the_clock(
             break
     assert info["termination_reason"] != "stalled"
     env.close()
+
+
+def test_following_speed_stops_short_of_a_stopped_vehicle_and_grows_with_the_gap():
+    kw = dict(min_gap_m=3.0, headway_s=0.5, decel=4.0)
+    assert following_speed(3.0, 0.0, **kw) == 0.0 and following_speed(1.0, 0.0, **kw) == 0.0
+    v = following_speed(15.0, 0.0, **kw)
+    assert v * 0.5 + v * v / 8.0 == pytest.approx(12.0)  # reaction distance + braking distance = the room
+    speeds = [following_speed(g, 0.0, **kw) for g in (5.0, 10.0, 20.0, 40.0)]
+    assert speeds == sorted(speeds) and speeds[0] > 0
+    assert following_speed(5.0, 8.0, **kw) > following_speed(5.0, 0.0, **kw)  # a moving lead leaves more room
+
+
+def test_follow_caps_the_target_speed_behind_a_vehicle_ahead():
+    ref = load_reference_route()
+    x, y, _ = ref.point_at(10.0)
+    full_speed = np.array([0.0, 1.0], np.float32)  # the agent asks for the maximum speed
+    brakes = {}
+    for follow in (False, True):
+        env, be = double_env(longitudinal_action="target_speed", speed_control={"follow": follow})
+        env.reset(seed=0)
+        be.npcs = npc(float(x) - 14.0, float(y))  # standing, 14 m ahead (heading west)
+        be.teleports = [(float(x), float(y), 180.0, 8.0)]  # 29 km/h
+        env.step(full_speed)
+        env.step(full_speed)
+        brakes[follow] = be.controls[-1].brake
+    # gap 14 - 2.4 - 2.0 = 9.6 m: the cap is following_speed(9.6, 0) = 5.6 m/s, below the car's 8 m/s
+    assert brakes[False] == 0.0 and brakes[True] > 0.0

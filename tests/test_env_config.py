@@ -30,6 +30,7 @@ def test_every_env_key_is_read():
     with track_reads() as reads:
         _episode(EnvConfig())
         _episode(from_dict(EnvConfig, {"route": "random", "route_start": "random", "observation": {"lead_vehicle": True},
+                                       "speed_control": {"follow": True},
                                        "sim": {"town": "grid3", "camera": {"kind": "birdeye"}}}))
     keys = leaf_keys(EnvConfig)
     unread = sorted(k for k, pair in keys.items() if pair not in reads and not k.startswith(("sim.", "carla.")))

@@ -154,14 +154,23 @@ class SpeedControlConfig(ConfigNode):
     ki: float = param(0.05, "throttle per (m/s * s) of integrated speed error")
     brake_gain: float = param(0.3, "brake per m/s of overspeed beyond the deadband")
     brake_deadband_kmh: float = param(1.8, "overspeed (km/h) tolerated before braking")
+    follow: bool = param(
+        False, "cap the target speed so that the car can always stop follow_min_gap_m behind the vehicle ahead "
+        "(the reward's ahead corridor), as adaptive cruise control does: the agent's speed is a wish, not a command",
+    )
+    follow_min_gap_m: float = param(3.0, "follow: bumper gap kept to a stopped vehicle ahead (m)")
+    follow_headway_s: float = param(0.5, "follow: reaction time before braking (s)")
+    follow_decel: float = param(4.0, "follow: braking deceleration assumed for both vehicles (m/s^2)")
 
     def __post_init__(self) -> None:
         check(math.isfinite(self.max_speed_kmh) and 5.0 <= self.max_speed_kmh <= 200.0, "speed_control.max_speed_kmh",
               self.max_speed_kmh, "in [5, 200] km/h")
-        for name in ("kp", "ki", "brake_gain", "brake_deadband_kmh"):
+        for name in ("kp", "ki", "brake_gain", "brake_deadband_kmh", "follow_min_gap_m", "follow_headway_s"):
             v = getattr(self, name)
             check(math.isfinite(v) and v >= 0, f"speed_control.{name}", v, ">= 0")
         check(self.kp > 0 and self.brake_gain > 0, "speed_control.kp", self.kp, "> 0 (and brake_gain > 0)")
+        check(math.isfinite(self.follow_decel) and self.follow_decel > 0, "speed_control.follow_decel",
+              self.follow_decel, "> 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -248,10 +248,18 @@ class DrivingEnv(gym.Env):
 
     def _speed_control(self, action_control: VehicleControl) -> VehicleControl:
         """Pedals that track the target speed the action sets (``longitudinal_action: target_speed``):
-        action[1] in [-1, 1] (here as throttle - brake) -> 0 .. ``speed_control.max_speed_kmh``."""
+        action[1] in [-1, 1] (here as throttle - brake) -> 0 .. ``speed_control.max_speed_kmh``; with
+        ``speed_control.follow`` at most the speed that can still stop behind the vehicle ahead."""
         sc = self.config.speed_control
         action = action_control.throttle - action_control.brake
         v_target = 0.5 * (action + 1.0) * sc.max_speed_kmh / 3.6
+        if sc.follow:
+            st = self._state
+            ahead = reward_lib.vehicle_ahead(st.ego, st.vehicles, self.config.reward)
+            law = {"min_gap_m": sc.follow_min_gap_m, "headway_s": sc.follow_headway_s, "decel": sc.follow_decel}
+            if ahead is not None:
+                lead_speed = ahead.ego_speed - ahead.closing_speed
+                v_target = min(v_target, speed_control.following_speed(ahead.gap_m, lead_speed, **law))
         throttle, brake, self._pid = speed_control.pedals_for_speed(
             v_target, self._state.forward_speed, self._pid, self.tick_dt, kp=sc.kp, ki=sc.ki,
             brake_gain=sc.brake_gain, brake_deadband=sc.brake_deadband_kmh / 3.6,

@@ -7,8 +7,9 @@ this law drives the pedals at every simulator tick, on either backend) and by th
 from __future__ import annotations
 
 import dataclasses
+import math
 
-__all__ = ["PidState", "pedals_for_speed"]
+__all__ = ["PidState", "following_speed", "pedals_for_speed"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,3 +39,17 @@ def pedals_for_speed(
     if brake > 0.0:
         throttle = 0.0
     return throttle, brake, PidState(integral, err)
+
+
+def following_speed(gap_m: float, lead_speed: float, *, min_gap_m: float, headway_s: float, decel: float) -> float:
+    """The highest speed (m/s) from which the car still stops ``min_gap_m`` behind the vehicle ahead.
+
+    ``gap_m``: bumper gap now; ``lead_speed``: its speed along our heading (m/s). Assumes that vehicle may brake
+    to a standstill at ``decel`` (m/s^2) while we react after ``headway_s`` and then brake at ``decel``: the
+    largest v with ``v * headway_s + v^2 / (2 decel) <= gap_m - min_gap_m + lead_speed^2 / (2 decel)``.
+    0 when the gap is already below ``min_gap_m`` and the vehicle ahead is not moving away.
+    """
+    room = gap_m - min_gap_m + max(lead_speed, 0.0) ** 2 / (2.0 * decel)
+    if room <= 0.0:
+        return 0.0
+    return decel * (math.sqrt(headway_s ** 2 + 2.0 * room / decel) - headway_s)
