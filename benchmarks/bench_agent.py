@@ -39,6 +39,8 @@ import time
 
 import numpy as np
 
+from machine_info import cpu_info  # benchmarks/, the script's directory
+
 TARGETS = {(64, "separate"): 1.3, (64, "shared"): 2.5, (256, "separate"): 1.0}
 CLEAN_CORES = 0.15
 """A window is clean when other processes used less than this many CPU cores during it."""
@@ -388,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             "meta": "bench_agent",
             "cpu_count": os.cpu_count(),
             "machine": platform.machine(),
+            **cpu_info(),
             "python": sys.version.split()[0],
             "argv": sys.argv[1:] if argv is None else argv,
         }

@@ -27,6 +27,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jtd3.config import from_dict  # noqa: E402
+from machine_info import cpu_info  # noqa: E402 (benchmarks/, the script's directory)
 from jtd3.envs import EnvConfig, make_env  # noqa: E402
 
 cv2.setNumThreads(1)
@@ -34,23 +35,6 @@ cv2.setNumThreads(1)
 
 def emit(**kw) -> None:
     print(json.dumps(kw), flush=True)
-
-
-def cpu_info() -> dict[str, str]:
-    """Model name and the SIMD flags that matter here, from /proc/cpuinfo (Linux)."""
-    model, flags = "", ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and not model:
-                    model = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in have)
-                    break
-    except OSError:
-        pass
-    return {"cpu": model or platform.processor(), "cpu_flags": flags}
 
 
 def run(env, action: np.ndarray, steps: int) -> tuple[int, int]:
