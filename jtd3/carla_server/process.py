@@ -13,12 +13,11 @@ import json
 import os
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 from typing import Any
 
-import msgpack
+from jtd3.backends.carla.probe import msgpack_rpc_call
 
 __all__ = ["ServerProcess", "shutdown_traffic_manager"]
 
@@ -26,9 +25,10 @@ __all__ = ["ServerProcess", "shutdown_traffic_manager"]
 def shutdown_traffic_manager(host: str, port: int, tm_port: int, timeout_s: float = 5.0) -> None:
     """Stop the carla client's Traffic Manager on ``tm_port`` in this process.
 
-    A Traffic Manager left in asynchronous mode (as ``CarlaSession.close`` leaves it) keeps calling the server
-    from its own thread; when that server goes away, the timeout on that thread aborts this process. Call this
-    before stopping a server that a session of this process used.
+    A Traffic Manager left running in asynchronous mode (by code that drives the carla client itself, or a
+    session with ``tm_shut_down_on_close`` off) keeps calling the server from its own thread; when that server
+    goes away, the timeout on that thread aborts this process. Call this before stopping a server that this
+    process's carla client used.
     """
     import carla  # noqa: PLC0415
 
@@ -66,19 +66,12 @@ class ServerProcess:
     def control(self, name: str, *args: Any, timeout_s: float = 10.0) -> Any:
         """Call one of the server's ``jtd3.*`` control calls; returns its value."""
         self._msgid += 1
-        with socket.create_connection((self.host, self.port), timeout=timeout_s) as sock:
-            sock.sendall(msgpack.packb([0, self._msgid, name, [[False], *args]], use_bin_type=True))
-            unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-            while True:
-                data = sock.recv(1 << 16)
-                if not data:
-                    raise ConnectionError(f"the server closed the connection during {name}")
-                unpacker.feed(data)
-                for reply in unpacker:
-                    (kind, result), = reply[3]
-                    if kind != 1:
-                        raise RuntimeError(result[0])
-                    return result
+        # CARLA's calls take a sync Metadata first ([False]) and answer [(kind, value)] (kind 1: a value).
+        _, reply = msgpack_rpc_call(self.host, self.port, name, [[False], *args], timeout_s, msgid=self._msgid)
+        (kind, result), = reply
+        if kind != 1:
+            raise RuntimeError(result[0])
+        return result
 
     def kill(self) -> None:
         """SIGKILL: the server dies without closing anything."""

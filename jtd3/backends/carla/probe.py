@@ -12,7 +12,7 @@ import msgpack
 
 from jtd3.backends.carla.errors import CarlaError, CarlaUnavailableError, unavailable_message
 
-__all__ = ["call_traffic_manager", "probe_carla_rpc"]
+__all__ = ["call_traffic_manager", "msgpack_rpc_call", "probe_carla_rpc"]
 
 _RPC_VERSION_REQUEST = bytes(
     [0x94, 0x00, 0x01, 0xA7, *b"version", 0x91, 0x91, 0xC2]
@@ -61,6 +61,25 @@ def probe_carla_rpc(host: str, port: int, timeout_s: float) -> None:
         )
 
 
+def msgpack_rpc_call(host: str, port: int, name: str, args: list[Any], timeout_s: float,
+                     msgid: int = 1) -> tuple[Any, Any]:
+    """Send one msgpack-rpc request ``[0, msgid, name, args]`` over a plain socket; returns the response's
+    ``(error, result)``. Raises ``OSError`` / ``TimeoutError`` when nothing answers, ``ConnectionError`` when
+    the connection closes first and ``RuntimeError`` when the reply is not a response to this request."""
+    with socket.create_connection((host, port), timeout=timeout_s) as sock:
+        sock.sendall(msgpack.packb([0, msgid, name, list(args)], use_bin_type=True))
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        while True:
+            data = sock.recv(1 << 16)
+            if not data:
+                raise ConnectionError(f"{host}:{port} closed the connection during {name}")
+            unpacker.feed(data)
+            for reply in unpacker:
+                if not (isinstance(reply, list) and len(reply) == 4 and reply[0] == 1 and reply[1] == msgid):
+                    raise RuntimeError(f"not a msgpack-rpc response to {name}: {reply!r:.200}")
+                return reply[2], reply[3]
+
+
 def call_traffic_manager(port: int, name: str, *args: Any, host: str = "127.0.0.1", timeout_s: float = 5.0) -> Any:
     """Call ``name(*args)`` on the RPC server of the Traffic Manager listening on ``host:port``; returns its result.
 
@@ -70,17 +89,7 @@ def call_traffic_manager(port: int, name: str, *args: Any, host: str = "127.0.0.
     while it waits for the Traffic Manager's step. Raises ``OSError`` / ``TimeoutError`` when nothing answers
     and ``RuntimeError`` with the server's error.
     """
-    with socket.create_connection((host, port), timeout=timeout_s) as sock:
-        sock.sendall(msgpack.packb([0, 1, name, list(args)], use_bin_type=True))
-        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-        while True:
-            data = sock.recv(1 << 12)
-            if not data:
-                raise ConnectionError(f"the Traffic Manager on port {port} closed the connection during {name}")
-            unpacker.feed(data)
-            for reply in unpacker:
-                if not (isinstance(reply, list) and len(reply) == 4 and reply[0] == 1 and reply[1] == 1):
-                    raise RuntimeError(f"not a msgpack-rpc response to {name}: {reply!r:.200}")
-                if reply[2] is not None:
-                    raise RuntimeError(f"Traffic Manager {name}: {reply[2]!r:.200}")
-                return reply[3]
+    error, result = msgpack_rpc_call(host, port, name, list(args), timeout_s)
+    if error is not None:
+        raise RuntimeError(f"Traffic Manager {name}: {error!r:.200}")
+    return result
