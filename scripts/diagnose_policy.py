@@ -21,7 +21,6 @@ import numpy as np
 from jtd3.agent.learn import encode
 from jtd3.agent.state import modules
 from jtd3.envs import make_env
-from jtd3.envs.reward import vehicle_ahead
 from jtd3.evaluate import AgentPolicy, load_agent
 
 
@@ -75,7 +74,7 @@ def main() -> None:
             yaw = math.radians(ego.yaw)
             near = (float(np.hypot(*d[i])), math.cos(yaw) * d[i, 0] + math.sin(yaw) * d[i, 1],
                     -math.sin(yaw) * d[i, 0] + math.cos(yaw) * d[i, 1], float(np.hypot(*others.velocity[i, :2])) * 3.6)
-        ahead = vehicle_ahead(ego, others, cfg.env.reward)
+        ahead = truth.ahead
         rows.append((info["route_s"], ego.speed * 3.6, *action, *near, ahead.gap_m if ahead else math.nan))
         if terminated or truncated:
             break

@@ -70,6 +70,7 @@ class GroundTruth:
     lane_offset_m: float  # signed offset from the lane centre, positive right
     lane_heading_deg: float  # ego yaw - lane yaw, wrapped to [-180, 180)
     off_road: bool  # ego centre outside every driving lane
+    ahead: reward_lib.Ahead | None  # the nearest vehicle in the ego's corridor ahead (reward.ahead_* settings)
 
     @property
     def forward_speed(self) -> float:
@@ -254,8 +255,7 @@ class DrivingEnv(gym.Env):
         action = action_control.throttle - action_control.brake
         v_target = 0.5 * (action + 1.0) * sc.max_speed_kmh / 3.6
         if sc.follow:
-            st = self._state
-            ahead = reward_lib.vehicle_ahead(st.ego, st.vehicles, self.config.reward)
+            ahead = self._state.ahead
             law = {"min_gap_m": sc.follow_min_gap_m, "headway_s": sc.follow_headway_s, "decel": sc.follow_decel}
             if ahead is not None:
                 lead_speed = ahead.ego_speed - ahead.closing_speed
@@ -314,7 +314,7 @@ class DrivingEnv(gym.Env):
             off_road=self._state.off_road,
             off_route=reason == "off_route",
             lane_invasions=len(snap.lane_invasions),
-            ahead=reward_lib.vehicle_ahead(ego, snap.vehicles, cfg.reward),
+            ahead=self._state.ahead,
             target_speed=float(np.interp(track.state.s, self._profile_s, self._profile_v)),
         )
         self._prev_speed = ego.speed
@@ -408,12 +408,13 @@ class DrivingEnv(gym.Env):
             lane_offset_m=float(lane.lateral_offset[0]),
             lane_heading_deg=obs_lib.wrap_deg(ego.yaw - float(lane.yaw[0])),
             off_road=off_road,
+            ahead=reward_lib.vehicle_ahead(ego, snap.vehicles, self.config.reward),
         )
 
     def _observation(self) -> dict[str, np.ndarray]:
         st = self._state
         o = self.config.observation
-        ahead = reward_lib.vehicle_ahead(st.ego, st.vehicles, self.config.reward) if o.lead_vehicle else None
+        ahead = st.ahead if o.lead_vehicle else None
         kin = obs_lib.kinematics_vector(
             o,
             x=float(st.ego.location[0]),
