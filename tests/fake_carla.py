@@ -45,6 +45,8 @@ import threading
 import types
 from typing import Any, Callable
 
+import msgpack
+
 TIMEOUT_MESSAGE = (
     "time-out of {ms}ms while waiting for the simulator, make sure the simulator is ready and connected to "
     "{host}:{port}"
@@ -751,8 +753,6 @@ class TrafficManager:
 
 def _serve_tm_rpc(tm: TrafficManager) -> int:
     """A msgpack-rpc listener for ``set_synchronous_mode`` (daemon threads); returns its port."""
-    import msgpack  # noqa: PLC0415 (only this fake-only feature needs it)
-
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve(conn: socket.socket) -> None:

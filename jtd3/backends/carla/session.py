@@ -349,7 +349,7 @@ class CarlaSession:
         tm.set_synchronous_mode(True)
         tm.set_global_distance_to_leading_vehicle(cfg.tm_leading_distance_m)
         tm.set_hybrid_physics_mode(cfg.tm_hybrid_physics)
-        self._tick(world)
+        self._tick()
         carla_map = world.get_map()
         self._opendrive = carla_map.to_opendrive()
         self._spawn_transforms = list(carla_map.get_spawn_points())
@@ -470,11 +470,11 @@ class CarlaSession:
 
         ep.ego = self._spawn_ego(library, spawn)
         ep.vehicle_ids.append(int(ep.ego.id))
-        self._tick(world)  # the ego's pose reads as the origin until the server has ticked
+        self._tick()  # the ego's pose reads as the origin until the server has ticked
 
         ep.vehicle_ids.extend(self._spawn_npcs(library, spawn, num_vehicles, rng))
         self._attach_sensors(library, ep)
-        frame = self._tick(world)
+        frame = self._tick()
         # Every vehicle in the world (ours and any other client's): type and bounding box do not change.
         ep.statics = {
             int(a.id): (str(a.type_id), vector3(a.bounding_box.extent)) for a in world.get_actors().filter("vehicle.*")
@@ -503,7 +503,7 @@ class CarlaSession:
                 if k:
                     log.info("ego spawned at attempt %d/%d", k + 1, attempts)
                 return actor
-            self._tick(world)  # let destroyed actors leave before the next attempt
+            self._tick()  # let destroyed actors leave before the next attempt
         raise CarlaSpawnError(
             f"could not spawn {cfg.ego_blueprint} at (x={spawn.x:.2f}, y={spawn.y:.2f}, yaw={spawn.yaw:.1f}) in "
             f"{attempts} attempts (carla.spawn_retries = {cfg.spawn_retries}): the place is occupied (an actor "
@@ -569,9 +569,9 @@ class CarlaSession:
             ep.sensors.append(sensor)
             sensor.listen(sink)  # the callback only enqueues: it holds no reference to the session
 
-    def _tick(self, world: Any = None) -> int:
+    def _tick(self) -> int:
         """``world.tick()``, watched: a tick stuck in the Traffic Manager is woken up (see watchdog.py)."""
-        world = self._world if world is None else world
+        world = self._world
         if self._tick_watchdog is None:
             return int(world.tick(self.config.tick_timeout_s))
         with self._tick_watchdog.watch():
@@ -723,7 +723,7 @@ class CarlaSession:
 
         if vehicles and not run(f"destroy {len(vehicles)} vehicles", destroy_vehicles):
             left += vehicles
-        run("tick after destroying the actors", lambda: self._tick(world))
+        run("tick after destroying the actors", lambda: self._tick())
         if left:
             self._add_orphans(ep.world_id, left)
         if problems:
