@@ -13,7 +13,10 @@ import math
 
 import numpy as np
 
-from jtd3.backends.base import ActorState, CollisionEvent, LaneInvasionEvent, Pose, Snapshot, VehicleControl, Vehicles
+from jtd3.backends.base import (
+    ActorState, CollisionEvent, LaneInvasionEvent, ObstacleReading, Pose, Snapshot, VehicleControl, Vehicles,
+)
+from jtd3.backends.obstacle import ObstacleSensorConfig, sweep
 from jtd3.roads.towns import load_town
 
 EGO_EXTENT = np.array([2.4, 1.05, 0.75])
@@ -24,7 +27,8 @@ class ScriptedBackend:
 
     - ``teleports``: list of (x, y, yaw_deg, speed) consumed one per ``step`` instead of the kinematic model;
     - ``collide_on_steps`` / ``invade_on_steps``: step numbers (1-based) that report a collision / lane invasion;
-    - ``npcs``: ``Vehicles`` reported every tick (static unless the test changes them).
+    - ``npcs``: ``Vehicles`` reported every tick (static unless the test changes them); the front obstacle
+      sensor (``obstacle``, the backends' default settings) sweeps them as both backends do.
     """
 
     def __init__(self, town: str = "town01", frame_shape: tuple[int, int] = (84, 84), dt: float = 0.05,
@@ -39,6 +43,7 @@ class ScriptedBackend:
         self.collide_on_steps: set[int] = set()
         self.invade_on_steps: set[int] = set()
         self.npcs = Vehicles.empty()
+        self.obstacle = ObstacleSensorConfig()
         self.controls: list[VehicleControl] = []
         self.resets: list[tuple[Pose, int, int]] = []
         self.closed = 0
@@ -107,7 +112,15 @@ class ScriptedBackend:
             angular_velocity=np.zeros(3), extent=EGO_EXTENT.copy(),
         )
         return Snapshot(frame=self._frame, timestamp=self._frame * self.dt, ego=ego, vehicles=self.npcs,
-                        camera=cam, collisions=tuple(collisions), lane_invasions=tuple(invasions))
+                        camera=cam, collisions=tuple(collisions), lane_invasions=tuple(invasions),
+                        obstacle=self._obstacle(x, y, yaw))
+
+    def _obstacle(self, x: float, y: float, yaw: float) -> ObstacleReading | None:
+        v, r = self.npcs, math.radians(yaw)
+        bumper = (x + EGO_EXTENT[0] * math.cos(r), y + EGO_EXTENT[0] * math.sin(r))
+        hit = sweep(bumper, yaw, self.obstacle.distance, self.obstacle.hit_radius, v.location[:, 0], v.location[:, 1],
+                    v.yaw, v.extent[:, 0], v.extent[:, 1]) if len(v) else None
+        return None if hit is None else ObstacleReading(self._frame, int(v.ids[hit[0]]), hit[1], v.velocity[hit[0]].copy())
 
 
 def npc(x: float, y: float, yaw: float = 180.0, speed: float = 0.0, extent=(2.0, 0.95, 0.8)) -> Vehicles:

@@ -17,7 +17,8 @@ so the fake cannot drift into an API CARLA does not have). Fake-only controls li
   the frames delivered after tick ``frame`` (delay 0: before ``tick`` returns; > 0: later, from a timer
   thread, as CARLA's streaming threads do). The default delivers ``[(0.0, frame)]``. Camera pixels encode
   the label (``label % 251``), so a test sees which frame was used.
-- ``server.events[frame]``: ``[("collision", other_id), ("lane", ("Broken",)), ...]`` raised at that frame.
+- ``server.events[frame]``: ``[("collision", other_id), ("lane", ("Broken",)), ("obstacle", other_id, distance), ...]``
+  raised at that frame.
 - ``server.down_rpcs = n``: the next n RPCs of any name time out (a server gone for a while, then back).
 - ``server.at_tick[n] = hook``: ``hook(server)`` runs when the n-th ``tick`` RPC arrives, before it is served
   (fault injection at a chosen moment of a training run).
@@ -237,6 +238,25 @@ class CollisionEvent(SensorData):
         return self._impulse
 
 
+class ObstacleDetectionEvent(SensorData):
+    def __init__(self, frame: int, timestamp: float, transform: Transform, actor: Actor, other: Actor,
+                 distance: float) -> None:
+        super().__init__(frame, timestamp, transform)
+        self._actor, self._other, self._distance = actor, other, distance
+
+    @property
+    def actor(self) -> Actor:
+        return self._actor
+
+    @property
+    def other_actor(self) -> Actor:
+        return self._other
+
+    @property
+    def distance(self) -> float:
+        return self._distance
+
+
 class LaneInvasionEvent(SensorData):
     def __init__(self, frame: int, timestamp: float, transform: Transform, actor: Actor,
                  markings: list[LaneMarking]) -> None:
@@ -319,6 +339,9 @@ def default_blueprints() -> list[ActorBlueprint]:
                                              "fov": ("90", ()), "sensor_tick": ("0.0", ()), "role_name": ("", ())}),
         ActorBlueprint("sensor.other.collision", {"role_name": ("", ())}),
         ActorBlueprint("sensor.other.lane_invasion", {"role_name": ("", ())}),
+        ActorBlueprint("sensor.other.obstacle", {"distance": ("5", ()), "hit_radius": ("0.5", ()),
+                                                 "only_dynamics": ("false", ()), "sensor_tick": ("0.0", ()),
+                                                 "role_name": ("", ())}),
     ]
 
 
@@ -549,6 +572,9 @@ class FakeServer:
             elif event[0] == "lane" and rec.type_id == "sensor.other.lane_invasion":
                 marks = [LaneMarking(LaneMarkingType[name]) for name in event[1]]
                 rec.callback(LaneInvasionEvent(frame, self.elapsed, Transform(), parent, marks))
+            elif event[0] == "obstacle" and rec.type_id == "sensor.other.obstacle":
+                rec.callback(ObstacleDetectionEvent(frame, self.elapsed, Transform(), parent,
+                                                    Actor(self, event[1]), float(event[2])))
 
     def record(self, actor_id: int) -> _Record:
         return self.records[actor_id]

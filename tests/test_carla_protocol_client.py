@@ -114,7 +114,8 @@ def test_blueprint_library(world):
     assert cam.get_attribute("fov").as_float() == 90.0
     npcs = SimConfig().npc.blueprints
     assert {b.id for b in lib.filter("vehicle.*")} == {"vehicle.tesla.model3", *npcs}
-    assert {b.id for b in lib.filter("sensor.other.*")} == {"sensor.other.collision", "sensor.other.lane_invasion"}
+    assert {b.id for b in lib.filter("sensor.other.*")} == {
+        "sensor.other.collision", "sensor.other.lane_invasion", "sensor.other.obstacle"}
 
 
 def test_spawn_state_and_controls_match_the_embedded_dynamics(world, actors):
@@ -228,6 +229,39 @@ def test_collision_event_and_stop(world, actors):
     assert relative_impulse(np.array([np.linalg.norm(impulse) / m, 0, 0]), np.zeros(3), sim.vehicle.mass,
                             sim.npc.mass) == pytest.approx(np.linalg.norm(impulse), rel=1e-5)
     col.stop()
+
+
+def test_obstacle_event_reports_the_vehicle_ahead_and_its_sweep_distance(world, actors):
+    sim = SimConfig()
+    ego = _spawn(world, actors, "vehicle.tesla.model3", *START)
+    npc = _spawn(world, actors, "vehicle.audi.a2", START[0] - 15.0, START[1] + 0.3, START[2])
+    lib = world.get_blueprint_library()
+    bp = lib.find("sensor.other.obstacle")
+    assert bp.get_attribute("only_dynamics").as_bool() is False  # CARLA's default, which this server refuses
+    ego_hl = 0.5 * sim.vehicle.length
+    mount = carla.Transform(carla.Location(x=ego_hl, z=1.0))
+    with pytest.raises(RuntimeError, match="detects vehicles only"):
+        actors.append(world.spawn_actor(bp, mount, attach_to=ego))
+    for key, value in (("only_dynamics", "true"), ("distance", "40"), ("hit_radius", "1.0")):
+        bp.set_attribute(key, value)
+    sensor = world.spawn_actor(bp, mount, attach_to=ego)
+    actors.append(sensor)
+    events = queue.Queue()
+    sensor.listen(events.put)
+    frame = world.tick()
+    event = events.get(timeout=5.0)
+    assert event.frame == frame and event.actor.id == ego.id and event.other_actor.id == npc.id
+    npc_hl = sim.npc.extents[sim.npc.blueprints.index("vehicle.audi.a2")][0]
+    # the sphere (radius 1) touches the NPC's rear face, 0.3 m off the centre line: 15 - both half lengths - 1
+    assert event.distance == pytest.approx(15.0 - ego_hl - npc_hl - 1.0, abs=1e-4)
+    npc.destroy()
+    actors.remove(npc)
+    world.tick()
+    world.tick()
+    time.sleep(0.2)
+    while not events.empty():  # nothing in range: the sensor stays quiet
+        assert events.get().frame < frame + 1
+    sensor.stop()
 
 
 def test_lane_invasion_is_computed_by_the_client(world, actors):

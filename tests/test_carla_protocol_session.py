@@ -86,7 +86,7 @@ def test_close_restores_the_settings_and_leaves_no_actor(config, server):
     ours = [snap.ego.id, *snap.vehicles.ids.tolist()]
     state = server.control("jtd3.state")
     sensors = [int(i) for i, t in state["actors"].items() if t.startswith("sensor.")]
-    assert len(sensors) == 3 and all(int(i) in state["actors"] for i in ours)
+    assert len(sensors) == 4 and all(int(i) in state["actors"] for i in ours)
     s.close()
     assert s.cleanup_problems == []
     after = observer.get_world().get_settings()

@@ -48,6 +48,7 @@ from jtd3.backends.carla.errors import (
 from jtd3.backends.carla.probe import probe_carla_rpc
 from jtd3.backends.carla.sensors import EventQueue, FrameQueue, bgra_to_gray
 from jtd3.backends.carla.session import CarlaSession
+from jtd3.backends.obstacle import ObstacleSensorConfig
 
 START = Pose(x=317.74, y=129.49, yaw=180.0)  # the reference route's spawn, facing west
 
@@ -224,7 +225,11 @@ def test_reset_spawns_ego_npcs_sensors_and_ticks_after_spawning():
     attrs = cams[0].attrs
     assert (attrs["image_size_x"], attrs["image_size_y"], attrs["fov"]) == ("256", "144", "90.0")
     assert {r.type_id for r in server.records.values() if r.parent == ego.id} == {
-        "sensor.camera.rgb", "sensor.other.collision", "sensor.other.lane_invasion"}
+        "sensor.camera.rgb", "sensor.other.collision", "sensor.other.lane_invasion", "sensor.other.obstacle"}
+    (obstacle,) = [r for r in server.records.values() if r.type_id == "sensor.other.obstacle"]
+    assert (obstacle.attrs["distance"], obstacle.attrs["hit_radius"], obstacle.attrs["only_dynamics"]) == (
+        "40.0", "1.0", "true")
+    assert snap.obstacle is None  # the sensor fires only while something is in range
     # the camera frame of exactly this tick, gray, output size
     assert snap.camera.shape == (84, 84) and snap.camera.dtype == np.uint8
     assert np.all(snap.camera == snap.frame % 251)
@@ -278,10 +283,10 @@ def test_reset_destroys_the_previous_episode():
     s, server = session()
     s.reset(START, num_vehicles=4, seed=0)
     first = set(server.alive())
-    assert len(first) == 1 + 4 + 3
+    assert len(first) == 1 + 4 + 4
     snap = s.reset(START, num_vehicles=3, seed=1)
     assert not first & set(server.alive())
-    assert len(server.alive()) == 1 + 3 + 3 and len(snap.vehicles) == 3
+    assert len(server.alive()) == 1 + 3 + 4 and len(snap.vehicles) == 3
     assert server.violations == []
     s.close()
     assert_clean(server)
@@ -455,6 +460,30 @@ def test_event_queue_keeps_later_frames_and_reports_late_events():
     assert q.take(13) == []
 
 
+def test_obstacle_events_reach_the_snapshot_with_the_other_actors_velocity():
+    s, server = session()
+    first = s.reset(START, 2, 0)
+    npc = int(first.vehicles.ids[0])
+    server.events[first.frame + 1] = [("obstacle", npc, 12.5)]
+    a = s.step(VehicleControl())
+    b = s.step(VehicleControl())
+    assert a.obstacle is not None and (a.obstacle.other_id, a.obstacle.distance, a.obstacle.frame) == (npc, 12.5, a.frame)
+    i = int(np.flatnonzero(a.vehicles.ids == npc)[0])
+    np.testing.assert_allclose(a.obstacle.other_velocity, a.vehicles.velocity[i])
+    assert b.obstacle is None  # no event this frame: nothing in range any more
+    s.close()
+    assert_clean(server)
+
+
+def test_no_obstacle_sensor_when_disabled():
+    s, server = session(obstacle=ObstacleSensorConfig(enabled=False))
+    snap = s.reset(START, 1, 0)
+    assert not [r for r in server.records.values() if r.type_id == "sensor.other.obstacle"]
+    assert snap.obstacle is None
+    s.close()
+    assert_clean(server)
+
+
 def test_collision_and_lane_invasion_events_reach_the_snapshot():
     s, server = session()
     first = s.reset(START, 2, 0)
@@ -503,10 +532,10 @@ def test_dead_server_during_step_gives_a_clear_error_then_recovers_and_destroys_
     with pytest.raises(CarlaUnavailableError, match=r"(?s)2 reconnect attempt\(s\) failed.*CarlaUE4\.sh"):
         s.step(VehicleControl())
     assert server.rpc_calls - calls <= 1 + 1 + 2  # the tick, one cleanup call, then one call per reconnect
-    assert len(server.alive()) == 1 + 3 + 3  # left behind while the server was down
+    assert len(server.alive()) == 1 + 3 + 4  # left behind while the server was down
     server.down = False
     s.reset(START, 1, 0)  # reconnects, destroys the orphans of the same world, starts over
-    assert len(server.alive()) == 1 + 1 + 3
+    assert len(server.alive()) == 1 + 1 + 4
     s.close()
     assert_clean(server)
 
@@ -569,7 +598,7 @@ def test_open_session_is_closed_at_interpreter_exit():
     out = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "SPAWNED 7" in out.stdout
+    assert "SPAWNED 8" in out.stdout
     assert "ALIVE [] SYNC False TM_RUNNING False VIOLATIONS []" in out.stdout
 
 

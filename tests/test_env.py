@@ -246,7 +246,8 @@ def test_lead_vehicle_entries_read_the_gap_and_closing_speed_of_the_vehicle_ahea
     be.teleports = [(float(x), float(y), 180.0, 8.0), (float(x), float(y), 180.0, 8.0)]
     obs, *_ = env.step(np.zeros(2, np.float32))
     k = obs["kinematics"]
-    assert k[layout["lead_gap"]][0] == pytest.approx((10.0 - 2.4 - 2.0) / o.lead_range_m, abs=1e-5)
+    # the obstacle sensor's sweep distance: the bumper gap less its sphere's radius (1 m)
+    assert k[layout["lead_gap"]][0] == pytest.approx((10.0 - 2.4 - 2.0 - 1.0) / o.lead_range_m, abs=1e-5)
     assert k[layout["lead_closing"]][0] == pytest.approx(8.0 * 3.6 / o.speed_scale_kmh, abs=1e-5)
     assert k[layout["waypoints"]].shape == (20,)  # the waypoints keep their place
     be.npcs = npc(float(x) - 10.0, float(y) + 4.0, yaw=0.0)  # in the oncoming lane: not ahead
@@ -512,5 +513,5 @@ def test_follow_caps_the_target_speed_behind_a_vehicle_ahead():
         env.step(full_speed)
         env.step(full_speed)
         brakes[follow] = be.controls[-1].brake
-    # gap 14 - 2.4 - 2.0 = 9.6 m: the cap is following_speed(9.6, 0) = 5.6 m/s, below the car's 8 m/s
+    # sensed gap 14 - 2.4 - 2.0 - 1.0 = 8.6 m: the cap following_speed(8.6, 0) is below the car's 8 m/s
     assert brakes[False] == 0.0 and brakes[True] > 0.0

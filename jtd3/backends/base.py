@@ -22,6 +22,7 @@ __all__ = [
     "Backend",
     "CollisionEvent",
     "LaneInvasionEvent",
+    "ObstacleReading",
     "Pose",
     "Snapshot",
     "VehicleControl",
@@ -140,6 +141,19 @@ class LaneInvasionEvent:
     crossed_markings: tuple[str, ...]  # e.g. ("Broken",), ("Solid",), ("SolidSolid",)
 
 
+@dataclasses.dataclass(frozen=True)
+class ObstacleReading:
+    """``sensor.other.obstacle`` mounted at the front bumper's centre, looking along the ego's heading: the
+    nearest dynamic actor hit by a sphere of ``hit_radius`` swept up to ``distance`` metres (CARLA's
+    ``ObstacleDetectionEvent``), with that actor's velocity in the same frame (a client reads it from the
+    world snapshot by the event's ``other_actor.id``)."""
+
+    frame: int
+    other_id: int
+    distance: float  # m the sphere travelled before touching the actor: the bumper gap minus up to hit_radius
+    other_velocity: np.ndarray  # (3,) m/s, world frame
+
+
 @dataclasses.dataclass
 class Snapshot:
     """The world after one tick."""
@@ -151,6 +165,7 @@ class Snapshot:
     camera: np.ndarray  # uint8 (H, W) grayscale at the backend's configured camera size
     collisions: tuple[CollisionEvent, ...] = ()  # events during the last tick only
     lane_invasions: tuple[LaneInvasionEvent, ...] = ()
+    obstacle: ObstacleReading | None = None  # the front obstacle sensor of this tick; None: nothing in range
 
 
 @runtime_checkable

@@ -2,7 +2,8 @@
 
 Blueprints: the ego vehicle of :class:`jtd3.backends.sim.config.VehicleConfig`, the NPC vehicles of
 :class:`jtd3.backends.sim.config.NpcConfig` (their bounding boxes), ``sensor.camera.rgb``, ``sensor.other.collision``
-and ``sensor.other.lane_invasion`` (computed by the client from the map and the pushed state, as CARLA does).
+and ``sensor.other.lane_invasion`` (computed by the client from the map and the pushed state, as CARLA does) and
+``sensor.other.obstacle``.
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ def blueprint_library(vehicle: VehicleConfig, npc: NpcConfig) -> dict[str, Bluep
     ))
     out["sensor.other.collision"] = Blueprint("sensor.other.collision", "sensor,other,collision", (role,))
     out["sensor.other.lane_invasion"] = Blueprint("sensor.other.lane_invasion", "sensor,other,lane_invasion", (role,))
+    out["sensor.other.obstacle"] = Blueprint("sensor.other.obstacle", "sensor,other,obstacle", (
+        Attribute("distance", "float", "5"), Attribute("hit_radius", "float", "0.5"),
+        Attribute("only_dynamics", "bool", "false"), Attribute("debug_linetrace", "bool", "false"), tick, role,
+    ))
     return out
 
 

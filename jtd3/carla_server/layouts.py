@@ -14,6 +14,7 @@ Streamed (little-endian, packed; read from the DWARF debug information of the 0.
   has_traffic_light, u32 traffic_light_id, u8 failure_state``.
 - image (``ImageSerializer``): ``u32 width, u32 height, f32 fov`` then BGRA bytes.
 - collision (``CollisionEventSerializer``): msgpack ``[self_actor, other_actor, normal_impulse]``.
+- obstacle (``ObstacleDetectionEventSerializer``): msgpack ``[self_actor, other_actor, distance]``.
 
 msgpack (``MSGPACK_DEFINE_ARRAY`` member order): ``Location``/``Vector3D`` ``[x, y, z]``, ``Rotation``
 ``[pitch, yaw, roll]``, ``Transform`` ``[location, rotation]``, ``BoundingBox`` ``[location, extent,
@@ -33,7 +34,7 @@ import msgpack
 __all__ = [
     "ACTOR_DYNAMIC_STATE", "ATTRIBUTE_TYPES", "EPISODE_HEADER", "IMAGE_HEADER", "SENSOR_HEADER",
     "SENSOR_TYPES", "SETTINGS_FIELDS", "WEATHER_FIELDS", "actor_dynamic_state", "actor_object",
-    "collision_payload", "episode_header", "image_payload", "sensor_header",
+    "collision_payload", "episode_header", "image_payload", "obstacle_payload", "sensor_header",
 ]
 
 SENSOR_HEADER = struct.Struct("<QQd6f")  # 48 bytes
@@ -112,6 +113,10 @@ def image_payload(header: bytes, width: int, height: int, fov: float, bgra: byte
 
 def collision_payload(header: bytes, self_actor: list, other_actor: list, impulse: tuple[float, float, float]) -> bytes:
     return header + msgpack.packb([self_actor, other_actor, list(impulse)], use_bin_type=True)
+
+
+def obstacle_payload(header: bytes, self_actor: list, other_actor: list, distance: float) -> bytes:
+    return header + msgpack.packb([self_actor, other_actor, float(distance)], use_bin_type=True)
 
 
 def transform_object(t: tuple[float, ...]) -> list:

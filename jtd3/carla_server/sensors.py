@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from jtd3.backends.base import Vehicles
+from jtd3.backends.obstacle import sweep
 from jtd3.backends.sim import dynamics
 from jtd3.backends.sim.config import CameraConfig
 from jtd3.backends.sim.events import footprint_points, relative_impulse
@@ -23,7 +24,7 @@ from jtd3.carla_server.actors import Actor
 if TYPE_CHECKING:
     from jtd3.carla_server.world import World
 
-__all__ = ["MIN_CAMERA_HEIGHT", "SpawnError", "camera", "collisions", "image"]
+__all__ = ["MIN_CAMERA_HEIGHT", "SpawnError", "camera", "check_obstacle", "collisions", "image", "obstacle"]
 
 MIN_CAMERA_HEIGHT = 0.05  # metres; a camera mounted lower (e.g. at the vehicle origin) renders from this height
 STATIC_BUILDING = [0, 0, [0, "static.building", []], L.bounding_box_object((0.0, 0.0, 0.0)), bytes([3]), b""]
@@ -86,6 +87,34 @@ def collisions(world: World, sensor: Actor, before: dict, dt: float) -> list[tup
     me = world.actor_object(car)
     return [(sensor.stream_id, L.collision_payload(header, me, other, (-direction[0] * j, -direction[1] * j, 0.0)))
             for other, j in zip(hits, impulses)]
+
+
+def check_obstacle(a: Actor) -> None:
+    """Raises :class:`SpawnError` for an obstacle sensor this server cannot compute: one that also detects static
+    geometry (``only_dynamics`` false, CARLA's default) or is mounted with a yaw."""
+    if a.attribute("only_dynamics", "false").lower() != "true":
+        raise SpawnError("sensor.other.obstacle: this server detects vehicles only; set only_dynamics to true")
+    if abs(a.transform[4]) > 1e-3:
+        raise SpawnError(f"sensor.other.obstacle: mount yaw {a.transform[4]:g} deg not supported (it looks ahead)")
+
+
+def obstacle(world: World, sensor: Actor) -> list[tuple[int, bytes]]:
+    """The obstacle event of ``sensor`` now, if a vehicle is in its sweep (:func:`jtd3.backends.obstacle.sweep`
+    from the sensor's mount along its parent's heading; vehicles only, as with ``only_dynamics``)."""
+    car = world.actors.get(sensor.parent)
+    others = [a for a in world.vehicles() if a.id != sensor.parent]
+    if car is None or not car.is_vehicle or not others:
+        return []
+    x, y, *_, yaw, _ = world.world_transform(sensor)
+    hit = sweep((x, y), yaw, float(sensor.attribute("distance", "5")), float(sensor.attribute("hit_radius", "0.5")),
+                np.array([a.state.x for a in others]), np.array([a.state.y for a in others]),
+                np.array([a.state.yaw for a in others]), np.array([a.extent[0] for a in others]),
+                np.array([a.extent[1] for a in others]))
+    if hit is None:
+        return []
+    i, travelled = hit
+    header = L.sensor_header(L.SENSOR_TYPES[sensor.type_id], world.frame, world.elapsed, world.world_transform(sensor))
+    return [(sensor.stream_id, L.obstacle_payload(header, world.actor_object(car), world.actor_object(others[i]), travelled))]
 
 
 def image(world: World, cam: Actor) -> bytes:

@@ -5,7 +5,8 @@ Every vehicle moves by :func:`jtd3.backends.sim.dynamics.step` (the embedded sim
 last control the client applied (its own, or its Traffic Manager's ``apply_batch``). A vehicle that carries a
 collision sensor is checked against every other vehicle and the town's buildings after each tick; on a hit it is
 put back at its pose before the tick with zero speed (the embedded simulator's collision model) and the sensor
-reports the other actor. Cameras render with :class:`jtd3.backends.sim.render.FrontCamera` (grey, sent as BGRA); both in
+reports the other actor. Cameras render with :class:`jtd3.backends.sim.render.FrontCamera` (grey, sent as BGRA);
+obstacle sensors sweep along their vehicle's heading (:func:`jtd3.backends.obstacle.sweep`); all in
 :mod:`jtd3.carla_server.sensors`.
 """
 
@@ -23,7 +24,7 @@ from jtd3.backends.sim.events import obb_overlap
 from jtd3.backends.sim.render import FrontCamera, build_town_raster
 from jtd3.carla_server import layouts as L
 from jtd3.carla_server.actors import Actor, Blueprint, blueprint_library
-from jtd3.carla_server.sensors import SpawnError, camera, collisions, image
+from jtd3.carla_server.sensors import SpawnError, camera, check_obstacle, collisions, image, obstacle
 from jtd3.roads.towns import load_town
 
 __all__ = ["SpawnError", "World", "spawn_points"]
@@ -110,6 +111,8 @@ class World:
         elif type_id.startswith("sensor."):
             if type_id == "sensor.camera.rgb":
                 camera(self, actor)  # validates the size, fov and mount now: a bad camera fails its spawn
+            elif type_id == "sensor.other.obstacle":
+                check_obstacle(actor)
             actor.stream_id = self._next_stream
             self._next_stream += 1
         self._next_id += 1
@@ -200,6 +203,8 @@ class World:
             for a in vehicles:
                 a.speed_limit_kmh = self._speed_limit(a.state.x, a.state.y, a.state.yaw)
         messages.append((WORLD_STREAM, self.world_state()))
+        for sensor in [s for s in self.actors.values() if s.type_id == "sensor.other.obstacle"]:
+            messages += obstacle(self, sensor)
         for cam in [s for s in self.actors.values() if s.type_id == "sensor.camera.rgb"]:
             period = float(cam.attribute("sensor_tick", "0") or 0.0)
             if self.elapsed - cam.last_image_time >= period - 1e-9:

@@ -155,8 +155,9 @@ class SpeedControlConfig(ConfigNode):
     brake_gain: float = param(0.3, "brake per m/s of overspeed beyond the deadband")
     brake_deadband_kmh: float = param(1.8, "overspeed (km/h) tolerated before braking")
     follow: bool = param(
-        False, "cap the target speed so that the car can always stop follow_min_gap_m behind the vehicle ahead "
-        "(the reward's ahead corridor), as adaptive cruise control does: the agent's speed is a wish, not a command",
+        True, "cap the target speed so that the car can always stop follow_min_gap_m behind the vehicle ahead "
+        "that the front obstacle sensor measures, as adaptive cruise control does: the agent's speed is a wish, "
+        "not a command (ablation: docs/learning/follow/)",
     )
     follow_min_gap_m: float = param(3.0, "follow: bumper gap kept to a stopped vehicle ahead (m)")
     follow_headway_s: float = param(0.5, "follow: reaction time before braking (s)")
@@ -251,6 +252,10 @@ class EnvConfig(ConfigNode):
               self.stall_timeout_s, ">= 0 (0 disables)")
         check(self.off_route_distance_m > 0, "off_route_distance_m", self.off_route_distance_m, "> 0")
         check(self.goal_tolerance_m >= 0, "goal_tolerance_m", self.goal_tolerance_m, ">= 0")
+        sensor = self.sim.obstacle if self.backend == "sim" else self.carla.obstacle
+        check(sensor.enabled or not (self.speed_control.follow or self.observation.lead_vehicle),
+              f"{self.backend}.obstacle.enabled", sensor.enabled,
+              "true while speed_control.follow or observation.lead_vehicle is on (both read the obstacle sensor)")
 
     @property
     def num_vehicles(self) -> int:

@@ -71,6 +71,7 @@ class GroundTruth:
     lane_heading_deg: float  # ego yaw - lane yaw, wrapped to [-180, 180)
     off_road: bool  # ego centre outside every driving lane
     ahead: reward_lib.Ahead | None  # the nearest vehicle in the ego's corridor ahead (reward.ahead_* settings)
+    lead: reward_lib.Ahead | None  # the vehicle ahead as the front obstacle sensor measures it (legal input)
 
     @property
     def forward_speed(self) -> float:
@@ -255,7 +256,7 @@ class DrivingEnv(gym.Env):
         action = action_control.throttle - action_control.brake
         v_target = 0.5 * (action + 1.0) * sc.max_speed_kmh / 3.6
         if sc.follow:
-            ahead = self._state.ahead
+            ahead = self._state.lead
             law = {"min_gap_m": sc.follow_min_gap_m, "headway_s": sc.follow_headway_s, "decel": sc.follow_decel}
             if ahead is not None:
                 lead_speed = ahead.ego_speed - ahead.closing_speed
@@ -409,12 +410,13 @@ class DrivingEnv(gym.Env):
             lane_heading_deg=obs_lib.wrap_deg(ego.yaw - float(lane.yaw[0])),
             off_road=off_road,
             ahead=reward_lib.vehicle_ahead(ego, snap.vehicles, self.config.reward),
+            lead=reward_lib.sensed_ahead(ego, snap.obstacle),
         )
 
     def _observation(self) -> dict[str, np.ndarray]:
         st = self._state
         o = self.config.observation
-        ahead = st.ahead if o.lead_vehicle else None
+        ahead = st.lead if o.lead_vehicle else None
         kin = obs_lib.kinematics_vector(
             o,
             x=float(st.ego.location[0]),

@@ -38,7 +38,7 @@ import math
 
 import numpy as np
 
-from jtd3.backends.base import ActorState, Vehicles
+from jtd3.backends.base import ActorState, ObstacleReading, Vehicles
 from jtd3.envs.config import RewardConfig
 
 __all__ = [
@@ -146,6 +146,19 @@ def vehicle_ahead(ego: ActorState, vehicles: Vehicles, cfg: RewardConfig) -> Ahe
     ego_fwd = c * ego.velocity[0] + s * ego.velocity[1]
     other_fwd = c * vehicles.velocity[i, 0] + s * vehicles.velocity[i, 1]
     return Ahead(gap, float(ego_fwd - other_fwd), float(ego_fwd))
+
+
+def sensed_ahead(ego: ActorState, reading: ObstacleReading | None) -> Ahead | None:
+    """The vehicle ahead as the front obstacle sensor measures it (what the policy and the speed control may
+    use): the sweep distance as the gap (the bumper gap minus up to the sensor's hit radius: never more than the
+    true gap) and the speeds along the ego heading; None when the sensor saw nothing this tick."""
+    if reading is None:
+        return None
+    r = math.radians(ego.yaw)
+    c, s = math.cos(r), math.sin(r)
+    ego_fwd = c * ego.velocity[0] + s * ego.velocity[1]
+    other_fwd = c * reading.other_velocity[0] + s * reading.other_velocity[1]
+    return Ahead(float(reading.distance), float(ego_fwd - other_fwd), float(ego_fwd))
 
 
 def components(inp: RewardInputs, cfg: RewardConfig) -> dict[str, float]:

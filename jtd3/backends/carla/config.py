@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from jtd3.config import ConfigNode, check, choice, param
+from jtd3.backends.obstacle import ObstacleSensorConfig
+from jtd3.config import ConfigNode, check, choice, nested, param
 
 __all__ = ["CAMERA_KINDS", "CarlaConfig"]
 
@@ -70,6 +71,7 @@ class CarlaConfig(ConfigNode):
     camera_pitch: float = param(0.0, "camera pitch (degrees, negative looks down)")
     output_width: int = param(84, "width of the grayscale camera frame in the Snapshot (pixels)")
     output_height: int = param(84, "height of the grayscale camera frame in the Snapshot (pixels)")
+    obstacle: ObstacleSensorConfig = nested(ObstacleSensorConfig)
     sensor_timeout_s: float = param(2.0, "how long to wait for a sensor frame matching the tick (s)")
     reconnect_retries: int = param(3, "reconnect attempts after a server timeout before giving up")
     reconnect_backoff_s: float = param(2.0, "wait before reconnect attempt k is k * reconnect_backoff_s (s)")

@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from jtd3.backends.base import ActorState, Pose, Snapshot, VehicleControl, Vehicles
+from jtd3.backends.base import ActorState, ObstacleReading, Pose, Snapshot, VehicleControl, Vehicles
 from jtd3.backends.carla.client import (
     check_versions,
     choose_npc_spawns,
@@ -106,6 +106,7 @@ class _Episode:
     camera_queue: FrameQueue = dataclasses.field(default_factory=lambda: FrameQueue("camera"))
     collision_queue: EventQueue = dataclasses.field(default_factory=lambda: EventQueue("collision"))
     lane_queue: EventQueue = dataclasses.field(default_factory=lambda: EventQueue("lane invasion"))
+    obstacle_queue: EventQueue = dataclasses.field(default_factory=lambda: EventQueue("obstacle"))
 
 
 # Sessions still open at interpreter exit are closed then (a synchronous-mode client that vanishes without
@@ -560,11 +561,20 @@ class CarlaSession:
         cam_bp.set_attribute("sensor_tick", "0.0")  # a frame every tick
         mx, my, mz = cfg.camera_mount
         mount = carla.Transform(carla.Location(x=mx, y=my, z=mz), carla.Rotation(pitch=cfg.camera_pitch))
-        for bp, transform, sink in (
+        sensors = [
             (cam_bp, mount, ep.camera_queue.put),
             (library.find("sensor.other.collision"), carla.Transform(), ep.collision_queue.put),
             (library.find("sensor.other.lane_invasion"), carla.Transform(), ep.lane_queue.put),
-        ):
+        ]
+        if cfg.obstacle.enabled:
+            ob = cfg.obstacle
+            ob_bp = library.find("sensor.other.obstacle")
+            for key, value in (("distance", ob.distance), ("hit_radius", ob.hit_radius), ("only_dynamics", "true"),
+                               ("sensor_tick", "0.0")):
+                ob_bp.set_attribute(key, str(value))
+            bumper = float(ep.ego.bounding_box.extent.x)  # the ego's half length: its front bumper's x
+            sensors.append((ob_bp, carla.Transform(carla.Location(x=bumper, z=ob.mount_z)), ep.obstacle_queue.put))
+        for bp, transform, sink in sensors:
             sensor = world.spawn_actor(bp, transform, attach_to=ep.ego)
             ep.sensors.append(sensor)
             sensor.listen(sink)  # the callback only enqueues: it holds no reference to the session
@@ -610,6 +620,7 @@ class CarlaSession:
         camera = bgra_to_gray(image.raw_data, image.width, image.height, cfg.output_width, cfg.output_height)
         collisions = tuple(collision_event(e) for e in ep.collision_queue.take(frame))
         lanes = tuple(lane_invasion_event(e) for e in ep.lane_queue.take(frame))
+        obstacles = ep.obstacle_queue.take(frame)
         self.sensor_stats = {q.name: dict(q.stats) for q in (ep.world_queue, ep.camera_queue)}
 
         ego_id = int(ep.ego.id)
@@ -641,7 +652,21 @@ class CarlaSession:
             camera=camera,
             collisions=collisions,
             lane_invasions=lanes,
+            obstacle=self._obstacle(obstacles, ws, frame),
         )
+
+    @staticmethod
+    def _obstacle(events: list[Any], ws: Any, frame: int) -> ObstacleReading | None:
+        """The obstacle event of this frame (one of the frame before when it arrived after its own tick was
+        collected: the sensor fires only while something is in range, so a missing event cannot be waited for),
+        with the other actor's velocity from the same world snapshot."""
+        if not events or int(events[-1].frame) < frame - 1:
+            return None
+        event = events[-1]
+        other = event.other_actor
+        other_id = int(other.id) if other is not None else -1
+        velocity = vector3(ws.find(other_id).get_velocity()) if other_id >= 0 and ws.has_actor(other_id) else np.zeros(3)
+        return ObstacleReading(int(event.frame), other_id, float(event.distance), velocity)
 
     @staticmethod
     def _actor_state(snap: Any, type_id: str, extent: np.ndarray) -> ActorState:

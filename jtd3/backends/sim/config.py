@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jtd3.backends.obstacle import ObstacleSensorConfig
 from jtd3.config import ConfigNode, check, choice, nested, param
 
 __all__ = ["CameraConfig", "NpcConfig", "RenderConfig", "SimConfig", "VehicleConfig"]
@@ -170,6 +171,7 @@ class SimConfig(ConfigNode):
     render: RenderConfig = nested(RenderConfig)
     vehicle: VehicleConfig = nested(VehicleConfig)
     npc: NpcConfig = nested(NpcConfig)
+    obstacle: ObstacleSensorConfig = nested(ObstacleSensorConfig)
 
     def __post_init__(self) -> None:
         check(0.001 <= self.dt <= 0.5, "dt", self.dt, "in [0.001, 0.5] s")
