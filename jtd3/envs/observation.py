@@ -18,9 +18,9 @@ idx   name                    raw quantity (unit)                               
 5..   wp{i}_x, wp{i}_y        next waypoints i = 0..N-1, vehicle frame (m)                  waypoint_scale_m
 ====  ======================  ==========================================================  =================
 
-With ``lead_vehicle`` two entries follow, what a front radar measures of the vehicle ahead (the nearest in the
-ego's corridor, ``jtd3.envs.reward.vehicle_ahead``): ``lead_gap``, the bumper gap / ``lead_range_m`` (1 when
-there is none, negative when the boxes overlap), and ``lead_closing``, ego forward speed - its speed along the
+With ``lead_vehicle`` two entries follow, what the front obstacle sensor measures of the vehicle ahead
+(``jtd3.envs.reward.sensed_ahead``): ``lead_gap``, the sweep distance / ``lead_range_m`` (1 when there is
+none), and ``lead_closing``, ego forward speed - its speed along the
 ego heading (km/h, > 0 approaching; 0 when there is none) / ``speed_scale_kmh``.
 """
 
