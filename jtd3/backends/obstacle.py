@@ -43,18 +43,25 @@ def sweep(origin: tuple[float, float], yaw_deg: float, distance: float, radius: 
     Rectangles: centres ``(x, y)``, headings ``yaw`` (degrees), half sizes. Returns ``(index, travelled)`` of the
     nearest one (travelled 0 when the disc already touches it at the origin), or None when none is touched.
     """
-    x = np.asarray(x, dtype=np.float64)
-    if x.size == 0:
-        return None
-    a = np.radians(np.asarray(yaw, dtype=np.float64))
-    c, s = np.cos(a), np.sin(a)
-    # the sweep in each rectangle's own frame: p + t d, |d| = 1, t in [0, distance]
-    dx, dy = origin[0] - x, origin[1] - np.asarray(y, dtype=np.float64)
-    px, py = c * dx + s * dy, -s * dx + c * dy
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     h = math.radians(yaw_deg)
     ux, uy = math.cos(h), math.sin(h)
-    vx, vy = c * ux + s * uy, -s * ux + c * uy
     hl, hw = np.asarray(half_length, dtype=np.float64), np.asarray(half_width, dtype=np.float64)
+    # only rectangles whose bounding circle the swept capsule can reach (most of the traffic is elsewhere)
+    reach = radius + np.hypot(hl, hw)
+    dx, dy = x - origin[0], y - origin[1]
+    along = dx * ux + dy * uy
+    across = np.abs(-dx * uy + dy * ux)
+    idx = np.flatnonzero((along > -reach) & (along < distance + reach) & (across < reach))
+    if idx.size == 0:
+        return None
+    x, y, hl, hw = x[idx], y[idx], hl[idx], hw[idx]
+    a = np.radians(np.asarray(yaw, dtype=np.float64)[idx])
+    c, s = np.cos(a), np.sin(a)
+    # the sweep in each rectangle's own frame: p + t d, |d| = 1, t in [0, distance]
+    dx, dy = origin[0] - x, origin[1] - y
+    px, py = c * dx + s * dy, -s * dx + c * dy
+    vx, vy = c * ux + s * uy, -s * ux + c * uy
     # the disc touches the rectangle <=> its centre is in the rectangle grown by the radius with round corners:
     # the union of two grown rectangles and four corner circles; the entry time is the earliest of theirs
     t = np.minimum(_slab_entry(px, py, vx, vy, hl + radius, hw), _slab_entry(px, py, vx, vy, hl, hw + radius))
@@ -62,7 +69,7 @@ def sweep(origin: tuple[float, float], yaw_deg: float, distance: float, radius: 
         t = np.minimum(t, _circle_entry(px - sx * hl, py - sy * hw, vx, vy, radius))
     t = np.where(t <= distance, t, np.inf)
     i = int(np.argmin(t))
-    return (i, float(t[i])) if math.isfinite(t[i]) else None
+    return (int(idx[i]), float(t[i])) if math.isfinite(t[i]) else None
 
 
 def _slab_entry(px, py, vx, vy, hx, hy) -> np.ndarray:
