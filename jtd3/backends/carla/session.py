@@ -2,7 +2,7 @@
 
 :class:`CarlaSession` implements :class:`jtd3.backends.base.Backend` on a real server. It keeps the server in
 synchronous mode (fixed step ``fixed_delta_seconds``, 0.05 s by default), drives one ego vehicle with a
-front RGB camera, a collision sensor and a lane-invasion sensor, spawns NPC vehicles under a seeded Traffic
+front RGB camera, a collision sensor, a lane-invasion sensor and a front obstacle sensor, spawns NPC vehicles under a seeded Traffic
 Manager, and hands back plain NumPy/Python :class:`jtd3.backends.base.Snapshot` objects: no ``carla`` object ever
 leaves this module (they do not pickle).
 
@@ -25,7 +25,9 @@ Sensor data arrives on CARLA's threads. Each sensor has its own queue; data is m
 number: older frames (late or duplicated) are dropped, newer ones are kept for their own tick, a missing
 frame raises :class:`CarlaSensorTimeout` after ``sensor_timeout_s``. Event sensors (collision, lane invasion)
 deliver everything up to and including the tick's frame; an event that arrives after its tick was collected
-is reported with the next tick (its ``frame`` field tells which tick produced it).
+is reported with the next tick (its ``frame`` field tells which tick produced it). The obstacle sensor fires
+only while something is in range, so its absence cannot be waited for: the tick's own event, or one of the
+frame before that arrived late, is the reading.
 
 A server timeout (``RuntimeError("time-out of ...")`` from the carla client) triggers a reconnect with at most
 ``reconnect_retries`` attempts; after that :class:`CarlaUnavailableError` says what to do. ``reset`` retries
@@ -38,7 +40,10 @@ from above). See ``docs/carla.md`` for the design notes and measured numbers.
 Its pieces: :mod:`~jtd3.backends.carla.config` (settings), :mod:`~jtd3.backends.carla.errors`,
 :mod:`~jtd3.backends.carla.probe` (the port probe), :mod:`~jtd3.backends.carla.sensors` (queues, conversions),
 :mod:`~jtd3.backends.carla.client` (the carla wheel: import, versions, commands) and
-:mod:`~jtd3.backends.carla.server_process` (a server the session starts).
+:mod:`~jtd3.backends.carla.server_process` (a server the session starts), :mod:`~jtd3.backends.carla.snapshot`
+(carla data of one frame -> :class:`~jtd3.backends.base.Snapshot`) and :mod:`~jtd3.backends.carla.watchdog`.
+The session stays one class of about 700 lines on purpose: it owns one connection's whole lifecycle
+(connect, reconnect, episodes, teardown), and every part of it reads and repairs the same connection state.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from jtd3.backends.base import ActorState, ObstacleReading, Pose, Snapshot, VehicleControl, Vehicles
+from jtd3.backends.base import Pose, Snapshot, VehicleControl
 from jtd3.backends.carla.client import (
     check_versions,
     choose_npc_spawns,
@@ -85,6 +90,7 @@ from jtd3.backends.carla.sensors import (
     vector3,
 )
 from jtd3.backends.carla.server_process import ServerProcess
+from jtd3.backends.carla.snapshot import assemble_snapshot
 from jtd3.backends.carla.watchdog import Watchdog
 
 __all__ = ["CarlaSession"]
@@ -622,65 +628,7 @@ class CarlaSession:
         lanes = tuple(lane_invasion_event(e) for e in ep.lane_queue.take(frame))
         obstacles = ep.obstacle_queue.take(frame)
         self.sensor_stats = {q.name: dict(q.stats) for q in (ep.world_queue, ep.camera_queue)}
-
-        ego_id = int(ep.ego.id)
-        if not ws.has_actor(ego_id):
-            raise CarlaError(f"the ego (id {ego_id}) is missing from the world snapshot of frame {frame}")
-        ego = self._actor_state(ws.find(ego_id), *ep.statics[ego_id])
-        ids, transforms, velocities = [], [], []
-        for i in sorted(ep.statics):
-            if i != ego_id and ws.has_actor(i):  # vehicles destroyed since reset drop out
-                snap = ws.find(i)
-                ids.append(i)
-                transforms.append(snap.get_transform())
-                velocities.append(vector3(snap.get_velocity()))
-        if ids:
-            vehicles = Vehicles(
-                ids=np.array(ids, dtype=np.int64),
-                location=np.array([vector3(t.location) for t in transforms]),
-                yaw=np.array([float(t.rotation.yaw) for t in transforms]),
-                velocity=np.array(velocities),
-                extent=np.array([ep.statics[i][1] for i in ids]),
-            )
-        else:
-            vehicles = Vehicles.empty()
-        return Snapshot(
-            frame=frame,
-            timestamp=float(ws.timestamp.elapsed_seconds),
-            ego=ego,
-            vehicles=vehicles,
-            camera=camera,
-            collisions=collisions,
-            lane_invasions=lanes,
-            obstacle=self._obstacle(obstacles, ws, frame),
-        )
-
-    @staticmethod
-    def _obstacle(events: list[Any], ws: Any, frame: int) -> ObstacleReading | None:
-        """The obstacle event of this frame (one of the frame before when it arrived after its own tick was
-        collected: the sensor fires only while something is in range, so a missing event cannot be waited for),
-        with the other actor's velocity from the same world snapshot."""
-        if not events or int(events[-1].frame) < frame - 1:
-            return None
-        event = events[-1]
-        other = event.other_actor
-        other_id = int(other.id) if other is not None else -1
-        velocity = vector3(ws.find(other_id).get_velocity()) if other_id >= 0 and ws.has_actor(other_id) else np.zeros(3)
-        return ObstacleReading(int(event.frame), other_id, float(event.distance), velocity)
-
-    @staticmethod
-    def _actor_state(snap: Any, type_id: str, extent: np.ndarray) -> ActorState:
-        tf = snap.get_transform()
-        return ActorState(
-            id=int(snap.id),
-            type_id=type_id,
-            location=vector3(tf.location),
-            rotation=np.array([tf.rotation.pitch, tf.rotation.yaw, tf.rotation.roll], dtype=np.float64),
-            velocity=vector3(snap.get_velocity()),
-            acceleration=vector3(snap.get_acceleration()),
-            angular_velocity=vector3(snap.get_angular_velocity()),
-            extent=extent.copy(),
-        )
+        return assemble_snapshot(frame, ws, int(ep.ego.id), ep.statics, camera, collisions, lanes, obstacles)
 
     # -- teardown --------------------------------------------------------------------------------------
 
