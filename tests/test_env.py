@@ -500,6 +500,24 @@ def test_following_speed_stops_short_of_a_stopped_vehicle_and_grows_with_the_gap
     assert following_speed(5.0, 8.0, **kw) > following_speed(5.0, 0.0, **kw)  # a moving lead leaves more room
 
 
+def test_curve_cap_brakes_before_the_turn_and_leaves_the_straight_alone():
+    ref = load_reference_route()
+    full_speed = np.array([0.0, 1.0], np.float32)  # the agent asks for the maximum speed (40 km/h)
+    brakes = {}
+    for a_lat in (0.0, 5.0):
+        for s in (60.0, 218.0):  # the straight; the turn (216-234 m, radius 8 m: capped at 22.7 km/h)
+            env, be = double_env(longitudinal_action="target_speed", route_start="beginning",
+                                 speed_control={"follow": False, "curve_lateral_accel": a_lat})
+            env.reset(seed=0)
+            path = [ref.point_at(float(d)) for d in np.arange(10.0, s, 10.0)] + [ref.point_at(s)] * 4
+            be.teleports = [(float(x), float(y), float(yaw), 9.0) for x, y, yaw in path]  # 32 km/h
+            while be.teleports:
+                env.step(full_speed)
+            brakes[a_lat, s] = be.controls[-1].brake
+    assert brakes[0.0, 60.0] == 0.0 and brakes[5.0, 60.0] == 0.0 and brakes[0.0, 218.0] == 0.0
+    assert brakes[5.0, 218.0] > 0.0
+
+
 def test_follow_caps_the_target_speed_behind_a_vehicle_ahead():
     ref = load_reference_route()
     x, y, _ = ref.point_at(10.0)

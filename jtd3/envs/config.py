@@ -162,6 +162,11 @@ class SpeedControlConfig(ConfigNode):
     follow_min_gap_m: float = param(3.0, "follow: bumper gap kept to a stopped vehicle ahead (m)")
     follow_headway_s: float = param(0.5, "follow: reaction time before braking (s)")
     follow_decel: float = param(4.0, "follow: braking deceleration assumed for both vehicles (m/s^2)")
+    curve_lateral_accel: float = param(
+        5.0, "> 0: cap the target speed along the route at sqrt(curve_lateral_accel / curvature), braking into "
+        "each curve at curve_decel, as a curve speed assistant does from map data (m/s^2); 0: off"
+    )
+    curve_decel: float = param(3.0, "curve_lateral_accel: deceleration before a curve the cap allows for (m/s^2)")
 
     def __post_init__(self) -> None:
         check(math.isfinite(self.max_speed_kmh) and 5.0 <= self.max_speed_kmh <= 200.0, "speed_control.max_speed_kmh",
@@ -172,6 +177,10 @@ class SpeedControlConfig(ConfigNode):
         check(self.kp > 0 and self.brake_gain > 0, "speed_control.kp", self.kp, "> 0 (and brake_gain > 0)")
         check(math.isfinite(self.follow_decel) and self.follow_decel > 0, "speed_control.follow_decel",
               self.follow_decel, "> 0")
+        check(math.isfinite(self.curve_lateral_accel) and self.curve_lateral_accel >= 0,
+              "speed_control.curve_lateral_accel", self.curve_lateral_accel, ">= 0 (0: off)")
+        check(math.isfinite(self.curve_decel) and self.curve_decel > 0, "speed_control.curve_decel",
+              self.curve_decel, "> 0")
 
 
 @dataclasses.dataclass(frozen=True)

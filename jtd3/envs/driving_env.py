@@ -202,7 +202,11 @@ class DrivingEnv(gym.Env):
         if self.route is not self._profile_route:  # the target speed along this route, every 0.5 m
             grid = np.arange(0.0, self.route.length + 0.5, 0.5)
             self._profile_s = grid
-            self._profile_v = reward_lib.target_speed_profile(grid, self.route.point_at(grid)[2], cfg.reward)
+            yaw = self.route.point_at(grid)[2]
+            self._profile_v = reward_lib.target_speed_profile(grid, yaw, cfg.reward)
+            sc = cfg.speed_control
+            self._curve_cap_v = reward_lib.curve_speed_profile(
+                grid, yaw, sc.max_speed_kmh / 3.6, sc.curve_lateral_accel, sc.curve_decel)
             self._profile_route = self.route
         track = route_tracker.start(self.route, float(snap.ego.location[0]), float(snap.ego.location[1]))
         self._track = track
@@ -251,10 +255,13 @@ class DrivingEnv(gym.Env):
     def _speed_control(self, action_control: VehicleControl) -> VehicleControl:
         """Pedals that track the target speed the action sets (``longitudinal_action: target_speed``):
         action[1] in [-1, 1] (here as throttle - brake) -> 0 .. ``speed_control.max_speed_kmh``; with
-        ``speed_control.follow`` at most the speed that can still stop behind the vehicle ahead."""
+        ``speed_control.follow`` at most the speed that can still stop behind the vehicle ahead; with
+        ``speed_control.curve_lateral_accel`` at most the route's curve speed here."""
         sc = self.config.speed_control
         action = action_control.throttle - action_control.brake
         v_target = 0.5 * (action + 1.0) * sc.max_speed_kmh / 3.6
+        if sc.curve_lateral_accel > 0:
+            v_target = min(v_target, float(np.interp(self._track.state.s, self._profile_s, self._curve_cap_v)))
         if sc.follow:
             ahead = self._state.lead
             law = {"min_gap_m": sc.follow_min_gap_m, "headway_s": sc.follow_headway_s, "decel": sc.follow_decel}

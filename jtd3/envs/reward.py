@@ -106,19 +106,25 @@ def route_curvature(s: np.ndarray, yaw_deg: np.ndarray, window_m: float = 8.0) -
 
 
 def target_speed_profile(s: np.ndarray, yaw_deg: np.ndarray, cfg: RewardConfig) -> np.ndarray:
-    """Target speed (m/s) at each arc length ``s`` (ascending, metres) of a route whose heading there is
-    ``yaw_deg``: ``min(target_speed, sqrt(curve_lateral_accel / curvature))`` (:func:`route_curvature`), then
-    limited from the end backwards so that it never falls faster than ``curve_decel`` over arc length
-    (v^2 <= v_next^2 + 2 a ds). ``curve_lateral_accel`` 0: the constant target."""
+    """The reward's target speed (m/s) at each arc length ``s`` of a route whose heading there is ``yaw_deg``:
+    :func:`curve_speed_profile` with ``target_speed``, ``curve_lateral_accel`` and ``curve_decel``."""
+    return curve_speed_profile(s, yaw_deg, cfg.target_speed_kmh * KMH, cfg.curve_lateral_accel, cfg.curve_decel)
+
+
+def curve_speed_profile(s: np.ndarray, yaw_deg: np.ndarray, v_max: float, lateral_accel: float,
+                        decel: float) -> np.ndarray:
+    """Speed (m/s) at each arc length ``s`` (ascending, metres) of a route whose heading there is ``yaw_deg``:
+    ``min(v_max, sqrt(lateral_accel / curvature))`` (:func:`route_curvature`), then limited from the end
+    backwards so that it never falls faster than ``decel`` over arc length (v^2 <= v_next^2 + 2 a ds): the
+    speed drops before a curve, not in it. ``lateral_accel`` 0: ``v_max`` everywhere."""
     s = np.asarray(s, dtype=np.float64)
-    v_max = cfg.target_speed_kmh * KMH
     v = np.full(s.shape, v_max)
-    if cfg.curve_lateral_accel <= 0.0 or len(s) < 2:
+    if lateral_accel <= 0.0 or len(s) < 2:
         return v
     curvature = route_curvature(s, yaw_deg)
-    v = np.minimum(v, np.sqrt(cfg.curve_lateral_accel / np.maximum(curvature, 1e-9)))
-    for i in range(len(s) - 2, -1, -1):  # anticipate: brake into the curve at curve_decel
-        v[i] = min(v[i], math.sqrt(v[i + 1] ** 2 + 2.0 * cfg.curve_decel * (s[i + 1] - s[i])))
+    v = np.minimum(v, np.sqrt(lateral_accel / np.maximum(curvature, 1e-9)))
+    for i in range(len(s) - 2, -1, -1):  # anticipate: brake into the curve at decel
+        v[i] = min(v[i], math.sqrt(v[i + 1] ** 2 + 2.0 * decel * (s[i + 1] - s[i])))
     return v
 
 
