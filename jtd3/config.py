@@ -63,32 +63,42 @@ class ConfigNode:
     Reads made by dataclass-generated methods (``__eq__``, ``__hash__``, ``__repr__``: their code lives in
     ``<string>``), by the ``dataclasses`` module itself (``replace`` copies every field), by validation in
     ``__post_init__`` and by this module (serialisation) are not counted, so hashing a config for ``jax.jit``'s
-    static arguments, copying it or saving it does not count as the code using it.
+    static arguments, copying it or saving it does not count as the code using it. Outside
+    :func:`track_reads` attribute access is plain (the recording hook is installed only while tracking).
     """
 
-    def __getattribute__(self, name: str) -> Any:
-        value = object.__getattribute__(self, name)
-        if _READS is not None and not name.startswith("_"):
-            fields = object.__getattribute__(self, "__dataclass_fields__")
-            if name in fields:
-                code = sys._getframe(1).f_code
-                caller = code.co_filename
-                if (not caller.startswith("<") and caller not in _UNCOUNTED_FILES
-                        and code.co_name != "__post_init__"):
-                    _READS.add((type(self).__qualname__, name))
-        return value
+
+def _recording_getattribute(self: ConfigNode, name: str) -> Any:
+    value = object.__getattribute__(self, name)
+    if _READS is not None and not name.startswith("_"):
+        fields = object.__getattribute__(self, "__dataclass_fields__")
+        if name in fields:
+            code = sys._getframe(1).f_code
+            caller = code.co_filename
+            if (not caller.startswith("<") and caller not in _UNCOUNTED_FILES
+                    and code.co_name != "__post_init__"):
+                _READS.add((type(self).__qualname__, name))
+    return value
 
 
 @contextlib.contextmanager
 def track_reads() -> Iterator[set[tuple[str, str]]]:
-    """Yield a set that fills with ``(ClassName, field)`` for every config field the code reads."""
+    """Yield a set that fills with ``(ClassName, field)`` for every config field the code reads.
+
+    Installs the recording ``__getattribute__`` on :class:`ConfigNode` (and so on every config class) for the
+    duration; nested calls share it and the outermost one removes it.
+    """
     global _READS
     previous = _READS
     _READS = set()
+    if previous is None:
+        ConfigNode.__getattribute__ = _recording_getattribute  # type: ignore[method-assign]
     try:
         yield _READS
     finally:
         _READS = previous
+        if previous is None:
+            del ConfigNode.__getattribute__
 
 
 def leaf_keys(cls: type, prefix: str = "") -> dict[str, tuple[str, str]]:

@@ -95,3 +95,20 @@ def test_nested_and_fixed_length_tuples():
         from_dict(Nested, {"boxes": [[1, 2, 3], [1, 2]]})
     with pytest.raises(ConfigError, match=r"pair\[0\]"):
         from_dict(Nested, {"pair": ["x", "b"]})
+
+
+def test_read_tracking_hook_exists_only_while_tracking():
+    from jtd3.config import ConfigNode
+    from jtd3.envs.config import EnvConfig
+
+    cfg = EnvConfig()
+    assert "__getattribute__" not in ConfigNode.__dict__  # plain attribute access on the hot paths
+    with pytest.raises(RuntimeError):
+        with track_reads() as outer:
+            with track_reads():
+                assert "__getattribute__" in ConfigNode.__dict__
+            assert "__getattribute__" in ConfigNode.__dict__  # the outer tracking still records
+            _ = cfg.scenario
+            raise RuntimeError("a failing body still removes the hook")
+    assert ("EnvConfig", "scenario") in outer
+    assert "__getattribute__" not in ConfigNode.__dict__
