@@ -98,7 +98,6 @@ def test_nested_and_fixed_length_tuples():
 
 
 def test_read_tracking_hook_exists_only_while_tracking():
-    from jtd3.config import ConfigNode
     from jtd3.envs.config import EnvConfig
 
     cfg = EnvConfig()
