@@ -74,16 +74,17 @@ def main() -> None:
             yaw = math.radians(ego.yaw)
             near = (float(np.hypot(*d[i])), math.cos(yaw) * d[i, 0] + math.sin(yaw) * d[i, 1],
                     -math.sin(yaw) * d[i, 0] + math.cos(yaw) * d[i, 1], float(np.hypot(*others.velocity[i, :2])) * 3.6)
-        ahead = truth.ahead
-        rows.append((info["route_s"], ego.speed * 3.6, *action, *near, ahead.gap_m if ahead else math.nan))
+        ahead, lead = truth.ahead, truth.lead  # the reward's ground-truth corridor; the obstacle sensor
+        rows.append((info["route_s"], ego.speed * 3.6, *action, *near, ahead.gap_m if ahead else math.nan,
+                     lead.gap_m if lead else math.nan))
         if terminated or truncated:
             break
     print(f"checkpoint {step}, seed {args.seed}: {info['termination_reason']} after {len(rows)} agent steps")
-    print(" step  route_s   km/h  steer  speed | nearest: dist     x      y   km/h | gap ahead")
+    print(" step  route_s   km/h  steer  speed | nearest: dist     x      y   km/h | gap ahead  sensor gap")
     for k in range(max(0, len(rows) - args.tail), len(rows), args.every):
         r = rows[k]
         print(f"{k:5d} {r[0]:8.1f} {r[1]:6.1f} {r[2]:6.2f} {r[3]:6.2f} | {r[4]:13.1f} {r[5]:5.1f} {r[6]:6.1f} "
-              f"{r[7]:6.1f} | {r[8]:9.1f}")
+              f"{r[7]:6.1f} | {r[8]:9.1f} {r[9]:11.1f}")
 
 
 if __name__ == "__main__":
