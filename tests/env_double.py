@@ -14,9 +14,9 @@ import math
 import numpy as np
 
 from jtd3.backends.base import (
-    ActorState, CollisionEvent, LaneInvasionEvent, ObstacleReading, Pose, Snapshot, VehicleControl, Vehicles,
+    ActorState, CollisionEvent, LaneInvasionEvent, Pose, Snapshot, VehicleControl, Vehicles,
 )
-from jtd3.backends.obstacle import ObstacleSensorConfig, sweep
+from jtd3.backends.obstacle import ObstacleSensorConfig, front_reading
 from jtd3.roads.towns import load_town
 
 EGO_EXTENT = np.array([2.4, 1.05, 0.75])
@@ -113,14 +113,8 @@ class ScriptedBackend:
         )
         return Snapshot(frame=self._frame, timestamp=self._frame * self.dt, ego=ego, vehicles=self.npcs,
                         camera=cam, collisions=tuple(collisions), lane_invasions=tuple(invasions),
-                        obstacle=self._obstacle(x, y, yaw))
+                        obstacle=front_reading(self._frame, x, y, yaw, EGO_EXTENT[0], self.obstacle, self.npcs))
 
-    def _obstacle(self, x: float, y: float, yaw: float) -> ObstacleReading | None:
-        v, r = self.npcs, math.radians(yaw)
-        bumper = (x + EGO_EXTENT[0] * math.cos(r), y + EGO_EXTENT[0] * math.sin(r))
-        hit = sweep(bumper, yaw, self.obstacle.distance, self.obstacle.hit_radius, v.location[:, 0], v.location[:, 1],
-                    v.yaw, v.extent[:, 0], v.extent[:, 1]) if len(v) else None
-        return None if hit is None else ObstacleReading(self._frame, int(v.ids[hit[0]]), hit[1], v.velocity[hit[0]].copy())
 
 
 def npc(x: float, y: float, yaw: float = 180.0, speed: float = 0.0, extent=(2.0, 0.95, 0.8)) -> Vehicles:

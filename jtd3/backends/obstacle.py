@@ -16,9 +16,10 @@ import math
 
 import numpy as np
 
+from jtd3.backends.base import ObstacleReading, Vehicles
 from jtd3.config import ConfigNode, check, param
 
-__all__ = ["ObstacleSensorConfig", "sweep"]
+__all__ = ["ObstacleSensorConfig", "front_reading", "sweep", "sweep_vehicles"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,28 @@ def sweep(origin: tuple[float, float], yaw_deg: float, distance: float, radius: 
     t = np.where(t <= distance, t, np.inf)
     i = int(np.argmin(t))
     return (int(idx[i]), float(t[i])) if math.isfinite(t[i]) else None
+
+
+def sweep_vehicles(origin: tuple[float, float], yaw_deg: float, distance: float, radius: float,
+                   vehicles: Vehicles) -> tuple[int, float] | None:
+    """:func:`sweep` against the footprints of ``vehicles``: ``(row, travelled)`` of the first one touched."""
+    if len(vehicles) == 0:
+        return None
+    return sweep(origin, yaw_deg, distance, radius, vehicles.location[:, 0], vehicles.location[:, 1], vehicles.yaw,
+                 vehicles.extent[:, 0], vehicles.extent[:, 1])
+
+
+def front_reading(frame: int, x: float, y: float, yaw_deg: float, half_length: float, cfg: ObstacleSensorConfig,
+                  vehicles: Vehicles) -> ObstacleReading | None:
+    """What the sensor on the front bumper of a car at ``(x, y, yaw_deg)`` (half length ``half_length``) reads
+    among ``vehicles`` (the others), in the ground plane."""
+    r = math.radians(yaw_deg)
+    bumper = (x + half_length * math.cos(r), y + half_length * math.sin(r))
+    hit = sweep_vehicles(bumper, yaw_deg, cfg.distance, cfg.hit_radius, vehicles)
+    if hit is None:
+        return None
+    i, travelled = hit
+    return ObstacleReading(frame, int(vehicles.ids[i]), travelled, np.array(vehicles.velocity[i], dtype=np.float64))
 
 
 def _slab_entry(px, py, vx, vy, hx, hy) -> np.ndarray:

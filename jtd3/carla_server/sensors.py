@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from jtd3.backends.base import Vehicles
-from jtd3.backends.obstacle import sweep
+from jtd3.backends.obstacle import sweep_vehicles
 from jtd3.backends.sim import dynamics
 from jtd3.backends.sim.config import CameraConfig
 from jtd3.backends.sim.events import footprint_points, relative_impulse
@@ -102,36 +102,39 @@ def obstacle(world: World, sensor: Actor) -> list[tuple[int, bytes]]:
     """The obstacle event of ``sensor`` now, if a vehicle is in its sweep (:func:`jtd3.backends.obstacle.sweep`
     from the sensor's mount along its parent's heading; vehicles only, as with ``only_dynamics``)."""
     car = world.actors.get(sensor.parent)
-    others = [a for a in world.vehicles() if a.id != sensor.parent]
-    if car is None or not car.is_vehicle or not others:
+    if car is None or not car.is_vehicle:
         return []
+    others = _other_vehicles(world, car.id)
     x, y, *_, yaw, _ = world.world_transform(sensor)
-    hit = sweep((x, y), yaw, float(sensor.attribute("distance", "5")), float(sensor.attribute("hit_radius", "0.5")),
-                np.array([a.state.x for a in others]), np.array([a.state.y for a in others]),
-                np.array([a.state.yaw for a in others]), np.array([a.extent[0] for a in others]),
-                np.array([a.extent[1] for a in others]))
+    hit = sweep_vehicles((x, y), yaw, float(sensor.attribute("distance", "5")),
+                         float(sensor.attribute("hit_radius", "0.5")), others)
     if hit is None:
         return []
     i, travelled = hit
+    other = world.actors[int(others.ids[i])]
     header = L.sensor_header(L.SENSOR_TYPES[sensor.type_id], world.frame, world.elapsed, world.world_transform(sensor))
-    return [(sensor.stream_id, L.obstacle_payload(header, world.actor_object(car), world.actor_object(others[i]), travelled))]
+    return [(sensor.stream_id, L.obstacle_payload(header, world.actor_object(car), world.actor_object(other), travelled))]
+
+
+def _other_vehicles(world: World, skip: int) -> Vehicles:
+    """Every vehicle of the world but actor ``skip``, as the embedded simulator's ``Vehicles``."""
+    others = [a for a in world.vehicles() if a.id != skip]
+    if not others:
+        return Vehicles.empty()
+    return Vehicles(
+        ids=np.array([a.id for a in others], np.int64),
+        location=np.array([[a.state.x, a.state.y, 0.0] for a in others]),
+        yaw=np.array([a.state.yaw for a in others]),
+        velocity=np.array([[a.state.vx, a.state.vy, 0.0] for a in others]),
+        extent=np.array([a.extent for a in others]),
+    )
 
 
 def image(world: World, cam: Actor) -> bytes:
     """The streamed image of camera ``cam`` now: sensor header, image header, BGRA (grey in B, G and R)."""
     model = camera(world, cam)
     parent = world.actors.get(cam.parent)
-    others = [a for a in world.vehicles() if a.id != cam.parent]
-    if others:
-        vehicles = Vehicles(
-            ids=np.array([a.id for a in others], np.int64),
-            location=np.array([[a.state.x, a.state.y, 0.0] for a in others]),
-            yaw=np.array([a.state.yaw for a in others]),
-            velocity=np.array([[a.state.vx, a.state.vy, 0.0] for a in others]),
-            extent=np.array([a.extent for a in others]),
-        )
-    else:
-        vehicles = Vehicles.empty()
+    vehicles = _other_vehicles(world, cam.parent)
     if parent is not None and parent.is_vehicle:
         x, y, yaw = parent.state.x, parent.state.y, parent.state.yaw
     else:  # a free camera: its own pose, mount offsets measured from there

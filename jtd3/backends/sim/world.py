@@ -15,7 +15,7 @@ import numpy as np
 
 from jtd3.backends import obstacle
 from jtd3.backends.base import (
-    ActorState, CollisionEvent, LaneInvasionEvent, ObstacleReading, Pose, Snapshot, VehicleControl, Vehicles,
+    ActorState, CollisionEvent, LaneInvasionEvent, Pose, Snapshot, VehicleControl, Vehicles,
 )
 from jtd3.backends.sim import dynamics
 from jtd3.backends.sim.config import SimConfig
@@ -119,22 +119,9 @@ class SimWorld:
             camera=self._camera(vehicles),
             collisions=tuple(collisions),
             lane_invasions=invasions,
-            obstacle=self._obstacle() if cfg.obstacle.enabled else None,
+            obstacle=obstacle.front_reading(self.frame, new.x, new.y, new.yaw, self._hl, cfg.obstacle, vehicles)
+            if cfg.obstacle.enabled else None,
         )
-
-    def _obstacle(self) -> ObstacleReading | None:
-        """The front obstacle sensor (``jtd3.backends.obstacle``) against every NPC."""
-        e, t, sensor = self.ego, self.traffic, self.config.obstacle
-        if e is None or not t.n:
-            return None
-        r = math.radians(e.yaw)
-        bumper = (e.x + self._hl * math.cos(r), e.y + self._hl * math.sin(r))
-        hit = obstacle.sweep(bumper, e.yaw, sensor.distance, sensor.hit_radius, t.x, t.y, t.yaw,
-                             t.extent[:, 0], t.extent[:, 1])
-        if hit is None:
-            return None
-        i, travelled = hit
-        return ObstacleReading(self.frame, int(t.ids[i]), travelled, np.array(t.vel[i], dtype=np.float64))
 
     def _collisions(self, new: dynamics.EgoState) -> list[CollisionEvent]:
         t = self.traffic
