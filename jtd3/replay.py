@@ -21,6 +21,12 @@ Wrap-around: writing slot ``w`` overwrites the oldest observation; the transitio
 any older transition whose stack reached back to ``w`` (those at ``w + k`` with ``ep_pos >= k``) are
 marked invalid, so a stack never mixes overwritten data.
 
+Streams: several environments that step at the same time (the trainer's ``train.num_envs``) each write their
+own episode stream. ``streams = S`` cuts the ring into S equal regions of ``capacity // S`` slots (the
+remainder stays unused); stream i writes only region i and wraps around inside it, so the slot after an
+observation is always the next observation of the same environment. Sampling is uniform over the valid
+transitions of all regions.
+
 Units: sizes in bytes unless a name says GB (1e9 bytes) or KB (1e3 bytes).
 """
 
@@ -46,7 +52,7 @@ __all__ = [
     "required_gb",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-stream heads, fills and open flags (version 1 = one stream, still read)
 _MEMINFO = "/proc/meminfo"
 # Per-slot arrays and their dtypes (shapes are (capacity, ...)); the order is the on-disk order.
 _ARRAY_NAMES = ("frames", "kinematics", "action", "reward", "terminated", "truncated", "valid", "ep_pos")
@@ -159,6 +165,8 @@ class ReplayBuffer:
         action_dim: length of the float32 action.
         seed: seed of the sampling generator (NumPy PCG64); its state is part of :meth:`state_dict`.
         memory_limit_bytes: refuse capacities needing more than this; None reads ``MemAvailable``.
+        streams: independent episode streams (one per environment stepping at the same time); see the
+            module docstring. Each stream gets ``capacity // streams`` slots (>= stack + 2).
 
     Raises:
         InsufficientMemoryError: before allocating, when ``capacity * bytes_per_slot`` exceeds the limit.
@@ -175,12 +183,18 @@ class ReplayBuffer:
         action_dim: int = 2,
         seed: int = 0,
         memory_limit_bytes: int | None = None,
+        streams: int = 1,
     ):
         frame_shape = tuple(int(d) for d in frame_shape)
         if stack < 1:
             raise ValueError(f"stack = {stack}: must be >= 1")
-        if capacity < stack + 2:
-            raise ValueError(f"capacity = {capacity}: must be >= stack + 2 = {stack + 2}")
+        if streams < 1:
+            raise ValueError(f"streams = {streams}: must be >= 1")
+        if capacity // streams < stack + 2:
+            raise ValueError(
+                f"capacity = {capacity}: must be >= streams * (stack + 2) = {streams * (stack + 2)} "
+                f"({streams} stream(s) of at least stack + 2 slots each)"
+            )
         if stack > 256:
             raise ValueError(f"stack = {stack}: must be <= 256 (ep_pos is uint8)")
         if not frame_shape or any(d < 1 for d in frame_shape):
@@ -192,6 +206,8 @@ class ReplayBuffer:
         self.stack = int(stack)
         self.kinematics_dim = int(kinematics_dim)
         self.action_dim = int(action_dim)
+        self.streams = int(streams)
+        self.region = self.capacity // self.streams  # slots per stream: stream i owns [i * region, (i + 1) * region)
         self.bytes_per_slot = bytes_per_slot(frame_shape, kinematics_dim, action_dim)
         _check_fits(self.capacity, self.bytes_per_slot, memory_limit_bytes)
 
@@ -206,9 +222,11 @@ class ReplayBuffer:
         self.valid = np.zeros((n,), np.bool_)
         self.ep_pos = np.zeros((n,), np.uint8)
 
-        self._head = -1  # slot of the newest observation; -1 when empty
-        self._filled = 0  # slots ever written, at most capacity
-        self._episode_open = False  # the head slot is a non-final observation the next add continues from
+        # Per stream: slot of its newest observation (-1 when empty), slots ever written (at most region),
+        # and whether its head slot is a non-final observation the next add continues from.
+        self._heads = [-1] * self.streams
+        self._fills = [0] * self.streams
+        self._open = [False] * self.streams
         self._n_valid = 0
         self._steps_added = 0  # transitions ever added
         self._episodes_started = 0
@@ -226,6 +244,7 @@ class ReplayBuffer:
         *,
         seed: int = 0,
         memory_limit_bytes: int | None = None,
+        streams: int = 1,
     ) -> ReplayBuffer:
         """Build from a gymnasium ``Dict`` observation space (``camera`` uint8 ``(stack, *frame)``,
         ``kinematics`` float32 ``(K,)``) and a ``Box`` action space of shape ``(A,)``."""
@@ -249,13 +268,17 @@ class ReplayBuffer:
             action_dim=action_space.shape[0],
             seed=seed,
             memory_limit_bytes=memory_limit_bytes,
+            streams=streams,
         )
 
     @classmethod
-    def from_config(cls, config: ReplayConfig, observation_space: Any, action_space: Any, *, seed: int) -> ReplayBuffer:
+    def from_config(
+        cls, config: ReplayConfig, observation_space: Any, action_space: Any, *, seed: int, streams: int = 1
+    ) -> ReplayBuffer:
         """:meth:`from_spaces` with the capacity and memory limit of a :class:`ReplayConfig`."""
         limit = None if config.memory_limit_gb is None else int(config.memory_limit_gb * 1e9)
-        return cls.from_spaces(config.capacity, observation_space, action_space, seed=seed, memory_limit_bytes=limit)
+        return cls.from_spaces(config.capacity, observation_space, action_space, seed=seed, memory_limit_bytes=limit,
+                               streams=streams)
 
     # ------------------------------------------------------------------------------------------------------
     # Properties
@@ -280,8 +303,28 @@ class ReplayBuffer:
 
     @property
     def episode_open(self) -> bool:
-        """True when the next :meth:`add` continues the current episode."""
-        return self._episode_open
+        """True when the next :meth:`add` to stream 0 continues its current episode."""
+        return self._open[0]
+
+    def is_episode_open(self, stream: int) -> bool:
+        """True when the next :meth:`add` to ``stream`` continues its current episode."""
+        return self._open[self._check_stream(stream)]
+
+    @property
+    def _head(self) -> int:
+        """Slot of the newest observation of stream 0 (-1 when empty)."""
+        return self._heads[0]
+
+    @property
+    def _filled(self) -> int:
+        """Length of the prefix of the slot arrays that holds everything written (what :meth:`save` writes)."""
+        used = [i for i in range(self.streams) if self._fills[i]]
+        return used[-1] * self.region + self._fills[used[-1]] if used else 0
+
+    def _check_stream(self, stream: int) -> int:
+        if isinstance(stream, bool) or not isinstance(stream, (int, np.integer)) or not 0 <= stream < self.streams:
+            raise ValueError(f"stream = {stream!r}: must be an integer in [0, {self.streams})")
+        return int(stream)
 
     @property
     def camera_shape(self) -> tuple[int, ...]:
@@ -290,11 +333,15 @@ class ReplayBuffer:
     # ------------------------------------------------------------------------------------------------------
     # Adding
 
-    def start_new_episode(self) -> None:
+    def start_new_episode(self, stream: int | None = None) -> None:
         """Declare that the environment was reset although the last added step did not end its episode
         (after a resume, an environment error, ...). The next :meth:`add` then starts an episode. The last
-        added transition stays valid and bootstraps from its stored ``next_obs``."""
-        self._episode_open = False
+        added transition stays valid and bootstraps from its stored ``next_obs``. ``stream``: the stream
+        whose environment was reset; None: every stream."""
+        if stream is None:
+            self._open = [False] * self.streams
+        else:
+            self._open[self._check_stream(stream)] = False
 
     def add(
         self,
@@ -304,8 +351,9 @@ class ReplayBuffer:
         next_obs: Mapping[str, Any],
         terminated: bool,
         truncated: bool,
+        stream: int = 0,
     ) -> None:
-        """Add one environment step.
+        """Add one environment step of ``stream``'s environment.
 
         ``obs`` must be the reset observation (camera = the first frame repeated) when the previous step
         ended its episode (or on the first call, or after :meth:`start_new_episode`), and otherwise the
@@ -314,6 +362,7 @@ class ReplayBuffer:
         a violation raises ValueError, because the buffer rebuilds stacks from single frames and would
         otherwise return observations that differ from what the agent saw.
         """
+        stream = self._check_stream(stream)
         cam_shape = self.camera_shape
         cam = _as_array(obs["camera"], "obs['camera']", cam_shape, np.uint8)
         kin = _as_array(obs["kinematics"], "obs['kinematics']", (self.kinematics_dim,), np.float32)
@@ -329,8 +378,8 @@ class ReplayBuffer:
         if self.stack > 1 and not np.array_equal(next_cam[:-1], cam[1:]):
             raise ValueError("next_obs['camera'][:-1] differs from obs['camera'][1:]: the camera is not a frame stack")
 
-        if self._episode_open:
-            s = self._head
+        if self._open[stream]:
+            s = self._heads[stream]
             if not (np.array_equal(cam[-1], self.frames[s]) and np.array_equal(kin, self.kinematics[s])):
                 raise ValueError(
                     "obs is not the previous step's next_obs; after an env.reset() that did not follow a "
@@ -342,28 +391,30 @@ class ReplayBuffer:
                     "obs starts an episode but its camera stack is not the reset frame repeated "
                     "(the buffer rebuilds episode starts that way)"
                 )
-            s = self._write_obs(cam[-1], kin, 0)
+            s = self._write_obs(cam[-1], kin, 0, stream)
             self._episodes_started += 1
 
         self.action[s] = act
         self.reward[s] = reward
         self.terminated[s] = bool(terminated)
         self.truncated[s] = bool(truncated)
-        self._write_obs(next_cam[-1], next_kin, min(int(self.ep_pos[s]) + 1, self.stack - 1))
+        self._write_obs(next_cam[-1], next_kin, min(int(self.ep_pos[s]) + 1, self.stack - 1), stream)
         self.valid[s] = True
         self._n_valid += 1
         self._steps_added += 1
-        self._episode_open = not (terminated or truncated)
+        self._open[stream] = not (terminated or truncated)
 
-    def _write_obs(self, frame: np.ndarray, kin: np.ndarray, pos: int) -> int:
-        """Write an observation into the next slot, invalidating what depended on the overwritten one."""
-        n = self.capacity
-        w = (self._head + 1) % n
+    def _write_obs(self, frame: np.ndarray, kin: np.ndarray, pos: int, stream: int) -> int:
+        """Write an observation into ``stream``'s next slot, invalidating what depended on the overwritten one."""
+        r, start = self.region, stream * self.region
+        head = self._heads[stream]
+        local = 0 if head < 0 else (head - start + 1) % r
+        w = start + local
         if self.valid[w]:
             self.valid[w] = False
             self._n_valid -= 1
         for k in range(1, self.stack):
-            u = (w + k) % n
+            u = start + (local + k) % r
             if self.valid[u] and self.ep_pos[u] >= k:
                 self.valid[u] = False
                 self._n_valid -= 1
@@ -371,9 +422,24 @@ class ReplayBuffer:
         self.kinematics[w] = kin
         self.ep_pos[w] = pos
         self.valid[w] = False
-        self._head = w
-        self._filled = min(self._filled + 1, n)
+        self._heads[stream] = w
+        self._fills[stream] = min(self._fills[stream] + 1, r)
         return w
+
+    def _draw(self, size: int) -> np.ndarray:
+        """``size`` slots drawn uniformly from the written slots of all streams."""
+        if self.streams == 1:
+            return self._rng.integers(0, self._fills[0], size=size)
+        fills = np.asarray(self._fills, np.int64)
+        ends = np.cumsum(fills)
+        k = self._rng.integers(0, int(ends[-1]), size=size)
+        region = np.searchsorted(ends, k, side="right")
+        return region * self.region + (k - (ends[region] - fills[region]))
+
+    def _advance(self, slots: np.ndarray, k: np.ndarray | int) -> np.ndarray:
+        """The slots ``k`` places after ``slots`` (negative: before) in their own stream's region."""
+        local = slots % self.region
+        return slots - local + (local + k) % self.region
 
     # ------------------------------------------------------------------------------------------------------
     # Sampling
@@ -386,10 +452,10 @@ class ReplayBuffer:
             raise ValueError(f"batch size = {n}: must be >= 1")
         # Rejection sampling over the written slots: at least about half of them are valid (one final
         # observation per episode, at most stack - 1 wrap-around invalidations), so this is fast.
-        idx = self._rng.integers(0, self._filled, size=n)
+        idx = self._draw(n)
         bad = np.flatnonzero(~self.valid[idx])
         while bad.size:
-            idx[bad] = self._rng.integers(0, self._filled, size=bad.size)
+            idx[bad] = self._draw(bad.size)
             bad = bad[~self.valid[idx[bad]]]
         return idx
 
@@ -431,23 +497,21 @@ class ReplayBuffer:
             raise ValueError("indices must name valid transitions (see valid_indices())")
         if n_step < 1:
             raise ValueError(f"n_step = {n_step}: must be >= 1")
-        n = self.capacity
         reward = np.take(self.reward, idx)
-        last = idx  # unwrapped slot of the last step taken
+        last = idx  # slot of the last step taken
         if n_step > 1:
             reward = reward.astype(np.float64)
             discount = np.full(idx.shape, gamma, np.float64)
             going = ~(self.terminated[idx] | self.truncated[idx])
             for _ in range(1, n_step):
-                nxt = (last + 1) % n
+                nxt = self._advance(last, 1)
                 going &= self.valid[nxt]  # the next observation starts a stored step of the same episode
                 reward = reward + np.where(going, discount * self.reward[nxt], 0.0)
                 discount = np.where(going, discount * gamma, discount)
-                last = last + going
+                last = np.where(going, nxt, last)
                 going &= ~(self.terminated[nxt] | self.truncated[nxt])
             reward = reward.astype(np.float32)
-        nxt = (last + 1) % n
-        last = last % n
+        nxt = self._advance(last, 1)
         batch = {
             "obs": {
                 "camera": np.take(self.frames, self._stack_slots(idx), axis=0),
@@ -471,7 +535,7 @@ class ReplayBuffer:
         """(B, stack) slots of the frame stacks at ``slots``, oldest first: frame j (j = 0 newest) of the stack
         at slot t is slot t - min(j, ep_pos[t]) (module doc), so a stack never reaches into another episode."""
         back = np.arange(self.stack - 1, -1, -1)[None, :]
-        return (slots[:, None] - np.minimum(back, self.ep_pos[slots][:, None])) % self.capacity
+        return self._advance(slots[:, None], -np.minimum(back, self.ep_pos[slots][:, None]))
 
     def valid_indices(self) -> np.ndarray:
         """Slots where a sampleable transition starts (oldest-first order is not implied)."""
@@ -488,34 +552,50 @@ class ReplayBuffer:
             "stack": self.stack,
             "kinematics_dim": self.kinematics_dim,
             "action_dim": self.action_dim,
-            "head": self._head,
+            "streams": self.streams,
+            "heads": list(self._heads),
+            "fills": list(self._fills),
+            "episode_open": list(self._open),
             "filled": self._filled,
-            "episode_open": self._episode_open,
             "n_valid": self._n_valid,
             "steps_added": self._steps_added,
             "episodes_started": self._episodes_started,
             "rng_state": self._rng.bit_generator.state,
         }
 
+    @staticmethod
+    def _upgrade_meta(meta: Mapping[str, Any], source: str) -> dict[str, Any]:
+        """Meta of any readable format version as version 2 (version 1: one stream)."""
+        version = meta.get("format_version")
+        if version == 1:
+            return {**meta, "format_version": 2, "streams": 1, "heads": [meta["head"]], "fills": [meta["filled"]],
+                    "episode_open": [meta["episode_open"]]}
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{source}: replay format_version {version!r}, this code reads 1 and {FORMAT_VERSION}")
+        return dict(meta)
+
     def _check_meta(self, meta: Mapping[str, Any], source: str) -> None:
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{source}: replay format_version {meta.get('format_version')!r}, this code reads {FORMAT_VERSION}"
-            )
         mine = self._meta()
-        for key in ("capacity", "frame_shape", "stack", "kinematics_dim", "action_dim"):
+        for key in ("capacity", "frame_shape", "stack", "kinematics_dim", "action_dim", "streams"):
             if list(np.atleast_1d(meta[key])) != list(np.atleast_1d(mine[key])):
                 raise ValueError(
                     f"{source}: saved replay has {key} = {meta[key]}, this buffer has {mine[key]}; "
                     "build the buffer with the saved sizes"
                 )
-        if not 0 <= meta["filled"] <= self.capacity or not -1 <= meta["head"] < self.capacity:
-            raise ValueError(f"{source}: corrupt replay state (filled={meta['filled']}, head={meta['head']})")
+        heads, fills = list(meta["heads"]), list(meta["fills"])
+        ok = len(heads) == len(fills) == len(meta["episode_open"]) == self.streams and all(
+            0 <= f <= self.region and (h == -1 if f == 0 else i * self.region <= h < i * self.region + f)
+            for i, (h, f) in enumerate(zip(heads, fills))
+        )
+        used = [i for i, f in enumerate(fills) if f] if ok else []
+        extent = used[-1] * self.region + fills[used[-1]] if used else 0
+        if not ok or meta["filled"] != extent:
+            raise ValueError(f"{source}: corrupt replay state (heads={heads}, fills={fills}, filled={meta['filled']})")
 
     def _apply_meta(self, meta: Mapping[str, Any]) -> None:
-        self._head = int(meta["head"])
-        self._filled = int(meta["filled"])
-        self._episode_open = bool(meta["episode_open"])
+        self._heads = [int(h) for h in meta["heads"]]
+        self._fills = [int(f) for f in meta["fills"]]
+        self._open = [bool(o) for o in meta["episode_open"]]
         self._n_valid = int(meta["n_valid"])
         self._steps_added = int(meta["steps_added"])
         self._episodes_started = int(meta["episodes_started"])
@@ -524,9 +604,10 @@ class ReplayBuffer:
         self._rng = rng
 
     def _clear_unwritten(self) -> None:
-        f = self._filled
-        self.valid[f:] = False
-        self.ep_pos[f:] = 0
+        for i, f in enumerate(self._fills):
+            end = self.capacity if i == self.streams - 1 else (i + 1) * self.region
+            self.valid[i * self.region + f : end] = False
+            self.ep_pos[i * self.region + f : end] = 0
 
     def state_dict(self) -> dict[str, Any]:
         """Copies of the written part of every array plus the counters and the sampling RNG state."""
@@ -535,7 +616,7 @@ class ReplayBuffer:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output into this buffer (same sizes required)."""
-        meta = state["meta"]
+        meta = self._upgrade_meta(state["meta"], "state")
         arrays = state["arrays"]
         self._check_meta(meta, "state")
         self._validate_arrays({k: (np.asarray(v).shape, np.asarray(v).dtype) for k, v in arrays.items()}, meta, "state")
@@ -585,7 +666,7 @@ class ReplayBuffer:
         meta_path = d / "meta.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"no saved replay buffer at {d} ({meta_path} missing)")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = self._upgrade_meta(json.loads(meta_path.read_text(encoding="utf-8")), str(d))
         self._check_meta(meta, str(d))
         maps = {}
         for name in _ARRAY_NAMES:

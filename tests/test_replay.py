@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -355,3 +357,89 @@ def test_from_spaces_and_config_derive_the_sizes():
     with pytest.raises(ValueError, match="kinematics space must be float32"):
         bad = gym.spaces.Dict({"camera": obs_space["camera"], "kinematics": gym.spaces.Box(0, 1, (9,), np.float64)})
         ReplayBuffer.from_spaces(100, bad, act_space)
+
+
+class _StreamView:
+    """Adapts ``run_episodes`` (one env, one buffer) to one stream of a multi-stream buffer."""
+
+    def __init__(self, buf: ReplayBuffer, stream: int):
+        self.buf, self.stream, self.action_dim = buf, stream, buf.action_dim
+
+    def add(self, *args):
+        self.buf.add(*args, stream=self.stream)
+
+    def start_new_episode(self):
+        self.buf.start_new_episode(self.stream)
+
+
+@pytest.mark.parametrize("capacity", [3 * 9 + 2, 3 * 40])
+def test_streams_interleaved_step_by_step_keep_each_environment_s_stacks(capacity):
+    """Three environments adding in random order (as the trainer's N envs do): every stream's transitions match
+    its own oracle (stacks never mix streams, also after each region wrapped around), the remainder slots
+    stay unused, and sampling reaches every intact transition of every stream."""
+    streams = 3
+    buf = ReplayBuffer(capacity, frame_shape=SMALL_FRAME, stack=STACK, kinematics_dim=K, action_dim=2, seed=1,
+                       streams=streams)
+    region = capacity // streams
+    oracles = [Oracle(region) for _ in range(streams)]
+    runs = [run_episodes(_StreamView(buf, i), oracles[i], StackEnv(40 + i), 10_000, np.random.default_rng(i),
+                         p_term=0.06, p_trunc=0.06, p_interrupt=0.03) for i in range(streams)]
+    order = np.random.default_rng(9)
+    for step in range(900):
+        next(runs[int(order.integers(streams))])
+        if step % 37 == 0 or step > 880:
+            expected = {i * region + s: tr for i, o in enumerate(oracles) for s, tr in o.expected().items()}
+            slots = np.array(sorted(expected), dtype=np.int64)
+            np.testing.assert_array_equal(np.sort(buf.valid_indices()), slots)
+            batch = buf.gather(slots, include_truncated=True)
+            for j, s in enumerate(slots):
+                assert_transition(batch, j, expected[int(s)])
+    assert all(o.writes > 3 * region for o in oracles)  # every region wrapped
+    assert not buf.valid[streams * region:].any()
+    assert set(buf.sample_indices(6000).tolist()) == set(expected)
+
+
+def test_streams_n_step_returns_stop_at_their_own_stream_s_newest_step():
+    """An n-step return runs on inside its own stream: the slot after a stream's newest observation may hold
+    another stream's data (or an older lap), never read as a continuation."""
+    gamma = 0.5
+    buf = ReplayBuffer(2 * 20, frame_shape=SMALL_FRAME, stack=STACK, kinematics_dim=K, action_dim=2, streams=2)
+    envs = [StackEnv(1), StackEnv(2)]
+    obs = [e.reset() for e in envs]
+    for t in range(5):
+        for i in (0, 1):
+            nxt = envs[i].step()
+            buf.add(obs[i], np.zeros(2, np.float32), float(10 * i + t), nxt, False, False, stream=i)
+            obs[i] = nxt
+    batch = buf.gather(np.array([3, 20 + 3]), n_step=4, gamma=gamma)
+    # stream 0, slot 3: rewards 3, 4 then the newest step; stream 1 the same with 13, 14
+    np.testing.assert_allclose(batch["reward"], [3 + 0.5 * 4, 13 + 0.5 * 14])
+    np.testing.assert_allclose(batch["discount"], [gamma**2, gamma**2])
+    np.testing.assert_array_equal(batch["next_obs"]["camera"][1], obs[1]["camera"])
+
+
+def test_streams_save_load_and_version_1_files_still_load(tmp_path):
+    buf = ReplayBuffer(60, frame_shape=SMALL_FRAME, stack=STACK, kinematics_dim=K, action_dim=2, seed=3, streams=2)
+    runs = [run_episodes(_StreamView(buf, i), None, StackEnv(i), 10_000, np.random.default_rng(i)) for i in (0, 1)]
+    for _ in range(70):
+        next(runs[0]), next(runs[1])
+    buf.save(tmp_path / "two")
+    copy = ReplayBuffer(60, frame_shape=SMALL_FRAME, stack=STACK, kinematics_dim=K, action_dim=2, seed=0, streams=2)
+    copy.load(tmp_path / "two")
+    assert [copy.is_episode_open(i) for i in (0, 1)] == [buf.is_episode_open(i) for i in (0, 1)]
+    np.testing.assert_array_equal(copy.sample(32)["obs"]["camera"], buf.sample(32)["obs"]["camera"])
+    with pytest.raises(ValueError, match="streams = 2, this buffer has 1"):
+        small_buffer(60).load(tmp_path / "two")
+    # a buffer saved by the one-stream format (version 1, replay checkpoints before streams) loads
+    one = small_buffer(40, seed=4)
+    for _ in run_episodes(one, None, StackEnv(5), 55, np.random.default_rng(5)):
+        pass
+    one.save(tmp_path / "v1")
+    meta = json.loads((tmp_path / "v1" / "meta.json").read_text())
+    v1 = {k: v for k, v in meta.items() if k not in ("streams", "heads", "fills", "episode_open")}
+    v1.update(format_version=1, head=meta["heads"][0], episode_open=meta["episode_open"][0])
+    (tmp_path / "v1" / "meta.json").write_text(json.dumps(v1))
+    old = small_buffer(40, seed=0)
+    old.load(tmp_path / "v1")
+    assert len(old) == len(one) and old.episode_open == one.episode_open
+    np.testing.assert_array_equal(old.sample(16)["next_obs"]["camera"], one.sample(16)["next_obs"]["camera"])

@@ -167,6 +167,10 @@ class SimConfig(ConfigNode):
     town_seed: int = param(0, "layout seed of procedural towns")
     dt: float = param(0.05, "fixed time step (s), CARLA's fixed_delta_seconds")
     static_collisions: bool = param(True, "the ground beyond the verge (buildings) is a static obstacle")
+    min_step_s: float = param(
+        0.0, "wall-clock seconds one tick takes at least (the world sleeps out the rest): paces the simulator like a "
+        "synchronous CARLA server, e.g. 0.025 with action_repeat 2 = 20 env steps/s; 0: as fast as it computes"
+    )
     camera: CameraConfig = nested(CameraConfig)
     render: RenderConfig = nested(RenderConfig)
     vehicle: VehicleConfig = nested(VehicleConfig)
@@ -175,3 +179,4 @@ class SimConfig(ConfigNode):
 
     def __post_init__(self) -> None:
         check(0.001 <= self.dt <= 0.5, "dt", self.dt, "in [0.001, 0.5] s")
+        check(0.0 <= self.min_step_s <= 10.0, "min_step_s", self.min_step_s, "in [0, 10] s")

@@ -9,6 +9,7 @@ reports a hit; the physical bounce of a real simulator is not modelled).
 from __future__ import annotations
 
 import math
+import time
 
 import cv2
 import numpy as np
@@ -47,6 +48,7 @@ class SimWorld:
         self.frame = 0
         self.offroad = False
         self._closed = False
+        self._tick_deadline = 0.0  # time.monotonic() before which the next tick may not return (min_step_s)
         v = cfg.vehicle
         self._hl, self._hw, self._hh = 0.5 * v.length, 0.5 * v.width, 0.5 * v.height
         if not 0.0 < cfg.obstacle.mount_z < v.height:
@@ -91,6 +93,21 @@ class SimWorld:
     # ------------------------------------------------------------------------------------------------------
 
     def _tick(self, control: VehicleControl) -> Snapshot:
+        snap = self._compute_tick(control)
+        if self.config.min_step_s > 0:
+            self._pace()
+        return snap
+
+    def _pace(self) -> None:
+        """Sleep until ``min_step_s`` after the previous tick returned (a server that is slower than its
+        clients): ticks never return faster than that, and a slow tick is not made up for later."""
+        now = time.monotonic()
+        if now < self._tick_deadline:
+            time.sleep(self._tick_deadline - now)
+            now = self._tick_deadline
+        self._tick_deadline = now + self.config.min_step_s
+
+    def _compute_tick(self, control: VehicleControl) -> Snapshot:
         cfg = self.config
         prev = self.ego
         assert prev is not None
