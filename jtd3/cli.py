@@ -65,6 +65,9 @@ FLAG_KEYS: dict[str, str] = {
     "gradient_steps": "train.gradient_steps",
     "logdir": "train.logdir",
     "run_name": "train.run_name",
+    "actors": "train.actors.kind",
+    "num_envs": "train.actors.num_envs",
+    "carla_servers": "train.actors.carla_servers",
 }
 
 
@@ -97,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cnn-lr", type=float, help="learning rate of the CNN encoders")
     p.add_argument("--logdir", type=str, help="directory holding run directories")
     p.add_argument("--run-name", type=str, help="run directory name")
+    p.add_argument("--actors", choices=("inline", "process", "ray"),
+                   help="who steps the environments: inline (one, in the learner), process (worker processes), ray "
+                        "(Ray actors, across machines); docs/scaling.md")
+    p.add_argument("--num-envs", type=int, help="environments stepping at the same time")
+    p.add_argument("--carla-servers", type=_server_list, metavar="HOST:PORT,...",
+                   help="with --env carla: one CARLA server per environment")
     p.add_argument("--debug", action="store_true", help="log statistics every update, per conv layer")
     p.add_argument("--resume", type=str, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its newest intact checkpoint")
@@ -104,6 +113,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --resume: load checkpoint N (a regular one, or one the explosion alarm saved)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     return p
+
+
+def _server_list(text: str) -> list[str]:
+    from jtd3.envs.vector import parse_server
+
+    servers = [x.strip() for x in text.split(",") if x.strip()]
+    for x in servers:
+        parse_server(x)  # ValueError -> argparse names the flag
+    return servers
+
+
+def make_trainer(config: Any, run_dir: Path, **kwargs: Any):
+    """The trainer ``train.actors.kind`` asks for (same arguments as :class:`jtd3.train.Trainer`)."""
+    kind = config.train.actors.kind
+    if kind == "process":
+        from jtd3.training.parallel import ParallelTrainer as cls
+    elif kind == "ray":
+        from jtd3.training.ray_actors import RayTrainer as cls
+    else:
+        from jtd3.train import Trainer as cls
+    return cls(config, run_dir, **kwargs)
 
 
 def _flag_overrides(args: argparse.Namespace) -> list[str]:
@@ -312,8 +342,6 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     # Before JAX creates a GPU client: leave GPU memory for a CARLA server on the same card.
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", str(config.train.jax_memory_fraction))
 
-    from jtd3.train import Trainer
-
     handler = _SignalHandler()
     handler.install()
     created = not run_dir.exists()
@@ -325,7 +353,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         import jax
 
         print(f"jtd3: run directory {run_dir}  (JAX devices: {', '.join(str(d) for d in jax.devices())})")
-        trainer = Trainer(config, run_dir, resume=resume, resume_candidates=candidates)
+        trainer = make_trainer(config, run_dir, resume=resume, resume_candidates=candidates)
     except BaseException as e:
         handler.uninstall()
         if created and run_dir.exists():

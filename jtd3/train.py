@@ -120,6 +120,7 @@ class Trainer:
         self.lost_episodes = 0  # training episodes ended by a CARLA error
         self.consecutive_failures = 0
         self.restored_from: ResumeCandidate | None = None
+        self._init_envs_state()
 
         purge_step = None
         if resume and resume_candidates == []:  # stopped before its first checkpoint: start again from step 0
@@ -162,10 +163,21 @@ class Trainer:
         return self.eval_env.backend is self.env.backend
 
     def _new_replay(self):
-
         return ReplayBuffer.from_config(
-            self.tc.replay, self.env.observation_space, self.env.action_space, seed=self.tc.seed
+            self.tc.replay, self.env.observation_space, self.env.action_space, seed=self.tc.seed,
+            streams=self._replay_streams(),
         )
+
+    # Hooks of the loops over several environments (jtd3.training.parallel, jtd3.training.ray_actors).
+    def _replay_streams(self) -> int:
+        """Episode streams of the replay buffer: one per environment stepping at the same time."""
+        return 1
+
+    def _init_envs_state(self) -> None:
+        """Per-environment loop state, before a resume restores it."""
+
+    def _restore_extra(self, loop_state: dict[str, Any]) -> None:
+        """Restore what :meth:`_loop_state` adds for several environments."""
 
     def request_stop(self, signum: int) -> None:
         """Ask the loop to save a checkpoint and return ``128 + signum`` at the next safe point."""
@@ -262,6 +274,7 @@ class Trainer:
             k: (float("nan") if v is None else float(v)) for k, v in ls["last_eval"].items()
         }
         self.lost_episodes = int(ls.get("lost_episodes", 0))
+        self._restore_extra(ls)
         self._resumed_replay = with_replay
         self._trim_eval_logs(restored.step)
         # Events the killed process wrote after the checkpoint are hidden; those at its step stay.
@@ -443,12 +456,116 @@ class Trainer:
               f"--resume {self.run_dir}", file=sys.stderr, flush=True)
         return 128 + int(self.stop_signal)
 
-    def _run(self) -> int:
+    # ------------------------------------------------------------------------------------------------------
+    # What follows environment steps: updates, logging, evaluation, checkpoints
+
+    def _update_calls_due(self, prev: int, now: int) -> int:
+        """Update calls the steps ``prev + 1 .. now`` make due: one at every multiple of train_freq past
+        learning_starts."""
+        tc = self.tc
+        lower = max(prev, tc.learning_starts)
+        return now // tc.train_freq - lower // tc.train_freq if now > lower else 0
+
+    def _update(self, calls: int) -> int | None:
+        """``calls`` update calls of ``gradient_steps`` each; EXIT_ALARM when the explosion alarm fires."""
         import jax
 
-        from jtd3.agent.diagnostics import check_explosion, tree_all_finite
+        from jtd3.agent.diagnostics import check_explosion
 
         tc, ac = self.tc, self.config.agent
+        for _ in range(calls):
+            batches = self.replay.sample_many(tc.gradient_steps, tc.batch_size, n_step=ac.n_step, gamma=ac.gamma)
+            self.state, metrics = self._agent.update_many(self.state, batches)
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            self.updates += tc.gradient_steps
+            alarms = check_explosion(metrics, tc.explosion_l2_threshold)
+            if tc.debug:
+                self.logger.scalars(metrics, self.env_steps)
+            else:
+                self.window.add(metrics)
+            if alarms:
+                return self._alarm(alarms)
+        return None
+
+    def _after_steps(self, prev: int, bar, *, updates: bool = True) -> tuple[int | None, bool]:
+        """The work the env steps ``prev + 1 .. env_steps`` make due, in order: the warm-up speed, the update
+        calls (unless ``updates`` is False: the caller runs them), the TensorBoard write, the evaluation, the
+        checkpoint. Returns (an exit code or None, whether an evaluation ran)."""
+        from jtd3.agent.diagnostics import tree_all_finite
+
+        tc, now = self.tc, self.env_steps
+
+        def crossed(freq: int) -> bool:
+            return now // freq > prev // freq
+
+        if prev < tc.learning_starts <= now and self.warmup_speed_count:
+            self.logger.scalars(
+                {"charts/warmup_mean_speed_kmh": self.warmup_speed_sum / self.warmup_speed_count}, now
+            )
+        if updates:
+            code = self._update(self._update_calls_due(prev, now))
+            if code is not None:
+                return code, False
+        if crossed(tc.log_freq):
+            t = time.perf_counter()
+            sps = (now - self._steps_last) / max(t - self._t_last, 1e-9)
+            self._t_last, self._steps_last = t, now
+            scalars = {"charts/steps_per_second": sps, "charts/updates": self.updates}
+            if now > tc.learning_starts:
+                scalars["charts/exploration_noise"] = noise_scale(tc.exploration, now - tc.learning_starts)
+            scalars.update(self._extra_log_scalars())
+            if self.window.count:
+                scalars.update(self.window.means())
+                self.window.reset()
+            self.logger.scalars(scalars, now)
+            if self.updates and not bool(tree_all_finite(self.state)):
+                return self._alarm([("params/non_finite", float("nan"))]), False
+            if bar is not None:
+                bar.set_postfix(
+                    sps=f"{sps:.0f}",
+                    ep_return=f"{self.last_episode_return:.1f}",
+                    eval_success=("-" if self.last_eval is None else f"{self.last_eval['success_rate']:.2f}"),
+                    refresh=False,
+                )
+        evaluated = False
+        if crossed(tc.eval_freq):
+            evaluated = True
+            try:
+                self._evaluate_safely()
+            except StopRequested:
+                pass
+            if self.stop_signal is not None:
+                return self._stopped(), evaluated
+        if crossed(tc.checkpoint_freq):
+            self._checkpoint(with_metrics=True)
+        return None, evaluated
+
+    def _extra_log_scalars(self) -> dict[str, float]:
+        """More ``charts/*`` for the periodic TensorBoard write (parallel actors add theirs)."""
+        return {}
+
+    def _finish(self) -> int:
+        """After the last step: a final evaluation and checkpoint (unless the last step made them), the report."""
+        if self.env_steps % self.tc.eval_freq != 0:
+            try:
+                self._evaluate_safely()
+            except StopRequested:
+                return self._stopped()
+        if self.ckpt.latest_step() != self.env_steps:
+            self._checkpoint(with_metrics=True)
+        self._write_final_report()
+        return EXIT_OK
+
+    def _progress_bar(self):
+        if not self.tc.progress_bar:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.tc.max_timesteps, initial=self.env_steps, unit="step", dynamic_ncols=True,
+                    file=sys.stdout, mininterval=1.0)
+
+    def _run(self) -> int:
+        tc = self.tc
         self.last_episode_return = float("nan")
         resumed_mid_episode = self.resume and len(self.episode_actions) > 0
         if resumed_mid_episode and self._resumed_replay and self.config.env.backend == "sim":
@@ -456,13 +573,8 @@ class Trainer:
         else:
             obs = self._new_episode(cut=self.resume)
 
-        bar = None
-        if tc.progress_bar:
-            from tqdm import tqdm
-
-            bar = tqdm(total=tc.max_timesteps, initial=self.env_steps, unit="step", dynamic_ncols=True,
-                       file=sys.stdout, mininterval=1.0)
-        t_last, steps_last = time.perf_counter(), self.env_steps
+        bar = self._progress_bar()
+        self._t_last, self._steps_last = time.perf_counter(), self.env_steps
         try:
             while self.env_steps < tc.max_timesteps:
                 if self.stop_signal is not None:
@@ -489,76 +601,17 @@ class Trainer:
                     self.episodes += 1
                     obs = self._new_episode(cut=False)
 
-                if self.env_steps == tc.learning_starts and self.warmup_speed_count:
-                    self.logger.scalars(
-                        {"charts/warmup_mean_speed_kmh": self.warmup_speed_sum / self.warmup_speed_count},
-                        self.env_steps,
-                    )
-
-                if self.env_steps > tc.learning_starts and self.env_steps % tc.train_freq == 0:
-                    batches = self.replay.sample_many(
-                        tc.gradient_steps, tc.batch_size, n_step=ac.n_step, gamma=ac.gamma
-                    )
-                    self.state, metrics = self._agent.update_many(self.state, batches)
-                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    self.updates += tc.gradient_steps
-                    alarms = check_explosion(metrics, tc.explosion_l2_threshold)
-                    if tc.debug:
-                        self.logger.scalars(metrics, self.env_steps)
-                    else:
-                        self.window.add(metrics)
-                    if alarms:
-                        return self._alarm(alarms)
-
-                if self.env_steps % tc.log_freq == 0:
-                    now = time.perf_counter()
-                    sps = (self.env_steps - steps_last) / max(now - t_last, 1e-9)
-                    t_last, steps_last = now, self.env_steps
-                    scalars = {"charts/steps_per_second": sps, "charts/updates": self.updates}
-                    if self.env_steps > tc.learning_starts:
-                        scalars["charts/exploration_noise"] = noise_scale(
-                            tc.exploration, self.env_steps - tc.learning_starts
-                        )
-                    if self.window.count:
-                        scalars.update(self.window.means())
-                        self.window.reset()
-                    self.logger.scalars(scalars, self.env_steps)
-                    if self.updates and not bool(tree_all_finite(self.state)):
-                        return self._alarm([("params/non_finite", float("nan"))])
-                    if bar is not None:
-                        bar.set_postfix(
-                            sps=f"{sps:.0f}",
-                            ep_return=f"{self.last_episode_return:.1f}",
-                            eval_success=("-" if self.last_eval is None else f"{self.last_eval['success_rate']:.2f}"),
-                            refresh=False,
-                        )
-
-                if self.env_steps % tc.eval_freq == 0:
-                    try:
-                        self._evaluate_safely()
-                    except StopRequested:
-                        pass
-                    if self.shared_backend:
-                        obs = self._new_episode(cut=True)
-                    if self.stop_signal is not None:
-                        return self._stopped()
-                if self.env_steps % tc.checkpoint_freq == 0:
-                    self._checkpoint(with_metrics=True)
+                code, evaluated = self._after_steps(self.env_steps - 1, bar)
+                if code is not None:
+                    return code
+                if evaluated and self.shared_backend:
+                    obs = self._new_episode(cut=True)
                 if bar is not None:
                     bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
-
-        if self.env_steps % tc.eval_freq != 0:
-            try:
-                self._evaluate_safely()
-            except StopRequested:
-                return self._stopped()
-        if self.ckpt.latest_step() != self.env_steps:
-            self._checkpoint(with_metrics=True)
-        self._write_final_report()
-        return EXIT_OK
+        return self._finish()
 
     # ------------------------------------------------------------------------------------------------------
 

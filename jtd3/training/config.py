@@ -7,11 +7,55 @@ import math
 import os
 
 from jtd3.checkpoint import CheckpointConfig
-from jtd3.config import ConfigNode, check, nested, param
+from jtd3.config import ConfigNode, check, choice, nested, param
 from jtd3.replay import ReplayConfig
 from jtd3.training.exploration import ExplorationConfig
 
-__all__ = ["TrainConfig"]
+__all__ = ["ActorsConfig", "TrainConfig"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorsConfig(ConfigNode):
+    """Who steps the environments (YAML section ``train.actors``; docs/scaling.md)."""
+
+    kind: str = choice(
+        "inline", ("inline", "process", "ray"),
+        "inline: one environment in the learner process; process: num_envs environments in worker processes, "
+        "acting on the batch in the learner; ray: num_envs Ray actors (one per CARLA server), each acting with the "
+        "parameters the learner publishes",
+    )
+    num_envs: int = param(1, "environments stepping at the same time (inline: 1)")
+    carla_servers: tuple[str, ...] = param(
+        (), "backend carla: one host:port per environment (empty with num_envs 1: env.carla.host/port)"
+    )
+    overlap: bool = param(
+        True, "process: the environments step while the learner runs the updates the previous step made due "
+        "(the acting policy is one update call behind); false: act after them"
+    )
+    publish_every: int = param(
+        50, "ray: the learner publishes its parameters to the actors every this many gradient steps (the bound on "
+        "how far the acting policy lags behind, plus one transfer)"
+    )
+    chunk_steps: int = param(100, "ray: environment steps per actor call (an episode's steps come back in chunks)")
+    max_restarts: int = param(3, "ray: times Ray restarts a dead actor (its episode in flight is dropped)")
+    address: str | None = param(
+        None, "ray: address of the cluster to join (ray start --head prints it); null: $RAY_ADDRESS, else a local "
+        "cluster on this machine"
+    )
+    resource: str | None = param(
+        "carla", "ray, backend carla: custom resource each actor needs one of (ray start --resources "
+        "'{\"carla\": 1}' on each server machine); null: place actors anywhere"
+    )
+
+    def __post_init__(self):
+        check(self.num_envs >= 1, "train.actors.num_envs", self.num_envs, ">= 1")
+        check(self.kind != "inline" or self.num_envs == 1, "train.actors.num_envs", self.num_envs,
+              "1 with train.actors.kind inline (use kind process or ray for more)")
+        check(self.publish_every >= 1, "train.actors.publish_every", self.publish_every, ">= 1")
+        check(self.chunk_steps >= 1, "train.actors.chunk_steps", self.chunk_steps, ">= 1")
+        check(self.max_restarts >= 0, "train.actors.max_restarts", self.max_restarts, ">= 0")
+        check(not self.carla_servers or len(self.carla_servers) == self.num_envs, "train.actors.carla_servers",
+              list(self.carla_servers), f"one host:port per environment ({self.num_envs})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +88,7 @@ class TrainConfig(ConfigNode):
     )
     progress_bar: bool = param(True, "show a tqdm progress bar on the console")
     exploration: ExplorationConfig = nested(ExplorationConfig)
+    actors: ActorsConfig = nested(ActorsConfig)
     replay: ReplayConfig = nested(ReplayConfig)
     checkpoint: CheckpointConfig = nested(CheckpointConfig)
 

@@ -82,12 +82,14 @@ def is_state_key(key: str) -> bool:
     return key.startswith(("agent.", "env.")) or key in STATE_TRAIN_KEYS
 
 
-STATE_TRAIN_KEYS = ("train.seed", "train.replay.capacity")
+STATE_TRAIN_KEYS = ("train.seed", "train.replay.capacity", "train.actors.kind", "train.actors.num_envs")
+ACTORS_BEFORE_THEY_WERE_RECORDED = {"train.actors.kind": "inline", "train.actors.num_envs": 1}
 
 
 def state_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``key (was X, now Y)`` for every state-defining key that differs between two resolved config dicts."""
-    a, b = flat_config(recorded), flat_config(current)
+    # runs recorded before train.actors existed had one inline environment
+    a, b = {**ACTORS_BEFORE_THEY_WERE_RECORDED, **flat_config(recorded)}, flat_config(current)
     out = []
     for key in sorted(set(a) | set(b)):
         if is_state_key(key) and a.get(key, "<absent>") != b.get(key, "<absent>"):

@@ -1,0 +1,323 @@
+"""Training with Ray actors, one per environment (``train.actors.kind: ray``); docs/scaling.md.
+
+Each :class:`EnvActor` owns one driving environment (on CARLA: one server, placed with the custom resource
+``train.actors.resource``) and a CPU-jitted policy. It acts with the newest parameters the learner published
+(every ``publish_every`` gradient steps, pushed while it runs) and returns its steps in chunks of at most
+``chunk_steps``: the newest camera frame (uint8) and kinematics of each next observation, the actions,
+rewards, terminated and truncated flags, and the parameter version each action used.
+
+The learner (:class:`RayTrainer`) keeps an episode's chunks until its last one arrives and then writes the whole
+episode into the actor's replay stream. An actor or server that dies is restarted by Ray (``max_restarts``); the
+episode it had in flight is dropped, never half-written. The learner never waits for a particular actor: it takes
+whichever chunk is ready, runs the update calls the written steps made due (the config's ratio), publishes, and
+goes on. Not reproducible step for step (the interleaving depends on timing); a resume drops the episodes in
+flight and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from jtd3.train import CarlaGaveUp, Trainer, _warn
+from jtd3.training.exploration import RandomDrivingPolicy, noise_scale
+from jtd3.training.parallel import parallel_env_configs
+
+__all__ = ["EnvActor", "RayTrainer", "acting_state", "episode_steps"]
+
+
+def acting_state(state: Any) -> Any:
+    """The part of a train state ``agent.act`` reads (online actor, its statistics, the critic encoder in
+    ``shared`` mode), on the host: what the learner publishes to the actors."""
+    import jax
+
+    shared = not state.spec.separate
+    return jax.device_get(state.replace(
+        critic_params={"encoder": state.critic_params["encoder"]} if shared else {},
+        actor_target_params=None, critic_target_params=None, actor_target_stats=None, critic_target_stats=None,
+        actor_opt_state=None, critic_opt_state=None,
+    ))
+
+
+def episode_steps(first_obs: dict[str, np.ndarray], chunks: list[dict[str, Any]]):
+    """The (obs, action, reward, next_obs, terminated, truncated) of an episode's chunks, with the frame stacks
+    rebuilt from its first observation and each step's newest frame."""
+    obs = first_obs
+    for c in chunks:
+        for t in range(len(c["reward"])):
+            nxt = {"camera": np.concatenate([obs["camera"][1:], c["frames"][t][None]]), "kinematics": c["kinematics"][t]}
+            yield obs, c["action"][t], float(c["reward"][t]), nxt, bool(c["terminated"][t]), bool(c["truncated"][t])
+            obs = nxt
+
+
+class EnvActor:
+    """One environment and a CPU policy, as a Ray actor (``max_concurrency=2``: :meth:`set_params` arrives while
+    :meth:`collect` runs)."""
+
+    def __init__(self, env_config: Any, index: int, seed: int, exploration: Any, learning_starts: int):
+        from jtd3.envs import make_env
+
+        self.env = make_env(env_config, seed=None)
+        self.index = index
+        self.incarnation = uuid.uuid4().hex  # new after a restart: the learner drops what the old one sent
+        # not reproducible on purpose: a restarted actor must not replay the episodes it already played
+        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 5, index, time.time_ns(), os.getpid()]))
+        self.exploration, self.learning_starts = exploration, learning_starts
+        self.warmup = RandomDrivingPolicy(exploration)
+        self._lock = threading.Lock()
+        self._state, self._version = None, -1
+        self._key = None
+        self.obs = None
+        self.episode = 0
+
+    def set_params(self, version: int, state: Any) -> None:
+        with self._lock:
+            if version > self._version:
+                self._state, self._version = state, version
+
+    def _act(self, obs: dict[str, np.ndarray], env_steps: int) -> tuple[np.ndarray, int]:
+        import jax
+
+        from jtd3 import agent
+
+        with self._lock:
+            state, version = self._state, self._version
+        if env_steps < self.learning_starts or state is None:
+            return self.warmup(self.rng), version
+        if self._key is None:
+            self._key = jax.random.PRNGKey(int(self.rng.integers(2**31)))
+        self._key, sub = jax.random.split(self._key)
+        scale = noise_scale(self.exploration, env_steps - self.learning_starts)
+        action = agent.act(state, {k: v[None] for k, v in obs.items()}, sub, scale)
+        return np.asarray(action, np.float32)[0], version
+
+    def collect(self, max_steps: int, env_steps: int) -> dict[str, Any]:
+        """Up to ``max_steps`` steps of the current episode (a new one if none is running); ``env_steps``: the
+        learner's count, for the warm-up and the exploration noise schedule."""
+        chunk: dict[str, Any] = {"actor": self.index, "incarnation": self.incarnation, "episode": self.episode}
+        if self.obs is None:
+            self.obs = self.env.reset(seed=int(self.rng.integers(2**31)))[0]
+            self.warmup.reset()
+            chunk["first_obs"] = self.obs
+        cols: dict[str, list] = defaultdict(list)
+        info = None
+        for _ in range(max_steps):
+            action, version = self._act(self.obs, env_steps)
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            for k, v in (("frames", obs["camera"][-1]), ("kinematics", obs["kinematics"]), ("action", action),
+                         ("reward", reward), ("terminated", terminated), ("truncated", truncated),
+                         ("version", version), ("speed_kmh", info["speed_kmh"])):
+                cols[k].append(v)
+            for k, v in info["reward_components"].items():
+                cols[f"rewards/{k}"].append(v)
+            self.obs = obs
+            if terminated or truncated:
+                self.obs = None
+                self.episode += 1
+                break
+        chunk.update({k: np.asarray(v) for k, v in cols.items()})
+        chunk["final_info"] = None if self.obs is not None else _loggable(info)
+        return chunk
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _loggable(info: dict[str, Any]) -> dict[str, Any]:
+    keys = ("collisions", "lane_invasions", "route_completion", "success", "distance_m", "termination_reason")
+    return {k: info[k] for k in keys}
+
+
+class ActorPool:
+    """The Ray actors of a run; ``observation_space``/``action_space`` come from the learner's evaluation env."""
+
+    def __init__(self, config: Any, env_configs: list[Any], spaces: tuple[Any, Any]):
+        import ray
+
+        ac = config.train.actors
+        self._started_ray = False
+        if not ray.is_initialized():
+            address = ac.address or os.environ.get("RAY_ADDRESS")
+            if address:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=10**9)
+            self._started_ray = True
+        options: dict[str, Any] = {
+            "max_restarts": ac.max_restarts, "max_task_retries": 0, "max_concurrency": 2, "num_cpus": 0,
+            "runtime_env": {"env_vars": {"JAX_PLATFORMS": "cpu"}},
+        }
+        if config.env.backend == "carla" and ac.resource:
+            options["resources"] = {ac.resource: 1}
+        remote = ray.remote(EnvActor).options(**options)
+        tc = config.train
+        self.actors = [remote.remote(cfg, i, tc.seed, tc.exploration, tc.learning_starts)
+                       for i, cfg in enumerate(env_configs)]
+        self.observation_space, self.action_space = spaces
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            try:
+                ray.get(a.close.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 - a dead actor has nothing to close
+                pass
+            ray.kill(a, no_restart=True)
+        self.actors = []
+        if self._started_ray:
+            ray.shutdown()
+
+
+class RayTrainer(Trainer):
+    """:class:`~jtd3.train.Trainer` fed by ``train.actors.num_envs`` Ray actors."""
+
+    @property
+    def num_envs(self) -> int:
+        return self.tc.actors.num_envs
+
+    def _make_envs(self):
+        from jtd3.envs import make_env
+
+        configs, eval_config = parallel_env_configs(self.config)
+        eval_env = make_env(eval_config, seed=None)
+        try:
+            return ActorPool(self.config, configs, (eval_env.observation_space, eval_env.action_space)), eval_env
+        except BaseException:
+            eval_env.close()
+            raise
+
+    @property
+    def shared_backend(self) -> bool:
+        return False
+
+    def _replay_streams(self) -> int:
+        return self.num_envs
+
+    def _init_envs_state(self) -> None:
+        self.pending: list[list[dict[str, Any]]] = [[] for _ in range(self.num_envs)]
+        self.published = -1
+        self._lags: list[float] = []
+        self._learn_s = self._wait_s = 0.0
+
+    def _publish(self) -> None:
+        import ray
+
+        ref = ray.put(acting_state(self.state))
+        for a in self.env.actors:
+            a.set_params.remote(self.updates, ref)
+        self.published = self.updates
+
+    def _dispatch(self, i: int) -> Any:
+        return self.env.actors[i].collect.remote(self.tc.actors.chunk_steps, self.env_steps)
+
+    def _accept(self, i: int, chunk: dict[str, Any]) -> None:
+        """Keep ``chunk``; write its episode when it is the episode's last. A chunk that does not continue the
+        pending ones (the actor restarted) drops them; one that continues nothing the learner holds is ignored."""
+        pending = self.pending[i]
+        starts = "first_obs" in chunk
+        continues = bool(pending) and not starts and (chunk["incarnation"], chunk["episode"]) == (
+            pending[0]["incarnation"], pending[0]["episode"])
+        if not continues:
+            self._drop(i, "its actor restarted")
+            if not starts:
+                return
+        # how many gradient steps behind the learner the parameters of these actions are, on arrival
+        self._lags.append(float(self.updates - max(int(chunk["version"].min()), 0)))
+        self.pending[i].append(chunk)
+        if chunk["final_info"] is not None:
+            self._write_episode(i)
+
+    def _drop(self, i: int, why: str) -> None:
+        if self.pending[i]:
+            steps = sum(len(c["reward"]) for c in self.pending[i])
+            _warn(f"jtd3: env {i}: episode in flight dropped ({steps} steps not written to the replay): {why}")
+            self.lost_episodes += 1
+            self.logger.scalars({"charts/lost_episodes": self.lost_episodes}, self.env_steps)
+        self.pending[i] = []
+
+    def _write_episode(self, i: int) -> None:
+        chunks, self.pending[i] = self.pending[i], []
+        first = chunks[0]["first_obs"]
+        self._ep = {"return": 0.0, "length": 0, "speed_sum": 0.0, "components": defaultdict(float)}
+        for obs, action, reward, nxt, term, trunc in episode_steps(first, chunks):
+            self.replay.add(obs, action, reward, nxt, term, trunc, stream=i)
+        for c in chunks:
+            self._ep["return"] += float(c["reward"].sum())
+            self._ep["length"] += len(c["reward"])
+            self._ep["speed_sum"] += float(c["speed_kmh"].sum())
+            for k in c:
+                if k.startswith("rewards/"):
+                    self._ep["components"][k[len("rewards/"):]] += float(c[k].sum())
+        self.env_steps += self._ep["length"]
+        self._log_episode(chunks[-1]["final_info"])
+        self.episodes += 1
+
+    def _run(self) -> int:
+        import ray
+        from ray.exceptions import RayActorError
+
+        tc = self.tc
+        self.last_episode_return = float("nan")
+        if self.resume:
+            _warn("note: Ray actors start new episodes on resume (episodes in flight at the checkpoint were not "
+                  "in it)")
+        self.replay.start_new_episode()
+        self._publish()
+        futures = {self._dispatch(i): i for i in range(self.num_envs)}
+        bar = self._progress_bar()
+        self._t_last, self._steps_last = time.perf_counter(), self.env_steps
+        try:
+            while self.env_steps < tc.max_timesteps:
+                if self.stop_signal is not None:
+                    return self._stopped()
+                t0 = time.perf_counter()
+                ready, _ = ray.wait(list(futures), num_returns=1, timeout=1.0)
+                self._wait_s += time.perf_counter() - t0
+                prev = self.env_steps
+                for ref in ready:
+                    i = futures.pop(ref)
+                    try:
+                        chunk = ray.get(ref)
+                    except RayActorError as e:
+                        self.consecutive_failures += 1
+                        self._drop(i, f"its actor died ({type(e).__name__})")
+                        if self.consecutive_failures >= self.max_failures:
+                            raise CarlaGaveUp(f"env {i}: actor died {self.consecutive_failures} times in a row") from e
+                        futures[self._dispatch(i)] = i
+                        continue
+                    self.consecutive_failures = 0
+                    self._accept(i, chunk)
+                    futures[self._dispatch(i)] = i
+                if self.env_steps == prev:
+                    continue
+                t0 = time.perf_counter()
+                code = self._update(self._update_calls_due(prev, self.env_steps))
+                self._learn_s += time.perf_counter() - t0
+                if code is not None:
+                    return code
+                if self.updates - self.published >= tc.actors.publish_every:
+                    self._publish()
+                code, _ = self._after_steps(prev, bar, updates=False)
+                if code is not None:
+                    return code
+                if bar is not None:
+                    bar.update(self.env_steps - prev)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self._finish()
+
+    def _extra_log_scalars(self) -> dict[str, float]:
+        out = {"charts/learner_busy_s": self._learn_s, "charts/learner_waiting_s": self._wait_s}
+        if self._lags:
+            out["charts/policy_lag_updates_mean"] = float(np.mean(self._lags))
+            out["charts/policy_lag_updates_max"] = float(np.max(self._lags))
+        self._lags, self._learn_s, self._wait_s = [], 0.0, 0.0
+        return out
