@@ -350,6 +350,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         # config.yaml first (atomically; every check has passed): a run killed from here on can be resumed
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+        if config.train.actors.kind == "ray":
+            from jtd3.training.ray_actors import connect
+
+            connect(config.train.actors)  # before JAX starts its threads
         import jax
 
         print(f"jtd3: run directory {run_dir}  (JAX devices: {', '.join(str(d) for d in jax.devices())})")

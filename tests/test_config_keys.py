@@ -104,6 +104,9 @@ def test_every_config_key_is_read(tmp_path):
     ]
     with track_reads() as reads:
         assert train_main(argv) == 0
+        for actors in ("process", "ray"):  # the train.actors keys of the loops over several environments
+            assert train_main([*argv, "--max-timesteps", "40", "--eval-freq", "40", "--checkpoint-freq", "40",
+                               "--actors", actors, "--num-envs", "2", "--run-name", actors]) == 0
         _random_route_birdeye_lead_vehicle()
         _sim_collision_and_reverse()
         _carla_episode()

@@ -103,3 +103,16 @@ def test_procedural_town_world_runs():
     for _ in range(20):
         snap = w.step(VehicleControl(throttle=0.5))
     assert not snap.collisions and len(snap.vehicles) == 20 and snap.ego.speed > 1.0
+
+
+def test_min_step_s_paces_ticks_like_a_server():
+    """sim.min_step_s: ticks never return faster than that (a lower bound only: a loaded machine is slower)."""
+    import time
+
+    world = SimWorld(SimConfig(min_step_s=0.02))
+    snap = world.reset(SPAWN, 0, seed=0)
+    t0 = time.monotonic()
+    for _ in range(10):
+        snap = world.step(VehicleControl(throttle=0.5))
+    assert time.monotonic() - t0 >= 10 * 0.02 - 1e-3
+    assert snap.frame == 11

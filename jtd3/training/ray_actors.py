@@ -29,7 +29,27 @@ from jtd3.train import CarlaGaveUp, Trainer, _warn
 from jtd3.training.exploration import RandomDrivingPolicy, noise_scale
 from jtd3.training.parallel import parallel_env_configs
 
-__all__ = ["EnvActor", "RayTrainer", "acting_state", "episode_steps"]
+__all__ = ["EnvActor", "RayTrainer", "acting_state", "connect", "episode_steps"]
+
+_started_here = False  # this process started the local Ray cluster it uses (and shuts it down)
+
+
+def connect(actors: Any) -> None:
+    """Join the Ray cluster of ``train.actors.address`` (else ``$RAY_ADDRESS``), or start a local one. The CLI
+    calls this before JAX starts its threads (Ray starts its processes with fork + exec)."""
+    global _started_here
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("train.actors.kind ray needs Ray: pip install -e '.[ray]'") from None
+    address = actors.address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=10**9)
+        _started_here = True
 
 
 def acting_state(state: Any) -> Any:
@@ -99,8 +119,19 @@ class EnvActor:
 
     def collect(self, max_steps: int, env_steps: int) -> dict[str, Any]:
         """Up to ``max_steps`` steps of the current episode (a new one if none is running); ``env_steps``: the
-        learner's count, for the warm-up and the exploration noise schedule."""
+        learner's count, for the warm-up and the exploration noise schedule. A CARLA error ends the episode: the
+        chunk then says so (``"error"``) and the next call starts a new one (the session reconnects on reset)."""
+        from jtd3.backends.carla.errors import CarlaError
+
         chunk: dict[str, Any] = {"actor": self.index, "incarnation": self.incarnation, "episode": self.episode}
+        try:
+            return self._collect(chunk, max_steps, env_steps)
+        except CarlaError as e:
+            self.obs = None
+            self.episode += 1
+            return {**chunk, "error": f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"}
+
+    def _collect(self, chunk: dict[str, Any], max_steps: int, env_steps: int) -> dict[str, Any]:
         if self.obs is None:
             self.obs = self.env.reset(seed=int(self.rng.integers(2**31)))[0]
             self.warmup.reset()
@@ -141,20 +172,14 @@ class ActorPool:
         import ray
 
         ac = config.train.actors
-        self._started_ray = False
-        if not ray.is_initialized():
-            address = ac.address or os.environ.get("RAY_ADDRESS")
-            if address:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=10**9)
-            self._started_ray = True
+        connect(ac)
         options: dict[str, Any] = {
             "max_restarts": ac.max_restarts, "max_task_retries": 0, "max_concurrency": 2, "num_cpus": 0,
             "runtime_env": {"env_vars": {"JAX_PLATFORMS": "cpu"}},
         }
-        if config.env.backend == "carla" and ac.resource:
-            options["resources"] = {ac.resource: 1}
+        resource = ac.resource
+        if config.env.backend == "carla" and resource:
+            options["resources"] = {resource: 1}
         remote = ray.remote(EnvActor).options(**options)
         tc = config.train
         self.actors = [remote.remote(cfg, i, tc.seed, tc.exploration, tc.learning_starts)
@@ -171,8 +196,10 @@ class ActorPool:
                 pass
             ray.kill(a, no_restart=True)
         self.actors = []
-        if self._started_ray:
+        global _started_here
+        if _started_here:
             ray.shutdown()
+            _started_here = False
 
 
 class RayTrainer(Trainer):
@@ -234,8 +261,9 @@ class RayTrainer(Trainer):
         if chunk["final_info"] is not None:
             self._write_episode(i)
 
-    def _drop(self, i: int, why: str) -> None:
-        if self.pending[i]:
+    def _drop(self, i: int, why: str, *, lost: bool = False) -> None:
+        """Forget env i's episode in flight; ``lost``: it was (count it even when nothing of it arrived yet)."""
+        if self.pending[i] or lost:
             steps = sum(len(c["reward"]) for c in self.pending[i])
             _warn(f"jtd3: env {i}: episode in flight dropped ({steps} steps not written to the replay): {why}")
             self.lost_episodes += 1
@@ -271,6 +299,8 @@ class RayTrainer(Trainer):
         self.replay.start_new_episode()
         self._publish()
         futures = {self._dispatch(i): i for i in range(self.num_envs)}
+        failures = [0] * self.num_envs  # per actor, in a row
+        retry_at: dict[int, float] = {}  # actors to call again after a failure, and when
         bar = self._progress_bar()
         self._t_last, self._steps_last = time.perf_counter(), self.env_steps
         try:
@@ -278,7 +308,11 @@ class RayTrainer(Trainer):
                 if self.stop_signal is not None:
                     return self._stopped()
                 t0 = time.perf_counter()
-                ready, _ = ray.wait(list(futures), num_returns=1, timeout=1.0)
+                ready = []
+                if futures:
+                    ready, _ = ray.wait(list(futures), num_returns=1, timeout=0.2 if retry_at else 1.0)
+                else:  # every actor is waiting to be called again after a failure
+                    time.sleep(0.2)
                 self._wait_s += time.perf_counter() - t0
                 prev = self.env_steps
                 for ref in ready:
@@ -286,15 +320,23 @@ class RayTrainer(Trainer):
                     try:
                         chunk = ray.get(ref)
                     except RayActorError as e:
-                        self.consecutive_failures += 1
-                        self._drop(i, f"its actor died ({type(e).__name__})")
-                        if self.consecutive_failures >= self.max_failures:
-                            raise CarlaGaveUp(f"env {i}: actor died {self.consecutive_failures} times in a row") from e
-                        futures[self._dispatch(i)] = i
+                        self._drop(i, f"its actor died or is restarting ({type(e).__name__})", lost=True)
+                        failures[i] += 1
+                        self._give_up_after(failures[i], i, f"{type(e).__name__}: {e}")
+                        retry_at[i] = time.monotonic() + min(0.5 * 2 ** failures[i], 30.0)  # Ray restarts it
                         continue
-                    self.consecutive_failures = 0
-                    self._accept(i, chunk)
                     futures[self._dispatch(i)] = i
+                    if "error" in chunk:  # a CARLA error ended the actor's episode
+                        self._drop(i, chunk["error"], lost=True)
+                        failures[i] += 1
+                        self._give_up_after(failures[i], i, chunk["error"])
+                        continue
+                    failures[i] = 0
+                    self._accept(i, chunk)
+                for i, at in list(retry_at.items()):
+                    if time.monotonic() >= at:
+                        del retry_at[i]
+                        futures[self._dispatch(i)] = i
                 if self.env_steps == prev:
                     continue
                 t0 = time.perf_counter()
@@ -313,6 +355,11 @@ class RayTrainer(Trainer):
             if bar is not None:
                 bar.close()
         return self._finish()
+
+    def _give_up_after(self, failures: int, i: int, last: str) -> None:
+        self.consecutive_failures = failures
+        if failures >= self.max_failures:
+            raise CarlaGaveUp(f"env {i}: its actor failed {failures} times in a row (last: {last})")
 
     def _extra_log_scalars(self) -> dict[str, float]:
         out = {"charts/learner_busy_s": self._learn_s, "charts/learner_waiting_s": self._wait_s}

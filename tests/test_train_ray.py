@@ -1,0 +1,52 @@
+"""Training with Ray actors on a local Ray cluster (train.actors.kind: ray): two embedded-simulator actors fill
+their own replay streams with whole episodes, and a killed actor loses only its episode in flight."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tiny_run import TINY_RUN
+
+from jtd3.cli import train_main
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.mark.slow
+def test_two_ray_actors_train_and_a_killed_actor_loses_only_its_episode_in_flight(tmp_path, monkeypatch):
+    from jtd3.training import ray_actors
+
+    accept = ray_actors.RayTrainer._accept
+    killed = []
+
+    def accept_then_kill(self, i, chunk):
+        accept(self, i, chunk)
+        # kill actor 0 once, while it holds part of an episode the learner has not written yet
+        if not killed and i == 0 and self.pending[0]:
+            ray.kill(self.env.actors[0], no_restart=False)
+            killed.append(self.replay._fills[0])  # slots of stream 0 written before the kill
+
+    monkeypatch.setattr(ray_actors.RayTrainer, "_accept", accept_then_kill)
+    code = train_main(["--max-timesteps", "400", "--logdir", str(tmp_path), "--run-name", "r", *TINY_RUN,
+                       "--set", "train.progress_bar=false", "--actors", "ray", "--num-envs", "2",
+                       "--set", "train.actors.chunk_steps=10"])
+    assert code == 0 and killed
+    report = json.loads((tmp_path / "r" / "final_report.json").read_text())
+    assert report["env_steps"] >= 400 and report["lost_episodes"] >= 1 and report["updates"] > 0
+
+    from test_train_parallel import restore
+
+    restored, replay = restore(tmp_path / "r")
+    assert not replay.is_episode_open(0) and not replay.is_episode_open(1)
+    assert replay.valid[replay.region:].sum() > 40  # actor 1's episodes, in stream 1
+    assert replay._fills[0] > killed[0]  # Ray restarted actor 0 and its new episodes came in
+    # only whole episodes: every stored step that does not end its episode is followed by the next one
+    s = replay.valid_indices()
+    ends = replay.terminated[s] | replay.truncated[s]
+    assert replay.valid[replay._advance(s[~ends], 1)].all()
+    # the stacks are those the actors saw: frame j of a stack is frame j + 1 of the stack before
+    batch = replay.gather(s[~ends])
+    np.testing.assert_array_equal(batch["next_obs"]["camera"][:, :-1], batch["obs"]["camera"][:, 1:])
