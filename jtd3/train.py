@@ -29,7 +29,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -37,12 +36,15 @@ import numpy as np
 from jtd3.backends.carla.errors import CarlaError
 from jtd3.checkpoint import CheckpointDamagedError, CheckpointStore, committed_steps
 from jtd3.config import ConfigError, to_dict
-from jtd3.files import write_text_atomic
 from jtd3.replay import ReplayBuffer
 from jtd3.run_config import Config
-from jtd3.training.bookkeeping import MetricWindow, episode_seed, eval_seed, eval_summary, json_floats
+from jtd3.training.bookkeeping import (
+    MetricWindow, episode_seed, eval_seed, eval_summary, json_floats, new_episode_stats,
+)
 from jtd3.training.exploration import RandomDrivingPolicy, noise_scale
-from jtd3.training.resume import ALARM_DIR, ResumeCandidate, resume_candidates, state_differences
+from jtd3.training.resume import (
+    ALARM_DIR, ResumeCandidate, move_aside, resume_candidates, state_differences, trim_eval_logs,
+)
 
 __all__ = ["EXIT_ALARM", "EXIT_CARLA", "EXIT_OK", "Trainer"]
 
@@ -127,7 +129,7 @@ class Trainer:
 
             self.ckpt = CheckpointStore.from_config(self.run_dir / "checkpoints", "new", tc.checkpoint)
             self.resume = False
-            self._trim_eval_logs(0)
+            trim_eval_logs(self.run_dir, 0)
             purge_step = 0
         elif resume:
             purge_step = self._restore(resume_candidates)
@@ -247,10 +249,10 @@ class Trainer:
         regular_dir = self.run_dir / "checkpoints"
         for c in damaged:
             if c.kind == "regular":
-                self._move_aside(c, "damaged_checkpoints")
+                move_aside(self.run_dir, c, "damaged_checkpoints")
         for s in committed_steps(regular_dir):
             if s > restored.step:
-                self._move_aside(ResumeCandidate(regular_dir, s, "regular"), "superseded_checkpoints")
+                move_aside(self.run_dir, ResumeCandidate(regular_dir, s, "regular"), "superseded_checkpoints")
         mode = "resume" if committed_steps(regular_dir) else "new"
         self.ckpt = CheckpointStore.from_config(regular_dir, mode, self.tc.checkpoint)
         if self.restored_from.kind == "alarm":
@@ -276,56 +278,9 @@ class Trainer:
         self.lost_episodes = int(ls.get("lost_episodes", 0))
         self._restore_extra(ls)
         self._resumed_replay = with_replay
-        self._trim_eval_logs(restored.step)
+        trim_eval_logs(self.run_dir, restored.step)
         # Events the killed process wrote after the checkpoint are hidden; those at its step stay.
         return restored.step + 1
-
-    def _trim_eval_logs(self, step: int) -> None:
-        """Drop the rows of eval.csv / eval.jsonl written after checkpoint ``step`` (by a killed process, or
-        before a fallback; a row torn by a kill goes too): the resumed run evaluates those steps again, so no
-        step appears twice."""
-        import csv
-        import io
-
-
-        def row_kept(row: list[str]) -> bool:
-            try:
-                return int(float(row[0])) <= step
-            except (IndexError, ValueError):
-                return False  # torn
-
-        def line_kept(line: str) -> bool:
-            try:
-                return int(json.loads(line)["env_steps"]) <= step
-            except (ValueError, KeyError, TypeError):
-                return False  # torn
-
-        path = self.run_dir / "eval.csv"
-        if path.is_file():
-            rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
-            if rows:
-                keep = [rows[0]] + [r for r in rows[1:] if row_kept(r)]
-                if len(keep) != len(rows):
-                    out = io.StringIO()
-                    csv.writer(out).writerows(keep)  # the csv module's \r\n, as append_csv_row writes
-                    write_text_atomic(path, out.getvalue())
-                    _warn(f"note: {path}: dropped {len(rows) - len(keep)} row(s) written after checkpoint {step}")
-        path = self.run_dir / "eval.jsonl"
-        if path.is_file():
-            lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-            keep = [x for x in lines if line_kept(x)]
-            if len(keep) != len(lines):
-                write_text_atomic(path, "".join(x + "\n" for x in keep))
-
-    def _move_aside(self, cand: ResumeCandidate, where: str) -> None:
-        target = self.run_dir / where / str(cand.step)
-        k = 1
-        while target.exists():
-            k += 1
-            target = self.run_dir / where / f"{cand.step}-{k}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(cand.path, target)
-        _warn(f"note: moved checkpoint {cand.path} to {target}")
 
     # ------------------------------------------------------------------------------------------------------
 
@@ -345,7 +300,7 @@ class Trainer:
         obs, info = self.env.reset(seed=episode_seed(self.tc.seed, self.episodes))
         self.warmup.reset()
         self.episode_actions = []
-        self._ep = {"return": 0.0, "length": 0, "speed_sum": 0.0, "components": defaultdict(float)}
+        self._ep = new_episode_stats()
         return obs, info
 
     def _new_episode(self, *, cut: bool) -> dict[str, np.ndarray]:
@@ -385,7 +340,7 @@ class Trainer:
         """Bring the env back to the checkpoint's mid-episode state by replaying the recorded actions."""
         actions = self.episode_actions
         obs, _ = self.env.reset(seed=episode_seed(self.tc.seed, self.episodes))
-        self._ep = {"return": 0.0, "length": 0, "speed_sum": 0.0, "components": defaultdict(float)}
+        self._ep = new_episode_stats()
         for a in actions:
             obs, reward, terminated, truncated, info = self.env.step(np.asarray(a, np.float32))
             self._account(reward, info)
@@ -485,7 +440,11 @@ class Trainer:
                 self.window.add(metrics)
             if alarms:
                 return self._alarm(alarms)
+            self._after_update_call()
         return None
+
+    def _after_update_call(self) -> None:
+        """Called after each update call (Ray actors publish the parameters from here)."""
 
     def _after_steps(self, prev: int, bar, *, updates: bool = True) -> tuple[int | None, bool]:
         """The work the env steps ``prev + 1 .. env_steps`` make due, in order: the warm-up speed, the update

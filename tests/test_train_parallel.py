@@ -90,3 +90,24 @@ def test_parallel_actor_settings_are_checked(tmp_path, capsys):
     assert train_main(["--logdir", str(tmp_path), "--actors", "process", "--num-envs", "2",
                        "--carla-servers", "a:2000"]) != 0
     assert "train.actors.carla_servers" in capsys.readouterr().err
+
+
+def test_carla_environments_get_one_server_each_and_evaluation_another():
+    from jtd3.config import from_dict
+    from jtd3.run_config import Config
+    from jtd3.training.parallel import parallel_env_configs
+
+    def cfg(kind, servers, port=2000):
+        return from_dict(Config, {"env": {"backend": "carla", "carla": {"host": "evalhost", "port": port}},
+                                  "train": {"actors": {"kind": kind, "num_envs": 2, "carla_servers": servers}}})
+
+    envs, evaluation = parallel_env_configs(cfg("process", ["a:2000", "b:2000"]))
+    assert [(e.carla.host, e.carla.port, e.carla.tm_port) for e in envs] == [("a", 2000, 8000), ("b", 2000, 8001)]
+    assert (evaluation.carla.host, evaluation.carla.tm_port, evaluation.route_start) == ("evalhost", 8002, "beginning")
+    with pytest.raises(ValueError, match="needs train.actors.carla_servers"):
+        parallel_env_configs(cfg("process", []))
+    with pytest.raises(ValueError, match="evaluation server"):
+        parallel_env_configs(cfg("process", ["evalhost:2000", "b:2000"]))
+    # Ray actors without a server list drive the server on their own machine
+    envs, _ = parallel_env_configs(cfg("ray", [], port=2100))
+    assert [(e.carla.host, e.carla.port) for e in envs] == [("localhost", 2100)] * 2

@@ -50,3 +50,17 @@ def test_two_ray_actors_train_and_a_killed_actor_loses_only_its_episode_in_fligh
     # the stacks are those the actors saw: frame j of a stack is frame j + 1 of the stack before
     batch = replay.gather(s[~ends])
     np.testing.assert_array_equal(batch["next_obs"]["camera"][:, :-1], batch["obs"]["camera"][:, 1:])
+
+
+
+@pytest.mark.slow
+def test_a_ray_run_resumes_with_new_episodes_and_says_so(tmp_path, capsys):
+    args = ["--logdir", str(tmp_path), "--run-name", "r", *TINY_RUN, "--set", "train.progress_bar=false",
+            "--actors", "ray", "--num-envs", "2", "--set", "train.actors.chunk_steps=10"]
+    assert train_main(["--max-timesteps", "160", *args]) == 0
+    capsys.readouterr()
+    assert train_main(["--resume", str(tmp_path / "r"), "--max-timesteps", "260",
+                       "--set", "train.progress_bar=false"]) == 0
+    assert "Ray actors start new episodes on resume" in capsys.readouterr().err
+    report = json.loads((tmp_path / "r" / "final_report.json").read_text())
+    assert report["env_steps"] >= 260 and report["updates"] >= 2 * ((260 - 60) // 4)

@@ -10,7 +10,12 @@ import numpy as np
 
 from jtd3.agent.learn import is_actor_metric, metric_reduction
 
-__all__ = ["MetricWindow", "episode_seed", "eval_seed", "eval_summary", "json_floats"]
+__all__ = ["MetricWindow", "episode_seed", "eval_seed", "eval_summary", "json_floats", "new_episode_stats"]
+
+
+def new_episode_stats() -> dict[str, Any]:
+    """A training episode's running sums, logged as ``train/*`` and ``rewards/*`` when it ends."""
+    return {"return": 0.0, "length": 0, "speed_sum": 0.0, "components": defaultdict(float)}
 
 
 def episode_seed(seed: int, episode: int) -> int:

@@ -22,22 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
 from jtd3.backends.carla.errors import CarlaError
 from jtd3.train import CarlaGaveUp, Trainer, _warn
-from jtd3.training.bookkeeping import episode_seed
+from jtd3.training.bookkeeping import episode_seed, new_episode_stats
 from jtd3.training.exploration import RandomDrivingPolicy, noise_scale
 from jtd3.training.workers import EnvWorkers, StepResult
 
 __all__ = ["ParallelTrainer", "parallel_env_configs"]
-
-
-def _new_ep() -> dict[str, Any]:
-    return {"return": 0.0, "length": 0, "speed_sum": 0.0, "components": defaultdict(float)}
 
 
 def parallel_env_configs(config) -> tuple[list, Any]:
@@ -45,7 +40,8 @@ def parallel_env_configs(config) -> tuple[list, Any]:
 
     On CARLA every training environment needs its own server (``train.actors.carla_servers``, distinct Traffic
     Manager ports) and evaluation runs on ``env.carla.host:port``, which must be none of them: a second session
-    on a training server would fight over its settings and actors."""
+    on a training server would fight over its settings and actors. Ray actors without ``carla_servers`` drive
+    ``localhost:<env.carla.port>`` on their own machines."""
     from jtd3.envs import vector_env_configs
     from jtd3.envs.vector import parse_server
 
@@ -53,6 +49,10 @@ def parallel_env_configs(config) -> tuple[list, Any]:
     eval_config = dataclasses.replace(env, route_start="beginning")
     if env.backend != "carla":
         return vector_env_configs(env, actors.num_envs, list(actors.carla_servers) or None), eval_config
+    if not actors.carla_servers and actors.kind == "ray":
+        # each actor drives the server on its own machine (one per machine: the "carla" resource places them)
+        local = dataclasses.replace(env, carla=dataclasses.replace(env.carla, host="localhost"))
+        return [local] * actors.num_envs, eval_config
     if not actors.carla_servers:
         raise ValueError(f"train.actors.kind {actors.kind!r} on CARLA needs train.actors.carla_servers (one host:port "
                          f"per environment, {actors.num_envs}); env.carla.host/port is the evaluation server")
@@ -96,7 +96,7 @@ class ParallelTrainer(Trainer):
         # env i's current episode number in the run's seed sequence: i, i + N, i + 2N, ... (episode_seed)
         self.env_episode = list(range(n))
         self.env_actions: list[list[list[float]]] = [[] for _ in range(n)]
-        self.eps = [_new_ep() for _ in range(n)]
+        self.eps = [new_episode_stats() for _ in range(n)]
         self.pending_calls = 0  # update calls made due but not run yet (they run while the envs step)
 
     def _seed_of(self, i: int) -> int:
@@ -138,7 +138,7 @@ class ParallelTrainer(Trainer):
     def _begin_episode(self, i: int) -> None:
         self.warmups[i].reset()
         self.env_actions[i] = []
-        self.eps[i] = _new_ep()
+        self.eps[i] = new_episode_stats()
 
     def _reset_env(self, i: int, *, cut: bool) -> dict[str, np.ndarray]:
         """Start env i's next episode (a CARLA error while resetting counts as a lost episode)."""

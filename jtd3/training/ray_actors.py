@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from jtd3.train import CarlaGaveUp, Trainer, _warn
+from jtd3.training.bookkeeping import new_episode_stats
 from jtd3.training.exploration import RandomDrivingPolicy, noise_scale
 from jtd3.training.parallel import parallel_env_configs
 
@@ -273,7 +274,7 @@ class RayTrainer(Trainer):
     def _write_episode(self, i: int) -> None:
         chunks, self.pending[i] = self.pending[i], []
         first = chunks[0]["first_obs"]
-        self._ep = {"return": 0.0, "length": 0, "speed_sum": 0.0, "components": defaultdict(float)}
+        self._ep = new_episode_stats()
         for obs, action, reward, nxt, term, trunc in episode_steps(first, chunks):
             self.replay.add(obs, action, reward, nxt, term, trunc, stream=i)
         for c in chunks:
@@ -344,8 +345,6 @@ class RayTrainer(Trainer):
                 self._learn_s += time.perf_counter() - t0
                 if code is not None:
                     return code
-                if self.updates - self.published >= tc.actors.publish_every:
-                    self._publish()
                 code, _ = self._after_steps(prev, bar, updates=False)
                 if code is not None:
                     return code
@@ -355,6 +354,10 @@ class RayTrainer(Trainer):
             if bar is not None:
                 bar.close()
         return self._finish()
+
+    def _after_update_call(self) -> None:
+        if self.updates - self.published >= self.tc.actors.publish_every:
+            self._publish()
 
     def _give_up_after(self, failures: int, i: int, last: str) -> None:
         self.consecutive_failures = failures

@@ -1,13 +1,19 @@
-"""What a resume loads and may change: the committed checkpoints of a run, the config keys that define its state."""
+"""What a resume loads and may change: the committed checkpoints of a run, the config keys that define its state, the
+evaluation rows and checkpoints it supersedes."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
+import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from jtd3.checkpoint import committed_steps
+from jtd3.files import write_text_atomic
 
 __all__ = ["ALARM_DIR", "ResumeCandidate", "is_state_key", "resume_candidates", "state_differences"]
 
@@ -95,3 +101,51 @@ def state_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list
         if is_state_key(key) and a.get(key, "<absent>") != b.get(key, "<absent>"):
             out.append(f"{key} (was {a.get(key, '<absent>')!r}, now {b.get(key, '<absent>')!r})")
     return out
+
+
+def trim_eval_logs(run_dir: Path, step: int) -> None:
+    """Drop the rows of eval.csv / eval.jsonl written after checkpoint ``step`` (by a killed process, or
+    before a fallback; a row torn by a kill goes too): the resumed run evaluates those steps again, so no
+    step appears twice."""
+
+    def row_kept(row: list[str]) -> bool:
+        try:
+            return int(float(row[0])) <= step
+        except (IndexError, ValueError):
+            return False  # torn
+
+    def line_kept(line: str) -> bool:
+        try:
+            return int(json.loads(line)["env_steps"]) <= step
+        except (ValueError, KeyError, TypeError):
+            return False  # torn
+
+    path = run_dir / "eval.csv"
+    if path.is_file():
+        rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+        if rows:
+            keep = [rows[0]] + [r for r in rows[1:] if row_kept(r)]
+            if len(keep) != len(rows):
+                out = io.StringIO()
+                csv.writer(out).writerows(keep)  # the csv module's \r\n, as append_csv_row writes
+                write_text_atomic(path, out.getvalue())
+                print(f"note: {path}: dropped {len(rows) - len(keep)} row(s) written after checkpoint {step}",
+                      file=sys.stderr, flush=True)
+    path = run_dir / "eval.jsonl"
+    if path.is_file():
+        lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        keep = [x for x in lines if line_kept(x)]
+        if len(keep) != len(lines):
+            write_text_atomic(path, "".join(x + "\n" for x in keep))
+
+
+def move_aside(run_dir: Path, cand: ResumeCandidate, where: str) -> None:
+    """Move checkpoint ``cand`` to ``run_dir/where/<step>`` (``<step>-<k>`` if taken), saying so."""
+    target = run_dir / where / str(cand.step)
+    k = 1
+    while target.exists():
+        k += 1
+        target = run_dir / where / f"{cand.step}-{k}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(cand.path, target)
+    print(f"note: moved checkpoint {cand.path} to {target}", file=sys.stderr, flush=True)
