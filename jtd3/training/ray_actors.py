@@ -141,10 +141,11 @@ class EnvActor:
         info = None
         for _ in range(max_steps):
             action, version = self._act(self.obs, env_steps)
+            acted_at = time.time()
             obs, reward, terminated, truncated, info = self.env.step(action)
             for k, v in (("frames", obs["camera"][-1]), ("kinematics", obs["kinematics"]), ("action", action),
                          ("reward", reward), ("terminated", terminated), ("truncated", truncated),
-                         ("version", version), ("speed_kmh", info["speed_kmh"])):
+                         ("version", version), ("time", acted_at), ("speed_kmh", info["speed_kmh"])):
                 cols[k].append(v)
             for k, v in info["reward_components"].items():
                 cols[f"rewards/{k}"].append(v)
@@ -232,6 +233,7 @@ class RayTrainer(Trainer):
         self.pending: list[list[dict[str, Any]]] = [[] for _ in range(self.num_envs)]
         self.published = -1
         self._lags: list[float] = []
+        self._timeline: tuple[list[float], list[int]] = ([], [])  # (wall time, gradient steps done) per update call
         self._learn_s = self._wait_s = 0.0
 
     def _publish(self) -> None:
@@ -256,8 +258,7 @@ class RayTrainer(Trainer):
             self._drop(i, "its actor restarted")
             if not starts:
                 return
-        # how many gradient steps behind the learner the parameters of these actions are, on arrival
-        self._lags.append(float(self.updates - max(int(chunk["version"].min()), 0)))
+        self._lags.extend(self._policy_lag(chunk).tolist())
         self.pending[i].append(chunk)
         if chunk["final_info"] is not None:
             self._write_episode(i)
@@ -298,6 +299,7 @@ class RayTrainer(Trainer):
             _warn("note: Ray actors start new episodes on resume (episodes in flight at the checkpoint were not "
                   "in it)")
         self.replay.start_new_episode()
+        self._timeline = ([time.time()], [self.updates])
         self._publish()
         futures = {self._dispatch(i): i for i in range(self.num_envs)}
         failures = [0] * self.num_envs  # per actor, in a row
@@ -355,7 +357,19 @@ class RayTrainer(Trainer):
                 bar.close()
         return self._finish()
 
+    def _policy_lag(self, chunk: dict[str, Any]) -> np.ndarray:
+        """Per action of ``chunk``: gradient steps the learner had done when the action was taken minus those of
+        the parameters it used (wall clocks of the actor's and the learner's machines)."""
+        times, updates = self._timeline
+        done = np.asarray(updates)[np.maximum(np.searchsorted(times, chunk["time"], side="right") - 1, 0)]
+        return done - np.maximum(chunk["version"], 0)
+
     def _after_update_call(self) -> None:
+        times, updates = self._timeline
+        times.append(time.time())
+        updates.append(self.updates)
+        if len(times) > 100_000:  # keep the recent past only (chunks arrive within seconds)
+            del times[:50_000], updates[:50_000]
         if self.updates - self.published >= self.tc.actors.publish_every:
             self._publish()
 
