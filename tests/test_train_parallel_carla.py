@@ -1,5 +1,6 @@
-"""Two training environments on two CARLA servers, evaluation on a third (train.actors.kind: process), with the real
-carla client in each worker process against jtd3's CARLA-protocol server (three child processes)."""
+"""Two training environments on two CARLA servers, evaluation on a third, with the real carla client against jtd3's
+CARLA-protocol server (three child processes): worker processes (train.actors.kind: process) and Ray actors placed
+by a "carla" resource (kind: ray)."""
 
 from __future__ import annotations
 
@@ -17,22 +18,40 @@ from jtd3.carla_server.process import ServerProcess, shutdown_traffic_manager  #
 from jtd3.cli import train_main  # noqa: E402
 
 
-@pytest.mark.slow
-def test_process_actors_train_on_two_servers_and_evaluate_on_a_third(tmp_path):
+def train_on_three_servers(tmp_path, name: str, actors: str, *extra: str) -> dict:
+    """Train 120 steps with two environments on two servers, evaluating on a third; the final report."""
     tm = free_port()
     with ServerProcess() as a, ServerProcess() as b, ServerProcess() as evaluation:
         try:
             code = train_main([
-                "--env", "carla", "--actors", "process", "--num-envs", "2",
+                "--env", "carla", "--actors", actors, "--num-envs", "2",
                 "--carla-servers", f"{a.host}:{a.port},{b.host}:{b.port}", "--carla-host", evaluation.host,
                 "--carla-port", str(evaluation.port), "--set", f"env.carla.tm_port={tm}",
                 "--set", "env.scenario_vehicles=[2, 2, 2]", "--max-timesteps", "120", "--logdir", str(tmp_path),
-                "--run-name", "carla2", *TINY_RUN, "--set", "train.progress_bar=false",
+                "--run-name", name, *TINY_RUN, "--set", "train.progress_bar=false", *extra,
             ])
         finally:
-            for k, srv in enumerate((a, b, evaluation)):  # env i's Traffic Manager is on tm + i
+            for k, srv in enumerate((a, b, evaluation)):  # env i's Traffic Manager is on tm + i, evaluation's on tm + 2
                 shutdown_traffic_manager(srv.host, srv.port, tm + k)
     assert code == 0
-    report = json.loads((tmp_path / "carla2" / "final_report.json").read_text())
+    return json.loads((tmp_path / name / "final_report.json").read_text())
+
+
+@pytest.mark.slow
+def test_process_actors_train_on_two_servers_and_evaluate_on_a_third(tmp_path):
+    report = train_on_three_servers(tmp_path, "carla2", "process")
     assert report["env_steps"] == 120 and report["updates"] == 2 * ((120 - 60) // 4) and report["lost_episodes"] == 0
     assert report["final_eval"]["route_completion"] > 0
+
+
+@pytest.mark.slow
+def test_ray_actors_are_placed_by_the_carla_resource_and_drive_their_servers(tmp_path):
+    """A local Ray cluster offering two "carla" resources (as two server machines would): two Ray actors, each
+    needing one (an actor without a free one would never start), train on two servers; evaluation on a third."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, resources={"carla": 2}, include_dashboard=False, log_to_driver=False)
+    try:
+        report = train_on_three_servers(tmp_path, "carla_ray", "ray", "--set", "train.actors.chunk_steps=20")
+    finally:
+        ray.shutdown()
+    assert report["env_steps"] >= 120 and report["lost_episodes"] == 0 and report["updates"] > 0

@@ -323,7 +323,9 @@ class RayTrainer(Trainer):
                     try:
                         chunk = ray.get(ref)
                     except RayActorError as e:
-                        self._drop(i, f"its actor died or is restarting ({type(e).__name__})", lost=True)
+                        # the first failure in a row loses the episode in flight; calls while Ray restarts the
+                        # actor lose nothing more
+                        self._drop(i, f"its actor died or is restarting ({type(e).__name__})", lost=failures[i] == 0)
                         failures[i] += 1
                         self._give_up_after(failures[i], i, f"{type(e).__name__}: {e}")
                         retry_at[i] = time.monotonic() + min(0.5 * 2 ** failures[i], 30.0)  # Ray restarts it
