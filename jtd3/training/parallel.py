@@ -32,7 +32,7 @@ from jtd3.training.bookkeeping import episode_seed, new_episode_stats
 from jtd3.training.exploration import RandomDrivingPolicy, noise_scale
 from jtd3.training.workers import EnvWorkers, StepResult
 
-__all__ = ["ParallelTrainer", "parallel_env_configs"]
+__all__ = ["MultiEnvTrainer", "ParallelTrainer", "parallel_env_configs"]
 
 
 def parallel_env_configs(config) -> tuple[list, Any]:
@@ -65,12 +65,41 @@ def parallel_env_configs(config) -> tuple[list, Any]:
     return configs, dataclasses.replace(eval_config, carla=tm)
 
 
-class ParallelTrainer(Trainer):
-    """:class:`~jtd3.train.Trainer` over ``train.actors.num_envs`` worker-process environments."""
+class MultiEnvTrainer(Trainer):
+    """What the loops over ``train.actors.num_envs`` environments share (worker processes here, Ray actors in
+    :mod:`jtd3.training.ray_actors`): one replay stream per environment, evaluation on an environment of its own,
+    and the split of the learner's time between update calls and waiting for the environments."""
 
     @property
     def num_envs(self) -> int:
         return self.tc.actors.num_envs
+
+    @property
+    def shared_backend(self) -> bool:
+        return False
+
+    def _replay_streams(self) -> int:
+        return self.num_envs
+
+    def _init_envs_state(self) -> None:
+        self._learn_s = self._wait_s = 0.0  # seconds in update calls / waiting for the environments, per log window
+
+    def _timed_update(self, calls: int) -> int | None:
+        """:meth:`_update`, its time counted as the learner's busy time."""
+        t0 = time.perf_counter()
+        code = self._update(calls)
+        self._learn_s += time.perf_counter() - t0
+        return code
+
+    def _extra_log_scalars(self) -> dict[str, float]:
+        """How the loop's time splits: the learner's update calls and its wait for the environments."""
+        learn, wait = self._learn_s, self._wait_s
+        self._learn_s = self._wait_s = 0.0
+        return {"charts/learner_busy_s": learn, "charts/learner_waiting_s": wait}
+
+
+class ParallelTrainer(MultiEnvTrainer):
+    """:class:`~jtd3.train.Trainer` over ``train.actors.num_envs`` worker-process environments."""
 
     def _make_envs(self):
         from jtd3.envs import make_env
@@ -83,14 +112,8 @@ class ParallelTrainer(Trainer):
             workers.close()
             raise
 
-    @property
-    def shared_backend(self) -> bool:
-        return False
-
-    def _replay_streams(self) -> int:
-        return self.num_envs
-
     def _init_envs_state(self) -> None:
+        super()._init_envs_state()
         n = self.num_envs
         self.warmups = [RandomDrivingPolicy(self.tc.exploration) for _ in range(n)]
         # env i's current episode number in the run's seed sequence: i, i + N, i + 2N, ... (episode_seed)
@@ -212,7 +235,6 @@ class ParallelTrainer(Trainer):
         obs = self._first_observations()
         bar = self._progress_bar()
         self._t_last, self._steps_last = time.perf_counter(), self.env_steps
-        self._learn_s = self._wait_s = 0.0
         try:
             while self.env_steps < tc.max_timesteps:
                 if self.stop_signal is not None:
@@ -257,13 +279,4 @@ class ParallelTrainer(Trainer):
 
     def _run_pending(self) -> int | None:
         calls, self.pending_calls = self.pending_calls, 0
-        t0 = time.perf_counter()
-        code = self._update(calls)
-        self._learn_s += time.perf_counter() - t0
-        return code
-
-    def _extra_log_scalars(self) -> dict[str, float]:
-        """How the loop's time splits: the learner's update calls and its wait for the environments."""
-        learn, wait = self._learn_s, self._wait_s
-        self._learn_s = self._wait_s = 0.0
-        return {"charts/learner_busy_s": learn, "charts/learner_waiting_s": wait}
+        return self._timed_update(calls)

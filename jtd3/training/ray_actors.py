@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from jtd3.train import CarlaGaveUp, Trainer, _warn
+from jtd3.train import CarlaGaveUp, _warn
 from jtd3.training.bookkeeping import new_episode_stats
 from jtd3.training.exploration import RandomDrivingPolicy, noise_scale
-from jtd3.training.parallel import parallel_env_configs
+from jtd3.training.parallel import MultiEnvTrainer, parallel_env_configs
 
 __all__ = ["EnvActor", "RayTrainer", "acting_state", "connect", "episode_steps"]
 
@@ -204,12 +204,8 @@ class ActorPool:
             _started_here = False
 
 
-class RayTrainer(Trainer):
+class RayTrainer(MultiEnvTrainer):
     """:class:`~jtd3.train.Trainer` fed by ``train.actors.num_envs`` Ray actors."""
-
-    @property
-    def num_envs(self) -> int:
-        return self.tc.actors.num_envs
 
     def _make_envs(self):
         from jtd3.envs import make_env
@@ -222,19 +218,12 @@ class RayTrainer(Trainer):
             eval_env.close()
             raise
 
-    @property
-    def shared_backend(self) -> bool:
-        return False
-
-    def _replay_streams(self) -> int:
-        return self.num_envs
-
     def _init_envs_state(self) -> None:
+        super()._init_envs_state()
         self.pending: list[list[dict[str, Any]]] = [[] for _ in range(self.num_envs)]
         self.published = -1
         self._lags: list[float] = []
         self._timeline: tuple[list[float], list[int]] = ([], [])  # (wall time, gradient steps done) per update call
-        self._learn_s = self._wait_s = 0.0
 
     def _publish(self) -> None:
         import ray
@@ -344,9 +333,7 @@ class RayTrainer(Trainer):
                         futures[self._dispatch(i)] = i
                 if self.env_steps == prev:
                     continue
-                t0 = time.perf_counter()
-                code = self._update(self._update_calls_due(prev, self.env_steps))
-                self._learn_s += time.perf_counter() - t0
+                code = self._timed_update(self._update_calls_due(prev, self.env_steps))
                 if code is not None:
                     return code
                 code, _ = self._after_steps(prev, bar, updates=False)
@@ -381,9 +368,9 @@ class RayTrainer(Trainer):
             raise CarlaGaveUp(f"env {i}: its actor failed {failures} times in a row (last: {last})")
 
     def _extra_log_scalars(self) -> dict[str, float]:
-        out = {"charts/learner_busy_s": self._learn_s, "charts/learner_waiting_s": self._wait_s}
+        out = super()._extra_log_scalars()
         if self._lags:
             out["charts/policy_lag_updates_mean"] = float(np.mean(self._lags))
             out["charts/policy_lag_updates_max"] = float(np.max(self._lags))
-        self._lags, self._learn_s, self._wait_s = [], 0.0, 0.0
+        self._lags = []
         return out
