@@ -21,7 +21,7 @@ Wrap-around: writing slot ``w`` overwrites the oldest observation; the transitio
 any older transition whose stack reached back to ``w`` (those at ``w + k`` with ``ep_pos >= k``) are
 marked invalid, so a stack never mixes overwritten data.
 
-Streams: several environments that step at the same time (the trainer's ``train.num_envs``) each write their
+Streams: several environments that step at the same time (the trainer's ``train.actors.num_envs``) each write their
 own episode stream. ``streams = S`` cuts the ring into S equal regions of ``capacity // S`` slots (the
 remainder stays unused); stream i writes only region i and wraps around inside it, so the slot after an
 observation is always the next observation of the same environment. Sampling is uniform over the valid
@@ -318,8 +318,7 @@ class ReplayBuffer:
     @property
     def _filled(self) -> int:
         """Length of the prefix of the slot arrays that holds everything written (what :meth:`save` writes)."""
-        used = [i for i in range(self.streams) if self._fills[i]]
-        return used[-1] * self.region + self._fills[used[-1]] if used else 0
+        return _written_extent(self._fills, self.region)
 
     def _check_stream(self, stream: int) -> int:
         if isinstance(stream, bool) or not isinstance(stream, (int, np.integer)) or not 0 <= stream < self.streams:
@@ -587,9 +586,7 @@ class ReplayBuffer:
             0 <= f <= self.region and (h == -1 if f == 0 else i * self.region <= h < i * self.region + f)
             for i, (h, f) in enumerate(zip(heads, fills))
         )
-        used = [i for i, f in enumerate(fills) if f] if ok else []
-        extent = used[-1] * self.region + fills[used[-1]] if used else 0
-        if not ok or meta["filled"] != extent:
+        if not ok or meta["filled"] != _written_extent(fills, self.region):
             raise ValueError(f"{source}: corrupt replay state (heads={heads}, fills={fills}, filled={meta['filled']})")
 
     def _apply_meta(self, meta: Mapping[str, Any]) -> None:
@@ -681,6 +678,12 @@ class ReplayBuffer:
         del maps
         self._clear_unwritten()
         self._check_counts(str(d))
+
+
+def _written_extent(fills: list[int], region: int) -> int:
+    """End of the last written slot of streams of ``region`` slots each that hold ``fills`` slots (0: empty)."""
+    used = [i for i, f in enumerate(fills) if f]
+    return used[-1] * region + fills[used[-1]] if used else 0
 
 
 def _map_arrays(fn, tree: Any) -> Any:
