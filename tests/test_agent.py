@@ -529,6 +529,7 @@ def test_every_config_field_is_read_and_per_layer_stats_are_reported():
         cnn_grad_clip=10.0, mlp_grad_clip=5.0, weight_decay=1e-5, bn_momentum=0.9, target_bn_stats="copy",
         conv_impl="im2col", conv_chunk=3, per_layer_stats=True, encoder="separate", actor_out_init=1e-2,
         actor_grad_clip=1.0, critic_grad_clip=10.0, weight_decay_mode="coupled", trunk_dim=12, n_step=1,
+        compute_dtype="bfloat16",
     )  # fmt: skip
     batch = make_batch(0)
     with track_reads() as reads:
@@ -541,6 +542,23 @@ def test_every_config_field_is_read_and_per_layer_stats_are_reported():
     for who in ("critic", "actor"):
         for layer in ("conv1", "conv2", "conv3"):
             assert {f"debug/{who}_{layer}_{s}" for s in FEATURE_STATS} <= set(metrics)
+
+
+def test_bfloat16_encoder_update_stays_close_to_float32():
+    """agent.compute_dtype bfloat16 changes only the encoders' matmul operands: from the same parameters, one
+    update gives float32 state and metrics within bfloat16 rounding of the float32 update."""
+    small = dict(features_dim=48, actor_hidden=(24,), critic_hidden=(24,), trunk_dim=0, policy_delay=1)
+    batch = make_batch(0)
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        state = agent.create(AgentConfig(compute_dtype=dtype, **small), OBS_SPACE, ACT_SPACE, seed=0)
+        out[dtype] = agent.update(state, batch)
+    (s32, m32), (s16, m16) = out["float32"], out["bfloat16"]
+    chex.assert_trees_all_equal_dtypes(s16.critic_params, s32.critic_params)
+    chex.assert_tree_all_finite((s16.critic_params, s16.actor_params, m16))
+    for key in ("losses/critic_loss", "losses/q1_mean", "debug/critic_cnn_features_l2_norm"):
+        assert float(m16[key]) == pytest.approx(float(m32[key]), rel=5e-2, abs=1e-3), key
+    assert float(m16["debug/critic_cnn_features_l2_norm"]) != float(m32["debug/critic_cnn_features_l2_norm"])
 
 
 def test_bool_terminated_is_accepted():

@@ -11,6 +11,7 @@ from jtd3.agent.conv import (
     camera_to_space_to_depth,
     conv2d,
     conv2d_on_space_to_depth,
+    conv2d_s1_shifts,
     space_to_depth,
 )
 
@@ -63,7 +64,7 @@ def test_camera_space_to_depth_path_matches_float_pipeline():
     np.testing.assert_allclose(camera_to_space_to_depth(camera, 8, 4), space_to_depth(x, 4), atol=1e-6)
     _, w = _inputs(84, 4, 8, 32, 1)
     xs = camera_to_space_to_depth(camera, 8, 4)
-    np.testing.assert_allclose(conv2d_on_space_to_depth(xs, w, 4, chunk=2), _reference(x, w, 4), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(conv2d_on_space_to_depth(xs, w, 4), _reference(x, w, 4), rtol=1e-5, atol=1e-5)
 
 
 def test_gradients_inside_scan_match():
@@ -93,3 +94,43 @@ def test_bad_arguments_are_named():
         conv2d(x, w, 1, impl="fft")
     with pytest.raises(ValueError, match="chunk must be >= 1"):
         conv2d(x, w, 1, chunk=0)
+
+
+@pytest.mark.parametrize("h,cin,k,cout,batch", [(9, 5, 2, 3, 2), (7, 4, 3, 6, 3), (21, 64, 2, 32, 2)])
+def test_shift_form_matches_lax_conv(h, cin, k, cout, batch):
+    """conv2d_s1_shifts (products on the output side) = the stride-1 convolution, forward and both gradients."""
+    x, w = _inputs(h, cin, k, cout, batch)
+    ho = h - k + 1
+    cot = jnp.asarray(np.random.default_rng(1).standard_normal((batch, ho, ho, cout)), jnp.float32)
+    np.testing.assert_allclose(jax.jit(conv2d_s1_shifts)(x, w), _reference(x, w, 1), rtol=1e-5, atol=1e-5)
+    grads = jax.jit(jax.grad(lambda x, w: jnp.sum(conv2d_s1_shifts(x, w) * cot), argnums=(0, 1)))(x, w)
+    refs = jax.jit(jax.grad(lambda x, w: jnp.sum(_reference(x, w, 1) * cot), argnums=(0, 1)))(x, w)
+    for got, ref in zip(grads, refs):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2e-5 * float(jnp.max(jnp.abs(ref))))
+
+
+@pytest.mark.parametrize("impl", ["im2col", "xla"])
+@pytest.mark.parametrize("h,cin,k,stride,cout", LAYERS[:3])
+def test_bfloat16_products_stay_close_and_return_float32(impl, h, cin, k, stride, cout):
+    """compute_dtype bfloat16: float32 results and gradients within bfloat16 rounding of the float32 ones."""
+    x, w = _inputs(h, cin, k, cout, 3)
+    ho = (h - k) // stride + 1
+    cot = jnp.asarray(np.random.default_rng(1).standard_normal((3, ho, ho, cout)), jnp.float32)
+
+    def run(dtype):
+        fn = lambda x, w: conv2d(x, w, stride, impl, 2, dtype)  # noqa: E731
+        y = jax.jit(fn)(x, w)
+        return y, jax.jit(jax.grad(lambda x, w: jnp.sum(fn(x, w) * cot), argnums=(0, 1)))(x, w)
+
+    (y, (dx, dw)), (y32, (dx32, dw32)) = run("bfloat16"), run("float32")
+    for got, ref in ((y, y32), (dx, dx32), (dw, dw32)):
+        assert got.dtype == jnp.float32
+        rel = float(jnp.linalg.norm(got - ref) / jnp.linalg.norm(ref))
+        assert rel < 2e-2, rel  # bfloat16 keeps 8 significant bits: ~0.4 % per operand
+        assert rel > 0.0  # the products really ran in bfloat16
+
+
+def test_unknown_compute_dtype_is_refused_by_name():
+    x, w = _inputs(9, 4, 3, 5, 1)
+    with pytest.raises(ValueError, match="float16"):
+        conv2d(x, w, 1, compute_dtype="float16")

@@ -55,6 +55,23 @@ def test_im2col_and_xla_convolutions_give_the_same_network(camera):
     np.testing.assert_allclose(a.apply(va, camera, train=False), b.apply(va, camera, train=False), atol=1e-5)
 
 
+@pytest.mark.parametrize("conv_impl", ["im2col", "xla"])
+def test_bfloat16_products_keep_parameters_and_features_float32(camera, conv_impl):
+    """compute_dtype bfloat16: the same float32 parameter tree (checkpoints do not depend on it), float32
+    features within bfloat16 rounding of the float32 network's, and float32 gradients."""
+    a = NatureCNN(norm="layernorm", conv_impl=conv_impl)
+    b = NatureCNN(norm="layernorm", conv_impl=conv_impl, compute_dtype="bfloat16")
+    va = a.init(jax.random.key(2), camera, train=False)
+    chex.assert_trees_all_equal(va, b.init(jax.random.key(2), camera, train=False))
+    fa, fb = a.apply(va, camera, train=False), b.apply(va, camera, train=False)
+    assert fb.dtype == jnp.float32
+    rel = float(jnp.linalg.norm(fb - fa) / jnp.linalg.norm(fa))
+    assert 0.0 < rel < 3e-2, rel
+    grads = jax.grad(lambda v: jnp.sum(b.apply(v, camera, train=False) ** 2))(va)
+    chex.assert_trees_all_equal_dtypes(grads, va)
+    chex.assert_tree_all_finite(grads)
+
+
 def _scaled_conv_l2(norm: str, camera, scale: float) -> float:
     net = NatureCNN(norm=norm)
     variables = net.init(jax.random.key(3), camera, train=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jtd3.agent.conv import COMPUTE_DTYPES
 from jtd3.agent.networks import ACTIVATIONS, NORMS
 from jtd3.config import ConfigNode, check, choice, param
 
@@ -99,6 +100,13 @@ class AgentConfig(ConfigNode):
         "auto: xla on GPU/TPU, im2col on CPU",
     )
     conv_chunk: int = param(16, "batch chunk of the im2col convolution (working set per loop step)")
+    compute_dtype: str = choice(
+        "float32",
+        COMPUTE_DTYPES,
+        "dtype of the encoders' matmul operands (convolutions and the dense layer); products accumulate and "
+        "return in float32, parameters, optimiser state, normalisation and the heads stay float32 (mixed "
+        "precision). bfloat16 is an option, not the default: no learning benchmark has been run with it",
+    )
     per_layer_stats: bool = param(False, "also report feature statistics of every conv layer (--debug)")
 
     def __post_init__(self) -> None:
@@ -135,6 +143,7 @@ class AgentConfig(ConfigNode):
             ("target_bn_stats", TARGET_BN_STATS),
             ("weight_decay_mode", WEIGHT_DECAY_MODES),
             ("conv_impl", CONV_IMPL_CHOICES),
+            ("compute_dtype", COMPUTE_DTYPES),
         ):
             value = getattr(self, key)
             check(value in valid, f"agent.{key}", value, f"one of {', '.join(map(repr, valid))}")

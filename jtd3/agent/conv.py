@@ -1,25 +1,30 @@
-"""2-D convolution (NHWC activations, HWIO kernels, VALID padding) with a CPU-friendly custom VJP.
+"""2-D convolution (NHWC activations, HWIO kernels, VALID padding) with CPU-friendly custom VJPs.
 
-Why: XLA:CPU's convolution weight gradient is slow, and its convolutions scale worse than linearly with the
-batch (docs/agent.md has the measurements). This module computes the same function with three ingredients:
+Why: XLA:CPU's own convolutions are slow (their weight gradient most of all), and inside ``lax.scan`` /
+``lax.cond`` they take a slower path still (docs/agent.md has the measurements). This module computes the same
+function from matmuls and re-layouts:
 
 1. **Space-to-depth.** A stride-``s`` convolution whose kernel size is a multiple of ``s`` equals a stride-1
    convolution on the ``s x s`` space-to-depth rearrangement of its input with a rearranged kernel
    (``8x8/4`` on 84x84x4 -> ``2x2/1`` on 21x21x64; ``4x4/2`` on 20x20x32 -> ``2x2/1`` on 10x10x128). The
    rearrangements are reshapes/transposes, differentiated by JAX as usual.
-2. **A stride-1 convolution with a custom VJP** (:func:`conv2d_s1`), all matmuls:
-   forward = im2col (``kh*kw`` contiguous shifted slices, concatenated on the channel axis) + one matmul;
-   weight gradient = the same patches (recomputed per chunk, not stored) transposed times the output
-   cotangent; input gradient = one matmul with the kernel + ``kh*kw`` shifted, zero-padded adds (col2im).
-3. **Batch chunking**: forward and both gradients run over batch chunks of ``chunk`` samples in a
-   ``lax.map`` loop (the weight gradient summed over chunks), which keeps the working set in cache. XLA's own
-   convolutions are *much* slower inside a loop (weight gradient: ~15-30x), which is one reason the loop
-   bodies are matmuls. Materialising the patches of a whole B = 256 batch (105 MB for the first layer) is
-   memory-bound on this machine; per chunk they stay in cache.
+2. **Stride-1 convolutions with a custom VJP**, in two forms that compute the same function:
+   :func:`conv2d_s1` (patches): forward = im2col (``kh*kw`` shifted slices stacked next to the channels) +
+   one matmul; weight gradient = the same patches (recomputed, not stored) times the output cotangent; input
+   gradient = one matmul with the kernel + ``kh*kw`` shifted, zero-padded adds (col2im).
+   :func:`conv2d_s1_shifts` (output side): one wide matmul of the input with every tap's kernel, then
+   ``kh*kw`` shifted adds; no patch matrix. The first NatureCNN layer uses it: its input is the camera's
+   space-to-depth layout change, which XLA fuses into a patch gather that it runs several times slower than
+   the matmul itself.
+3. **Batch chunking** (patches form): forward and both gradients run over batch chunks of ``chunk`` samples
+   in a ``lax.map`` loop (the weight gradient summed over chunks), which keeps the patches in cache at
+   large batches.
 
+``compute_dtype`` (:data:`COMPUTE_DTYPES`) is the dtype of the matmul operands; results and accumulation
+are float32, and gradients come back in the parameters' dtype (mixed precision).
 :func:`conv2d` is the entry point; ``impl="xla"`` is plain ``lax.conv_general_dilated`` (use it on GPU,
-where XLA calls cuDNN). Both implementations compute the same function; ``tests/test_conv.py`` checks the
-forward pass and both gradients against ``lax.conv_general_dilated``.
+where XLA calls cuDNN). ``tests/test_conv.py`` checks every form's forward pass and both gradients against
+``lax.conv_general_dilated``.
 """
 
 from __future__ import annotations
@@ -31,11 +36,13 @@ import jax.numpy as jnp
 from jax import lax
 
 __all__ = [
+    "COMPUTE_DTYPES",
     "CONV_IMPLS",
     "camera_to_space_to_depth",
     "conv2d",
     "conv2d_on_space_to_depth",
     "conv2d_s1",
+    "conv2d_s1_shifts",
     "conv_output_size",
     "space_to_depth",
     "space_to_depth_kernel",
@@ -43,6 +50,9 @@ __all__ = [
 
 CONV_IMPLS = ("im2col", "xla")
 """Valid ``impl`` values of :func:`conv2d`."""
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+"""Valid ``compute_dtype`` values: the dtype of the matmul operands (results are float32 either way)."""
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -70,13 +80,21 @@ def space_to_depth_kernel(w: jax.Array, s: int) -> jax.Array:
     return w.reshape(kh // s, kw // s, s * s * c, o)
 
 
-def _xla_conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
-    return lax.conv_general_dilated(x, w, (stride, stride), "VALID", dimension_numbers=_DN)
+def _xla_conv(x: jax.Array, w: jax.Array, stride: int, compute_dtype: str = "float32") -> jax.Array:
+    x, w = x.astype(compute_dtype), w.astype(compute_dtype)
+    return lax.conv_general_dilated(
+        x, w, (stride, stride), "VALID", dimension_numbers=_DN, preferred_element_type=jnp.float32
+    )
 
 
 def _im2col(x: jax.Array, kh: int, kw: int, ho: int, wo: int) -> jax.Array:
     """Stride-1 patches ``(B, ho, wo, kh*kw*C)``, feature order ``(i, j, c)`` = HWIO's ``(H, W, I)``."""
-    return jnp.concatenate([x[:, i : i + ho, j : j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
+    b, c = x.shape[0], x.shape[-1]
+    # Stacked on a new axis next to the channels, then merged with them: the same layout as concatenating on
+    # the channel axis, but XLA:CPU emits the stack as one fast loop where its channel-axis concatenate is
+    # several times slower (docs/agent.md).
+    slices = [x[:, i : i + ho, j : j + wo, :] for i in range(kh) for j in range(kw)]
+    return jnp.stack(slices, axis=-2).reshape(b, ho, wo, kh * kw * c)
 
 
 def _split_chunks(chunk: int, arrays: tuple[jax.Array, ...]) -> tuple[int, tuple[jax.Array, ...]]:
@@ -110,37 +128,52 @@ def _chunked_sum(fn, chunk: int, *arrays: jax.Array) -> jax.Array:
     return jnp.sum(lax.map(lambda parts: fn(*parts), split), axis=0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv2d_s1(x: jax.Array, w: jax.Array, chunk: int) -> jax.Array:
-    """Stride-1 VALID convolution, NHWC x HWIO -> NHWC, with the im2col/matmul custom VJP (module doc)."""
+def _matmul(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """``einsum`` with float32 results (and accumulation) whatever the operands' dtype."""
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d_s1(x: jax.Array, w: jax.Array, chunk: int, compute_dtype: str = "float32") -> jax.Array:
+    """Stride-1 VALID convolution, NHWC x HWIO -> NHWC, with the im2col/matmul custom VJP (module doc).
+
+    ``compute_dtype``: the dtype of the matmul operands (``x`` and ``w`` are cast to it, patches are built in
+    it); products are accumulated and returned in float32, and the gradients come back in the dtypes of
+    ``x`` and ``w`` (mixed precision: float32 parameters, bfloat16 matmuls).
+    """
     kh, kw, cin, cout = w.shape
     ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
-    w_mat = w.reshape(kh * kw * cin, cout)
-    return _chunked_map(lambda xb: jnp.einsum("bhwp,po->bhwo", _im2col(xb, kh, kw, ho, wo), w_mat), chunk, x)
+    w_mat = w.astype(compute_dtype).reshape(kh * kw * cin, cout)
+    x = x.astype(compute_dtype)
+    return _chunked_map(lambda xb: _matmul("bhwp,po->bhwo", _im2col(xb, kh, kw, ho, wo), w_mat), chunk, x)
 
 
-def _conv2d_s1_fwd(x, w, chunk):
-    return conv2d_s1(x, w, chunk), (x, w)
+def _conv2d_s1_fwd(x, w, chunk, compute_dtype):
+    return conv2d_s1(x, w, chunk, compute_dtype), (x, w)
 
 
-def _conv2d_s1_bwd(chunk, res, g):
+def _conv2d_s1_bwd(chunk, compute_dtype, res, g):
     x, w = res
     kh, kw, cin, cout = w.shape
     _, h, wd, _ = x.shape
     _, ho, wo, _ = g.shape
+    xc, gc = x.astype(compute_dtype), g.astype(compute_dtype)
 
     def weight_grad(xb, gb):
         patches = _im2col(xb, kh, kw, ho, wo)
         # (O, P) rather than (P, O): the operand XLA transposes for the dot is then the cotangent, not the
         # larger patch matrix.
-        return jnp.einsum("bhwo,bhwp->op", gb, patches)
+        return _matmul("bhwo,bhwp->op", gb, patches)
 
-    dw = _chunked_sum(weight_grad, chunk, x, g).T.reshape(w.shape)
+    dw_op = _chunked_sum(weight_grad, chunk, xc, gc)
+    # The barrier keeps XLA from folding the small transpose below into the dot's output layout, which sends
+    # the dot to a slow generic kernel (one without bfloat16 x bfloat16 -> float32 support).
+    dw = lax.optimization_barrier(dw_op).T.reshape(w.shape).astype(w.dtype)
 
-    w_mat = w.reshape(kh * kw * cin, cout)
+    w_mat = w.astype(compute_dtype).reshape(kh * kw * cin, cout)
 
     def input_grad(gb):
-        dp = jnp.einsum("bhwo,po->bhwp", gb, w_mat).reshape(gb.shape[0], ho, wo, kh, kw, cin)
+        dp = _matmul("bhwo,po->bhwp", gb, w_mat).reshape(gb.shape[0], ho, wo, kh, kw, cin)
         dx = None
         for i in range(kh):
             for j in range(kw):
@@ -152,28 +185,85 @@ def _conv2d_s1_bwd(chunk, res, g):
                 dx = part if dx is None else dx + part
         return dx
 
-    dx = _chunked_map(input_grad, chunk, g)
+    dx = _chunked_map(input_grad, chunk, gc).astype(x.dtype)
     return dx, dw
 
 
 conv2d_s1.defvjp(_conv2d_s1_fwd, _conv2d_s1_bwd)
 
 
-def conv2d(x: jax.Array, w: jax.Array, stride: int, impl: str = "im2col", chunk: int = 16) -> jax.Array:
+def _shift_kernel(w: jax.Array, compute_dtype: str) -> jax.Array:
+    """HWIO ``(kh, kw, C, O)`` -> ``(C, kh*kw*O)``: one matmul applies every kernel tap at every position."""
+    kh, kw, cin, cout = w.shape
+    return w.astype(compute_dtype).transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d_s1_shifts(x: jax.Array, w: jax.Array, compute_dtype: str = "float32") -> jax.Array:
+    """Stride-1 VALID convolution computed on the output side: ``Y = x @ W`` with ``W`` = every tap's
+    ``(C, O)`` matrix side by side, then ``out = sum_ij Y[:, i:i+ho, j:j+wo, tap ij]``.
+
+    The same function as :func:`conv2d_s1` with different costs: ``kh*kw*(H*W)/(ho*wo)`` times its products
+    (1.1x for the first NatureCNN layer), in one wide matmul (``N = kh*kw*O``) on the input as it is, with no
+    patch matrix. The patch gather is what XLA:CPU handles worst when the input is itself a fused layout
+    change (the camera's space-to-depth), so the first layer uses this form (docs/agent.md).
+    Gradients: ``dY`` = the cotangent shifted into each tap's place (zero-padded, stacked);
+    ``dW = x^T dY``, ``dx = dY W^T``.
+    """
+    kh, kw, cin, cout = w.shape
+    b, h, wd, _ = x.shape
+    ho, wo = h - kh + 1, wd - kw + 1
+    y = _matmul("bhwc,cp->bhwp", x.astype(compute_dtype), _shift_kernel(w, compute_dtype))
+    y = y.reshape(b, h, wd, kh, kw, cout)
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            part = y[:, i : i + ho, j : j + wo, i, j, :]
+            out = part if out is None else out + part
+    return out
+
+
+def _conv2d_s1_shifts_fwd(x, w, compute_dtype):
+    return conv2d_s1_shifts(x, w, compute_dtype), (x, w)
+
+
+def _conv2d_s1_shifts_bwd(compute_dtype, res, g):
+    x, w = res
+    kh, kw, cin, cout = w.shape
+    b, h, wd, _ = x.shape
+    ho, wo = h - kh + 1, wd - kw + 1
+    g = g.astype(compute_dtype)
+    taps = [jnp.pad(g, ((0, 0), (i, h - ho - i), (j, wd - wo - j), (0, 0))) for i in range(kh) for j in range(kw)]
+    dy = jnp.stack(taps, axis=3).reshape(b, h, wd, kh * kw * cout)
+    dw = _matmul("bhwc,bhwp->cp", x.astype(compute_dtype), dy)
+    dw = dw.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3).astype(w.dtype)
+    dx = _matmul("bhwp,cp->bhwc", dy, _shift_kernel(w, compute_dtype)).astype(x.dtype)
+    return dx, dw
+
+
+conv2d_s1_shifts.defvjp(_conv2d_s1_shifts_fwd, _conv2d_s1_shifts_bwd)
+
+
+def conv2d(
+    x: jax.Array, w: jax.Array, stride: int, impl: str = "im2col", chunk: int = 16, compute_dtype: str = "float32"
+) -> jax.Array:
     """VALID 2-D convolution of ``x`` (B, H, W, C) with kernel ``w`` (kh, kw, C, O) at ``stride``.
 
     ``impl="xla"``: ``lax.conv_general_dilated``. ``impl="im2col"``: space-to-depth (for stride > 1; the
     kernel size must be a multiple of the stride) + :func:`conv2d_s1` over batch chunks of ``chunk``.
-    Returns (B, Ho, Wo, O) with ``Ho = (H - kh) // stride + 1``.
+    ``compute_dtype`` (one of :data:`COMPUTE_DTYPES`): the dtype the products' operands are cast to.
+    Returns float32 (B, Ho, Wo, O) with ``Ho = (H - kh) // stride + 1``.
     """
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv impl {impl!r} is not one of {CONV_IMPLS}")
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"conv compute_dtype {compute_dtype!r} is not one of {COMPUTE_DTYPES}")
     if x.ndim != 4 or w.ndim != 4 or x.shape[-1] != w.shape[2]:
         raise ValueError(f"conv2d: expected x (B,H,W,C) and w (kh,kw,C,O), got {x.shape} and {w.shape}")
     if chunk < 1:
         raise ValueError(f"conv2d: chunk must be >= 1, got {chunk}")
     if impl == "xla":
-        return _xla_conv(x, w, stride)
+        return _xla_conv(x, w, stride, compute_dtype)
     kh, kw = w.shape[:2]
     if stride > 1:
         if kh % stride or kw % stride:
@@ -187,7 +277,7 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int, impl: str = "im2col", chunk:
         x = x[:, : (ho - 1) * stride + kh, : (wo - 1) * stride + kw, :]
         x = space_to_depth(x, stride)
         w = space_to_depth_kernel(w, stride)
-    return conv2d_s1(x, w, chunk)
+    return conv2d_s1(x, w, chunk, compute_dtype)
 
 
 def camera_to_space_to_depth(camera: jax.Array, kernel: int, stride: int) -> jax.Array:
@@ -208,10 +298,8 @@ def camera_to_space_to_depth(camera: jax.Array, kernel: int, stride: int) -> jax
     return x.astype(jnp.float32) * (1.0 / 127.5) - 1.0
 
 
-def conv2d_on_space_to_depth(x_s2d: jax.Array, w: jax.Array, stride: int, chunk: int = 16) -> jax.Array:
-    """:func:`conv2d` (``impl="im2col"``) for an input already in space-to-depth layout (block ``stride``).
-
-    ``w`` is the ordinary HWIO kernel ``(kh, kw, C, O)``; ``x_s2d`` comes from :func:`space_to_depth` or
-    :func:`camera_to_space_to_depth` with the same ``stride``.
-    """
-    return conv2d_s1(x_s2d, space_to_depth_kernel(w, stride), chunk)
+def conv2d_on_space_to_depth(x_s2d: jax.Array, w: jax.Array, stride: int, compute_dtype: str = "float32") -> jax.Array:
+    """The VALID ``stride`` convolution with HWIO kernel ``w`` ``(kh, kw, C, O)`` of an input already in
+    space-to-depth layout (block ``stride``, from :func:`space_to_depth` or :func:`camera_to_space_to_depth`),
+    computed by :func:`conv2d_s1_shifts` (the form that suits a freshly re-laid-out input)."""
+    return conv2d_s1_shifts(x_s2d, space_to_depth_kernel(w, stride), compute_dtype)

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtd3.agent.conv import CONV_IMPLS, camera_to_space_to_depth, conv2d, conv2d_on_space_to_depth
+from jtd3.agent.conv import COMPUTE_DTYPES, CONV_IMPLS, camera_to_space_to_depth, conv2d, conv2d_on_space_to_depth
 
 __all__ = [
     "ACTIVATIONS",
@@ -30,6 +30,7 @@ __all__ = [
     "ActorHead",
     "Conv",
     "CriticHead",
+    "MixedDense",
     "NatureCNN",
     "TwinCriticHead",
     "activation_fn",
@@ -78,15 +79,32 @@ class Conv(nn.Module):
     impl: str = "im2col"
     chunk: int = 16
     input_s2d: bool = False
+    compute_dtype: str = "float32"  # dtype of the matmul operands; float32 parameters and results either way
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cin = x.shape[-1] // (self.stride * self.stride) if self.input_s2d else x.shape[-1]
         kernel = self.param("kernel", _he, (self.kernel, self.kernel, cin, self.features), jnp.float32)
         bias = self.param("bias", _zeros, (self.features,), jnp.float32)
+        x = x.astype(self.compute_dtype)  # before any re-layout: half the bytes to move in bfloat16
         if self.input_s2d:
-            return conv2d_on_space_to_depth(x, kernel, self.stride, self.chunk) + bias
-        return conv2d(x, kernel, self.stride, self.impl, self.chunk) + bias
+            return conv2d_on_space_to_depth(x, kernel, self.stride, self.compute_dtype) + bias
+        return conv2d(x, kernel, self.stride, self.impl, self.chunk, self.compute_dtype) + bias
+
+
+class MixedDense(nn.Module):
+    """``x @ kernel + bias`` with float32 parameters, the product's operands in ``compute_dtype`` and a float32
+    result (the same parameter tree as ``nn.Dense``)."""
+
+    features: int
+    compute_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", _he, (x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", _zeros, (self.features,), jnp.float32)
+        dt = self.compute_dtype
+        return jnp.dot(x.astype(dt), kernel.astype(dt), preferred_element_type=jnp.float32) + bias
 
 
 class NatureCNN(nn.Module):
@@ -105,6 +123,7 @@ class NatureCNN(nn.Module):
     conv_impl: str = "im2col"
     conv_chunk: int = 16
     bn_momentum: float = 0.99
+    compute_dtype: str = "float32"
 
     def _conv_norm(self, x: jax.Array, train: bool, name: str) -> jax.Array:
         if self.norm == "layernorm":
@@ -122,6 +141,7 @@ class NatureCNN(nn.Module):
         _check_choice("norm", self.norm, NORMS)
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("conv_impl", self.conv_impl, CONV_IMPLS)
+        _check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         if camera.ndim != 4:
             raise ValueError(f"NatureCNN expects camera of shape (B, C, H, W), got {camera.shape}")
         if camera.dtype != jnp.uint8:
@@ -137,11 +157,11 @@ class NatureCNN(nn.Module):
         for i, (feats, kernel, stride) in enumerate(CONV_LAYERS, start=1):
             name = f"conv{i}"
             first = s2d and i == 1
-            x = Conv(feats, kernel, stride, self.conv_impl, self.conv_chunk, first, name=name)(x)
+            x = Conv(feats, kernel, stride, self.conv_impl, self.conv_chunk, first, self.compute_dtype, name=name)(x)
             x = act(self._conv_norm(x, train, name))
             self.sow("intermediates", f"{name}_out", x)
         x = x.reshape(x.shape[0], -1)
-        x = nn.Dense(self.features, kernel_init=_he, bias_init=_zeros, name="dense")(x)
+        x = MixedDense(self.features, self.compute_dtype, name="dense")(x)
         if self.norm in ("layernorm", "hybrid"):
             x = nn.LayerNorm(epsilon=LAYERNORM_EPS, name="dense_ln")(x)
         return act(x)

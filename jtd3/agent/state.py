@@ -111,6 +111,7 @@ def modules(spec: AgentSpec) -> Modules:
         conv_impl=spec.conv_impl,
         conv_chunk=c.conv_chunk,
         bn_momentum=c.bn_momentum,
+        compute_dtype=c.compute_dtype,
     )
     actor_head = ActorHead(
         action_dim=spec.action_dim, hidden=tuple(c.actor_hidden), activation=c.activation,
