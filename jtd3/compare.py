@@ -17,12 +17,20 @@ Outputs: ``report.md`` (tables), ``drift.json``, ``summary.json``, ``features.pn
 from __future__ import annotations
 
 import json
+import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+
+from jtd3.agent.diagnostics import feature_stats
+from jtd3.agent.networks import NatureCNN
+from jtd3.baselines.policy import PurePursuitPolicy
+from jtd3.envs import EnvConfig, make_env
+from jtd3.logging import read_scalars
 
 __all__ = [
     "collect_camera_batch",
@@ -41,9 +49,6 @@ DRIFT_FACTORS = (1.0, 10.0, 100.0)
 def collect_camera_batch(n: int = 64, seed: int = 0, every: int = 10) -> np.ndarray:
     """``n`` camera stacks (uint8 ``(n, 4, 84, 84)``) the PID baseline sees on the reference route, one every
     ``every`` steps (episodes restart with the next seed when they end)."""
-    from jtd3.baselines.policy import PurePursuitPolicy
-    from jtd3.envs import EnvConfig, make_env
-
     env = make_env(EnvConfig(), seed=seed)
     policy = PurePursuitPolicy(env)
     out: list[np.ndarray] = []
@@ -75,11 +80,6 @@ def drift_probe(
     growth does). BatchNorm layers use the batch's statistics (as inside the training loss). Returns one row
     per (norm, scope, factor): ``{"norm", "scope", "factor", "l2_norm", "l2_norm_max", "std", "dead_fraction"}``.
     """
-    import jax
-
-    from jtd3.agent.diagnostics import feature_stats
-    from jtd3.agent.networks import NatureCNN
-
     rows = []
     x = jax.numpy.asarray(camera)
     for norm in norms:
@@ -98,8 +98,6 @@ def drift_probe(
 
 
 def _scaled(path: tuple, scope: str) -> bool:
-    import jax
-
     name = jax.tree_util.keystr(path)
     is_kernel = any(getattr(k, "key", None) == "kernel" for k in path)
     return is_kernel and ("conv" in name or (scope == "all" and "dense" in name))
@@ -120,8 +118,6 @@ CURVES = {
 
 def summarise_runs(runs: dict[str, Path]) -> dict[str, dict[str, Any]]:
     """For each ``{label: run_dir}``: the scalars of :data:`CURVES` and the final/best evaluation."""
-    from jtd3.logging import read_scalars
-
     out = {}
     for label, run_dir in runs.items():
         scalars = read_scalars(run_dir)
@@ -145,8 +141,6 @@ def summarise_runs(runs: dict[str, Path]) -> dict[str, dict[str, Any]]:
 
 def read_eval_csv(path: Path) -> list[dict[str, float]]:
     """The rows of a run's ``eval.csv`` as floats (empty when there is none)."""
-    import csv
-
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as fh:
@@ -155,7 +149,7 @@ def read_eval_csv(path: Path) -> list[dict[str, float]]:
 
 def plot_runs(summary: dict[str, dict[str, Any]], drift: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """``features.png`` (drift probe + feature L2 during training) and ``learning.png`` (losses, returns)."""
-    import matplotlib
+    import matplotlib  # imported where plots are drawn: the file backend must be chosen before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

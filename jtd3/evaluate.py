@@ -16,11 +16,19 @@ import dataclasses
 import math
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
+import jax
 import numpy as np
+import yaml
 
+from jtd3 import agent
+from jtd3.checkpoint import CheckpointStore
+from jtd3.envs.observation import kinematics_size
 from jtd3.envs.reward import COMPONENTS
+from jtd3.run_config import load_config
 
 __all__ = [
     "AgentPolicy", "EpisodeResult", "EvalReport", "env_spaces", "evaluate", "load_agent", "run_episode", "summarise",
@@ -244,10 +252,6 @@ def env_spaces(config: Any) -> tuple[Any, Any]:
     """``(observation_space, action_space)`` of a :class:`jtd3.envs.DrivingEnv` for EnvConfig ``config``,
     without building it (no simulator, no CARLA connection); ``tests/test_install.py`` compares them with a
     built env's."""
-    import gymnasium as gym
-
-    from jtd3.envs.observation import kinematics_size
-
     if config.backend == "sim":
         frame = (config.sim.camera.height, config.sim.camera.width)
     else:
@@ -266,10 +270,6 @@ class AgentPolicy:
     """The deterministic TD3 policy of a train state, as ``policy(obs) -> action`` (no exploration noise)."""
 
     def __init__(self, state: Any):
-        import jax
-
-        from jtd3 import agent
-
         self.state = state
         self._act = agent.act
         self._key = jax.random.PRNGKey(0)  # unused with noise 0, but act's signature takes one
@@ -285,14 +285,6 @@ def load_agent(run_dir: str, step: int | None = None, best: bool = False) -> tup
     Returns ``(config, train_state, step)``. Opens the checkpoints read-only, so it is safe next to a running
     training process. Raises FileNotFoundError naming the path when there is no run or checkpoint.
     """
-    from pathlib import Path
-
-    import yaml
-
-    from jtd3 import agent
-    from jtd3.checkpoint import CheckpointStore
-    from jtd3.run_config import load_config
-
     run = Path(run_dir)
     if run.parent.name == "checkpoints" and run.name.isdigit():  # a step directory was given
         step, run = int(run.name), run.parent.parent

@@ -27,8 +27,16 @@ import sys
 import time
 from pathlib import Path
 
+import imageio.v2 as imageio
+
+from jtd3 import envs
+from jtd3.backends.carla.errors import CarlaError
+from jtd3.baselines.policy import PRESET_ACTIONS, ConstantPolicy, PurePursuitConfig, PurePursuitPolicy, RandomPolicy
+from jtd3.checkpoint import CheckpointDamagedError
 from jtd3.cli import default_config_path
 from jtd3.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from jtd3.envs import EnvConfig
+from jtd3.evaluate import AgentPolicy, evaluate, load_agent
 
 POLICIES = ("pid", "random", "still", "offroad")
 
@@ -62,8 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_policy(name: str, env, seed: int, pid_config=None):
-    from jtd3.baselines.policy import PRESET_ACTIONS, ConstantPolicy, PurePursuitPolicy, RandomPolicy
-
     if name == "pid":
         return PurePursuitPolicy(env, pid_config)
     if name == "random":
@@ -78,14 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.episodes < 1 or args.gif < 0 or args.gif_every < 1:
         print("error: --episodes >= 1, --gif >= 0 and --gif-every >= 1", file=sys.stderr)
         return 2
-    from jtd3.checkpoint import CheckpointDamagedError
-    from jtd3.envs import EnvConfig, make_env
-    from jtd3.evaluate import evaluate
 
     agent_state = None
     try:
         if args.checkpoint is not None:
-            from jtd3.evaluate import load_agent
 
             if args.policy_set:
                 raise ConfigError("--policy-set applies to --policy pid only")
@@ -107,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.scenario is not None:
             sets.insert(0, f"scenario={args.scenario}")
         cfg = from_dict(EnvConfig, apply_overrides(data, sets, EnvConfig))
-        from jtd3.baselines.policy import PurePursuitConfig
 
         if args.policy_set and args.policy != "pid":
             raise ConfigError("--policy-set applies to --policy pid only")
@@ -127,9 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path("runs") / "eval" / args.policy
     out.mkdir(parents=True, exist_ok=True)
     try:
-        env = make_env(cfg, render_mode="rgb_array" if args.gif else None)
+        env = envs.make_env(cfg, render_mode="rgb_array" if args.gif else None)
     except Exception as e:  # CARLA not reachable, bad town for the route, ...: say what failed, no traceback
-        from jtd3.backends.carla.errors import CarlaError
 
         if isinstance(e, (CarlaError, ValueError)):
             print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
@@ -137,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         raise
     try:
         if agent_state is not None:
-            from jtd3.evaluate import AgentPolicy
 
             policy = AgentPolicy(agent_state)
         else:
@@ -173,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_recording(out: Path, seed: int, frames: list, fps: float) -> None:
     """``episode_<seed>.gif`` and three PNG stills (first, middle, last frame)."""
-    import imageio.v2 as imageio
 
     imageio.mimsave(out / f"episode_{seed}.gif", frames, duration=1.0 / fps, loop=0)
     for k, i in enumerate((0, len(frames) // 2, len(frames) - 1)):

@@ -26,16 +26,25 @@ import dataclasses
 import json
 import math
 import os
+import signal as signal_lib
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
+from jtd3 import agent as agent_lib
+from jtd3 import envs
+from jtd3.agent.diagnostics import check_explosion, tree_all_finite
 from jtd3.backends.carla.errors import CarlaError
 from jtd3.checkpoint import CheckpointDamagedError, CheckpointStore, committed_steps
 from jtd3.config import ConfigError, to_dict
+from jtd3.evaluate import AgentPolicy, evaluate
+from jtd3.logging import RunLogger, append_csv_row
 from jtd3.replay import ReplayBuffer
 from jtd3.run_config import Config
 from jtd3.training.bookkeeping import (
@@ -87,11 +96,6 @@ class Trainer:
         resume: bool = False,
         resume_candidates: list[ResumeCandidate] | None = None,
     ):
-        import jax
-
-        from jtd3 import agent as agent_lib
-        from jtd3.logging import RunLogger
-
         self.config = config
         self.config_record = to_dict(config)
         self.run_dir = Path(run_dir)
@@ -140,21 +144,19 @@ class Trainer:
         self.window = MetricWindow()
 
     def _make_envs(self):
-        from jtd3.envs import DrivingEnv, make_env
-
-        env = make_env(self.config.env, seed=None)
+        env = envs.make_env(self.config.env, seed=None)
         # evaluation episodes start at the route's beginning whatever the training episodes do
         eval_config = dataclasses.replace(self.config.env, route_start="beginning")
         if self.config.env.backend == "carla":
             # One session per server: evaluation runs on the training env's CARLA session between training
             # episodes (a second session on the same server would fight over its settings and actors).
             try:
-                return env, DrivingEnv(eval_config, backend=env.backend)
+                return env, envs.DrivingEnv(eval_config, backend=env.backend)
             except BaseException:
                 env.close()
                 raise
         try:
-            return env, make_env(eval_config, seed=None)
+            return env, envs.make_env(eval_config, seed=None)
         except BaseException:
             env.close()
             raise
@@ -189,8 +191,6 @@ class Trainer:
     # State
 
     def _loop_state(self) -> dict[str, Any]:
-        import jax
-
         return {
             "env_steps": self.env_steps,
             "episodes": self.episodes,
@@ -207,9 +207,6 @@ class Trainer:
 
     def _restore(self, candidates: list[ResumeCandidate] | None) -> int:
         """Load the first intact checkpoint of ``candidates``; returns the TensorBoard purge step."""
-        import jax.numpy as jnp
-
-
         if candidates is None:
             candidates = resume_candidates(self.run_dir)
         damaged: list[ResumeCandidate] = []
@@ -285,8 +282,6 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------
 
     def _act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        import jax
-
         tc = self.tc
         if self.env_steps < tc.learning_starts:
             return self.warmup(self.rng)
@@ -402,8 +397,6 @@ class Trainer:
         return self._checkpoint(with_metrics=True)
 
     def _stopped(self) -> int:
-        import signal as signal_lib
-
         path = self._save_now()
         self.logger.flush()
         name = signal_lib.Signals(self.stop_signal).name
@@ -423,10 +416,6 @@ class Trainer:
 
     def _update(self, calls: int) -> int | None:
         """``calls`` update calls of ``gradient_steps`` each; EXIT_ALARM when the explosion alarm fires."""
-        import jax
-
-        from jtd3.agent.diagnostics import check_explosion
-
         tc, ac = self.tc, self.config.agent
         for _ in range(calls):
             batches = self.replay.sample_many(tc.gradient_steps, tc.batch_size, n_step=ac.n_step, gamma=ac.gamma)
@@ -450,7 +439,6 @@ class Trainer:
         """The work the env steps ``prev + 1 .. env_steps`` make due, in order: the warm-up speed, the update
         calls (unless ``updates`` is False: the caller runs them), the TensorBoard write, the evaluation, the
         checkpoint. Returns (an exit code or None, whether an evaluation ran)."""
-        from jtd3.agent.diagnostics import tree_all_finite
 
         tc, now = self.tc, self.env_steps
 
@@ -518,7 +506,6 @@ class Trainer:
     def _progress_bar(self):
         if not self.tc.progress_bar:
             return None
-        from tqdm import tqdm
 
         return tqdm(total=self.tc.max_timesteps, initial=self.env_steps, unit="step", dynamic_ncols=True,
                     file=sys.stdout, mininterval=1.0)
@@ -576,7 +563,6 @@ class Trainer:
 
     def _evaluate_safely(self) -> dict[str, float] | None:
         """:meth:`_evaluate`; a CARLA error abandons this evaluation (counted as a failure)."""
-
         try:
             return self._evaluate()
         except CarlaError as e:
@@ -589,9 +575,6 @@ class Trainer:
             return None
 
     def _evaluate(self) -> dict[str, float]:
-        from jtd3.evaluate import evaluate
-        from jtd3.logging import append_csv_row
-
         report, _ = evaluate(
             self.eval_env, self._guarded_policy(), self.tc.num_eval_episodes, seed=eval_seed(self.tc.seed),
             policy_name="td3", gamma=self.config.agent.gamma,
@@ -608,8 +591,6 @@ class Trainer:
 
     def policy(self):
         """The deterministic policy of the current train state, as ``obs -> action``."""
-        from jtd3.evaluate import AgentPolicy
-
         return AgentPolicy(self.state)
 
     def _guarded_policy(self):
