@@ -511,53 +511,63 @@ class Trainer:
                     file=sys.stdout, mininterval=1.0)
 
     def _run(self) -> int:
-        tc = self.tc
+        """The loop every trainer shares: its first observations, then iterations until ``max_timesteps`` with a
+        stop check before each, the progress bar, and the final evaluation and report (:meth:`_finish`)."""
         self.last_episode_return = float("nan")
-        resumed_mid_episode = self.resume and len(self.episode_actions) > 0
-        if resumed_mid_episode and self._resumed_replay and self.config.env.backend == "sim":
-            obs = self._resimulate_episode()
-        else:
-            obs = self._new_episode(cut=self.resume)
-
+        self._begin()
         bar = self._progress_bar()
         self._t_last, self._steps_last = time.perf_counter(), self.env_steps
         try:
-            while self.env_steps < tc.max_timesteps:
+            while self.env_steps < self.tc.max_timesteps:
                 if self.stop_signal is not None:
                     return self._stopped()
-                action = self._act(obs)
-                if not np.isfinite(action).all():
-                    return self._alarm([("actions/non_finite", float("nan"))])
-                try:
-                    next_obs, reward, terminated, truncated, info = self.env.step(action)
-                except CarlaError as e:
-                    obs = self._recover(e, "step")
-                    continue
-                self.consecutive_failures = 0
-                self.replay.add(obs, action, reward, next_obs, terminated, truncated)
-                self.episode_actions.append([float(a) for a in action])
-                self._account(reward, info)
-                if self.env_steps < tc.learning_starts:
-                    self.warmup_speed_sum += float(info["speed_kmh"])
-                    self.warmup_speed_count += 1
-                self.env_steps += 1
-                obs = next_obs
-                if terminated or truncated:
-                    self._log_episode(info)
-                    self.episodes += 1
-                    obs = self._new_episode(cut=False)
-
-                code, evaluated = self._after_steps(self.env_steps - 1, bar)
+                prev = self.env_steps
+                code = self._iteration(bar)
                 if code is not None:
                     return code
-                if evaluated and self.shared_backend:
-                    obs = self._new_episode(cut=True)
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(self.env_steps - prev)
         finally:
             if bar is not None:
                 bar.close()
         return self._finish()
+
+    def _begin(self) -> None:
+        """Before the loop: the first observation (a resumed episode is re-simulated on the simulator)."""
+        resumed_mid_episode = self.resume and len(self.episode_actions) > 0
+        if resumed_mid_episode and self._resumed_replay and self.config.env.backend == "sim":
+            self._obs = self._resimulate_episode()
+        else:
+            self._obs = self._new_episode(cut=self.resume)
+
+    def _iteration(self, bar) -> int | None:
+        """One env step, its replay write, and the work it makes due; an exit code ends the run."""
+        tc, obs = self.tc, self._obs
+        action = self._act(obs)
+        if not np.isfinite(action).all():
+            return self._alarm([("actions/non_finite", float("nan"))])
+        try:
+            next_obs, reward, terminated, truncated, info = self.env.step(action)
+        except CarlaError as e:
+            self._obs = self._recover(e, "step")
+            return None
+        self.consecutive_failures = 0
+        self.replay.add(obs, action, reward, next_obs, terminated, truncated)
+        self.episode_actions.append([float(a) for a in action])
+        self._account(reward, info)
+        if self.env_steps < tc.learning_starts:
+            self.warmup_speed_sum += float(info["speed_kmh"])
+            self.warmup_speed_count += 1
+        self.env_steps += 1
+        self._obs = next_obs
+        if terminated or truncated:
+            self._log_episode(info)
+            self.episodes += 1
+            self._obs = self._new_episode(cut=False)
+        code, evaluated = self._after_steps(self.env_steps - 1, bar)
+        if code is None and evaluated and self.shared_backend:
+            self._obs = self._new_episode(cut=True)
+        return code
 
     # ------------------------------------------------------------------------------------------------------
 

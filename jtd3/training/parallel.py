@@ -229,53 +229,43 @@ class ParallelTrainer(MultiEnvTrainer):
     def _next_seeds(self) -> list[int]:
         return [episode_seed(self.tc.seed, self.env_episode[i] + self.num_envs) for i in range(self.num_envs)]
 
-    def _run(self) -> int:
-        tc = self.tc
-        self.last_episode_return = float("nan")
-        obs = self._first_observations()
-        bar = self._progress_bar()
-        self._t_last, self._steps_last = time.perf_counter(), self.env_steps
-        try:
-            while self.env_steps < tc.max_timesteps:
-                if self.stop_signal is not None:
-                    return self._stopped()
-                if not tc.actors.overlap:
-                    code = self._run_pending()
-                    if code is not None:
-                        return code
-                actions = self._act_batch(obs)
-                if not np.isfinite(actions).all():
-                    return self._alarm([("actions/non_finite", float("nan"))])
-                self.env.step_async(actions, self._next_seeds())
-                code = self._run_pending()  # the learner learns while the environments step
-                t0 = time.perf_counter()
-                results = self.env.step_wait()
-                self._wait_s += time.perf_counter() - t0
-                prev = self.env_steps
-                for i, res in enumerate(results):
-                    if isinstance(res, CarlaError):
-                        self._lost(i, res, "step")
-                        obs[i] = self._reset_env(i, cut=False)
-                        continue
-                    self.consecutive_failures = 0
-                    obs[i] = self._take(i, obs[i], actions[i], res)
-                if code is not None:
-                    return code
-                self.pending_calls += self._update_calls_due(prev, self.env_steps)
-                crossing = any(self.env_steps // f > prev // f for f in (tc.eval_freq, tc.checkpoint_freq))
-                if crossing or self.env_steps >= tc.max_timesteps:
-                    code = self._run_pending()  # evaluations and checkpoints see every due update
-                    if code is not None:
-                        return code
-                code, _ = self._after_steps(prev, bar, updates=False)
-                if code is not None:
-                    return code
-                if bar is not None:
-                    bar.update(self.env_steps - prev)
-        finally:
-            if bar is not None:
-                bar.close()
-        return self._finish()
+    def _begin(self) -> None:
+        self._obs = self._first_observations()
+
+    def _iteration(self, bar) -> int | None:
+        """One vector step: act on the N observations, step the workers while the due updates run (overlap),
+        write what came back, then the work the new env steps make due."""
+        tc, obs = self.tc, self._obs
+        if not tc.actors.overlap:
+            code = self._run_pending()
+            if code is not None:
+                return code
+        actions = self._act_batch(obs)
+        if not np.isfinite(actions).all():
+            return self._alarm([("actions/non_finite", float("nan"))])
+        self.env.step_async(actions, self._next_seeds())
+        code = self._run_pending()  # the learner learns while the environments step
+        t0 = time.perf_counter()
+        results = self.env.step_wait()
+        self._wait_s += time.perf_counter() - t0
+        prev = self.env_steps
+        for i, res in enumerate(results):
+            if isinstance(res, CarlaError):
+                self._lost(i, res, "step")
+                obs[i] = self._reset_env(i, cut=False)
+                continue
+            self.consecutive_failures = 0
+            obs[i] = self._take(i, obs[i], actions[i], res)
+        if code is not None:
+            return code
+        self.pending_calls += self._update_calls_due(prev, self.env_steps)
+        crossing = any(self.env_steps // f > prev // f for f in (tc.eval_freq, tc.checkpoint_freq))
+        if crossing or self.env_steps >= tc.max_timesteps:
+            code = self._run_pending()  # evaluations and checkpoints see every due update
+            if code is not None:
+                return code
+        code, _ = self._after_steps(prev, bar, updates=False)
+        return code
 
     def _run_pending(self) -> int | None:
         calls, self.pending_calls = self.pending_calls, 0

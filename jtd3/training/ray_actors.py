@@ -278,73 +278,62 @@ class RayTrainer(MultiEnvTrainer):
         self._log_episode(chunks[-1]["final_info"])
         self.episodes += 1
 
-    def _run(self) -> int:
-        import ray
-        from ray.exceptions import RayActorError
-
-        tc = self.tc
-        self.last_episode_return = float("nan")
+    def _begin(self) -> None:
         if self.resume:
             _warn("note: Ray actors start new episodes on resume (episodes in flight at the checkpoint were not "
                   "in it)")
         self.replay.start_new_episode()
         self._timeline = ([time.time()], [self.updates])
         self._publish()
-        futures = {self._dispatch(i): i for i in range(self.num_envs)}
-        failures = [0] * self.num_envs  # per actor, in a row
-        retry_at: dict[int, float] = {}  # actors to call again after a failure, and when
-        bar = self._progress_bar()
-        self._t_last, self._steps_last = time.perf_counter(), self.env_steps
-        try:
-            while self.env_steps < tc.max_timesteps:
-                if self.stop_signal is not None:
-                    return self._stopped()
-                t0 = time.perf_counter()
-                ready = []
-                if futures:
-                    ready, _ = ray.wait(list(futures), num_returns=1, timeout=0.2 if retry_at else 1.0)
-                else:  # every actor is waiting to be called again after a failure
-                    time.sleep(0.2)
-                self._wait_s += time.perf_counter() - t0
-                prev = self.env_steps
-                for ref in ready:
-                    i = futures.pop(ref)
-                    try:
-                        chunk = ray.get(ref)
-                    except RayActorError as e:
-                        # the first failure in a row loses the episode in flight; calls while Ray restarts the
-                        # actor lose nothing more
-                        self._drop(i, f"its actor died or is restarting ({type(e).__name__})", lost=failures[i] == 0)
-                        failures[i] += 1
-                        self._give_up_after(failures[i], i, f"{type(e).__name__}: {e}")
-                        retry_at[i] = time.monotonic() + min(0.5 * 2 ** failures[i], 30.0)  # Ray restarts it
-                        continue
-                    futures[self._dispatch(i)] = i
-                    if "error" in chunk:  # a CARLA error ended the actor's episode
-                        self._drop(i, chunk["error"], lost=True)
-                        failures[i] += 1
-                        self._give_up_after(failures[i], i, chunk["error"])
-                        continue
-                    failures[i] = 0
-                    self._accept(i, chunk)
-                for i, at in list(retry_at.items()):
-                    if time.monotonic() >= at:
-                        del retry_at[i]
-                        futures[self._dispatch(i)] = i
-                if self.env_steps == prev:
-                    continue
-                code = self._timed_update(self._update_calls_due(prev, self.env_steps))
-                if code is not None:
-                    return code
-                code, _ = self._after_steps(prev, bar, updates=False)
-                if code is not None:
-                    return code
-                if bar is not None:
-                    bar.update(self.env_steps - prev)
-        finally:
-            if bar is not None:
-                bar.close()
-        return self._finish()
+        self._futures = {self._dispatch(i): i for i in range(self.num_envs)}
+        self._failures = [0] * self.num_envs  # per actor, in a row
+        self._retry_at: dict[int, float] = {}  # actors to call again after a failure, and when
+
+    def _iteration(self, bar) -> int | None:
+        """Wait for the next chunk(s), write the finished episodes, run the updates they made due."""
+        import ray  # an optional dependency (the `ray` extra)
+        from ray.exceptions import RayActorError
+
+        futures, failures, retry_at = self._futures, self._failures, self._retry_at
+        t0 = time.perf_counter()
+        ready = []
+        if futures:
+            ready, _ = ray.wait(list(futures), num_returns=1, timeout=0.2 if retry_at else 1.0)
+        else:  # every actor is waiting to be called again after a failure
+            time.sleep(0.2)
+        self._wait_s += time.perf_counter() - t0
+        prev = self.env_steps
+        for ref in ready:
+            i = futures.pop(ref)
+            try:
+                chunk = ray.get(ref)
+            except RayActorError as e:
+                # the first failure in a row loses the episode in flight; calls while Ray restarts the
+                # actor lose nothing more
+                self._drop(i, f"its actor died or is restarting ({type(e).__name__})", lost=failures[i] == 0)
+                failures[i] += 1
+                self._give_up_after(failures[i], i, f"{type(e).__name__}: {e}")
+                retry_at[i] = time.monotonic() + min(0.5 * 2 ** failures[i], 30.0)  # Ray restarts it
+                continue
+            futures[self._dispatch(i)] = i
+            if "error" in chunk:  # a CARLA error ended the actor's episode
+                self._drop(i, chunk["error"], lost=True)
+                failures[i] += 1
+                self._give_up_after(failures[i], i, chunk["error"])
+                continue
+            failures[i] = 0
+            self._accept(i, chunk)
+        for i, at in list(retry_at.items()):
+            if time.monotonic() >= at:
+                del retry_at[i]
+                futures[self._dispatch(i)] = i
+        if self.env_steps == prev:
+            return None
+        code = self._timed_update(self._update_calls_due(prev, self.env_steps))
+        if code is not None:
+            return code
+        code, _ = self._after_steps(prev, bar, updates=False)
+        return code
 
     def _policy_lag(self, chunk: dict[str, Any]) -> np.ndarray:
         """Per action of ``chunk``: gradient steps the learner had done when the action was taken minus those of
