@@ -51,6 +51,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as ocp_preservation
 
+from jtd3.agent import state as agent_state
 from jtd3.checkpoint_tree import abstract, compare_to_saved, is_key, key_impl, savable
 from jtd3.config import ConfigNode, check, param
 from jtd3.replay import ReplayBuffer
@@ -60,7 +61,10 @@ __all__ = [
     "config_digest",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the agent's train state nested by side (``actor.params``, ``critic.opt_state``, ...). 1: one flat struct
+(``actor_params``, ``critic_opt_state``, ...); still read (:func:`jtd3.agent.state.from_flat_v1`)."""
+READABLE_VERSIONS = (1, 2)
 MODES = ("new", "resume", "read")
 _ITEM_TRAIN, _ITEM_LOOP, _ITEM_META, _ITEM_REPLAY = "train_state", "loop_state", "meta", "replay"
 _TRASH_PREFIX = ".replay-trash-"
@@ -509,9 +513,12 @@ class CheckpointStore:
             )
 
         meta = self._restore_item(step, path, _ITEM_META, ocp.args.JsonRestore())
-        if not isinstance(meta, Mapping) or meta.get("format_version") != FORMAT_VERSION:
-            version = meta.get("format_version") if isinstance(meta, Mapping) else meta
-            raise ValueError(f"{path}: checkpoint format_version {version!r}, this code reads {FORMAT_VERSION}")
+        version = meta.get("format_version") if isinstance(meta, Mapping) else meta
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"{path}: checkpoint format_version {version!r}, this code reads {READABLE_VERSIONS}")
+        # Format 1 stored the agent's train state flat: read it in that layout, then nest it by side.
+        flat_v1 = version == 1 and isinstance(train_state_template, agent_state.TrainState)
+        template = agent_state.to_flat_v1(train_state_template) if flat_v1 else train_state_template
         loop_state = self._restore_item(step, path, _ITEM_LOOP, ocp.args.JsonRestore())
         if not isinstance(loop_state, Mapping):
             raise CheckpointDamagedError(
@@ -519,7 +526,7 @@ class CheckpointStore:
                 f"{type(loop_state).__name__}, not a dict", step=step, item=_ITEM_LOOP,
             )
 
-        converted = savable(train_state_template)
+        converted = savable(template)
         with _damaged_on_failure(f"checkpoint {path} is damaged: {_ITEM_TRAIN} metadata ({path / _ITEM_TRAIN}) cannot "
                                  "be read", step=step, item=_ITEM_TRAIN):
             saved_tree = ocp.StandardCheckpointHandler().metadata(epath.Path(path / _ITEM_TRAIN)).tree
@@ -532,7 +539,7 @@ class CheckpointStore:
             raise ValueError(
                 f"the train-state template does not match checkpoint {path / _ITEM_TRAIN}:\n  " + "\n  ".join(problems)
             )
-        train = self._restore_item(step, path, _ITEM_TRAIN, ocp.args.StandardRestore(abstract(train_state_template)))
+        train = self._restore_item(step, path, _ITEM_TRAIN, ocp.args.StandardRestore(abstract(template)))
         if replay is not None:
             _check_replay_files(step, path / _ITEM_REPLAY)
             with _damaged_on_failure(f"checkpoint {path} is damaged: {_ITEM_REPLAY} ({path / _ITEM_REPLAY}) cannot be "
@@ -541,9 +548,11 @@ class CheckpointStore:
 
         restored = jax.tree.map(
             lambda t, x: jax.random.wrap_key_data(x, impl=key_impl(t)) if is_key(t) else x,
-            train_state_template,
+            template,
             train,
         )
+        if flat_v1:
+            restored = agent_state.from_flat_v1(train_state_template, restored)
         return Restored(
             step=step,
             path=path,

@@ -28,11 +28,11 @@ def q_grid(state, obs, n: int = 9) -> tuple[np.ndarray, np.ndarray]:
     """min(Q1, Q2) at ``obs`` for actions on an n x n grid over [-1, 1]^2: (grid values, Q (steer, speed))."""
     spec, mods = state.spec, modules(state.spec)
     batch = {k: jnp.asarray(v)[None] for k, v in obs.items()}
-    feats, _, _ = encode(spec, state.critic_params["encoder"], state.critic_stats.get("encoder"), batch["camera"], False)
+    feats, _, _ = encode(spec, state.critic.params["encoder"], state.critic.batch_stats.get("encoder"), batch["camera"], False)
     g = np.linspace(-1.0, 1.0, n)
     actions = jnp.asarray([[s, v] for s in g for v in g], jnp.float32)
     q = mods.critic_head.apply(
-        {"params": state.critic_params["head"]},
+        {"params": state.critic.params["head"]},
         jnp.repeat(feats, len(actions), 0),
         jnp.repeat(batch["kinematics"].astype(jnp.float32), len(actions), 0),
         actions,

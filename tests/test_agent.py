@@ -20,9 +20,9 @@ from gymnasium import spaces
 from jtd3 import agent
 from jtd3.agent import AgentConfig
 from jtd3.agent.diagnostics import FEATURE_STATS
-from jtd3.agent.learn import _follow_stats, encode, smoothed_target_action, td_target
+from jtd3.agent.learn import encode, smoothed_target_action, td_target
 from jtd3.agent.networks import NORMS
-from jtd3.agent.state import make_optimizer, modules
+from jtd3.agent.state import NetState, make_optimizer, modules
 from jtd3.config import ConfigError, from_dict, track_reads
 
 B, KIN = 4, 5
@@ -109,14 +109,14 @@ def test_update_and_act_shapes_and_finiteness(norm, encoder):
         jax.tree.leaves(s0), jax.tree.leaves(s2)
     )  # the state keeps its structure
     chex.assert_tree_all_finite(jax.tree.leaves(s2))
-    assert int(s2.step) == 2 and s2.key.dtype == jnp.uint32
+    assert int(s2.step) == 2 and int(s2.actor.step) == 1 and s2.key.dtype == jnp.uint32  # policy_delay 2
     actions = agent.act(s2, r["batch"]["obs"], jax.random.key(1), 0.3)
     chex.assert_shape(actions, (B, 2))
     assert bool(jnp.all(jnp.abs(actions) <= 1.0))
     # the actor reads its encoder (separate, original) or the critic's encoder (shared)
-    assert ("encoder" in s2.actor_params) == (encoder != "shared")
+    assert ("encoder" in s2.actor.params) == (encoder != "shared")
     # target encoders exist in jtd3's wirings only; the original had target copies of the MLP heads alone
-    assert ("encoder" in s2.critic_target_params) == (encoder != "original")
+    assert ("encoder" in s2.critic.target_params) == (encoder != "original")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -128,18 +128,18 @@ def test_policy_delay_critic_steps_do_not_touch_actor_or_targets(encoder):
     r = run("layernorm", encoder)
     s0, s1, s2, m1, m2 = r["s0"], r["s1"], r["s2"], r["m1"], r["m2"]
     # step 0 is not a policy step: the critic loss moved only critic parameters
-    chex.assert_trees_all_equal(s1.actor_params, s0.actor_params)
-    chex.assert_trees_all_equal(s1.actor_opt_state, s0.actor_opt_state)
-    chex.assert_trees_all_equal(s1.actor_target_params, s0.actor_target_params)
-    chex.assert_trees_all_equal(s1.critic_target_params, s0.critic_target_params)
-    assert_trees_differ(s1.critic_params, s0.critic_params, "critic params after a critic step")
+    chex.assert_trees_all_equal(s1.actor.params, s0.actor.params)
+    chex.assert_trees_all_equal(s1.actor.opt_state, s0.actor.opt_state)
+    chex.assert_trees_all_equal(s1.actor.target_params, s0.actor.target_params)
+    chex.assert_trees_all_equal(s1.critic.target_params, s0.critic.target_params)
+    assert_trees_differ(s1.critic.params, s0.critic.params, "critic params after a critic step")
     assert float(m1["losses/actor_updates"]) == 0.0
     assert all(float(m1[k]) == 0.0 for k in ACTOR_ONLY & set(m1))
     # step 1 is a policy step: actor and both targets move
     assert float(m2["losses/actor_updates"]) == 1.0
-    assert_trees_differ(s2.actor_params, s1.actor_params, "actor params on a policy step")
-    assert_trees_differ(s2.actor_target_params, s1.actor_target_params, "actor target on a policy step")
-    assert_trees_differ(s2.critic_target_params, s1.critic_target_params, "critic target on a policy step")
+    assert_trees_differ(s2.actor.params, s1.actor.params, "actor params on a policy step")
+    assert_trees_differ(s2.actor.target_params, s1.actor.target_params, "actor target on a policy step")
+    assert_trees_differ(s2.critic.target_params, s1.critic.target_params, "critic target on a policy step")
 
 
 @pytest.mark.parametrize("encoder", ALL_ENCODERS)
@@ -149,14 +149,14 @@ def test_actor_loss_never_moves_critic_parameters(encoder):
     `original` mode (Q1 scored on actor-encoder features) not Q1's head."""
     r = run("layernorm", encoder)
     policy_state = r["s1"]  # step 1: a policy step
-    critic_only_state = policy_state.replace(step=jnp.zeros((), jnp.int32))  # step 0: critic only
+    critic_only_state = policy_state.replace(critic=policy_state.critic.replace(step=jnp.zeros((), jnp.int32)))  # step 0: critic only
     a, ma = agent.update(policy_state, r["batch"])
     b, mb = agent.update(critic_only_state, r["batch"])
     assert float(ma["losses/actor_updates"]) == 1.0 and float(mb["losses/actor_updates"]) == 0.0
-    chex.assert_trees_all_equal(a.critic_params, b.critic_params)
-    chex.assert_trees_all_equal(a.critic_opt_state, b.critic_opt_state)
-    chex.assert_trees_all_equal(a.critic_stats, b.critic_stats)
-    assert_trees_differ(a.actor_params, b.actor_params, "actor params")
+    chex.assert_trees_all_equal(a.critic.params, b.critic.params)
+    chex.assert_trees_all_equal(a.critic.opt_state, b.critic.opt_state)
+    chex.assert_trees_all_equal(a.critic.batch_stats, b.critic.batch_stats)
+    assert_trees_differ(a.actor.params, b.actor.params, "actor params")
 
 
 def test_separate_actor_encoder_learns_only_through_the_action():
@@ -173,17 +173,17 @@ def test_separate_actor_encoder_learns_only_through_the_action():
     blind_state = _blind_actor(state)
     new, m = agent.update(blind_state, batch)
     assert float(m["grad_norm/actor_cnn"]) == 0.0, float(m["grad_norm/actor_cnn"])
-    chex.assert_trees_all_equal(new.actor_params["encoder"], state.actor_params["encoder"])
+    chex.assert_trees_all_equal(new.actor.params["encoder"], state.actor.params["encoder"])
 
     # The actor's Q is Q1(critic features of obs (pre-update encoder, train mode), pi(actor features)) with the
     # updated critic heads: recompute it independently.
     spec, mods = state.spec, modules(state.spec)
     obs = batch["obs"]
-    c_feats = encode(spec, state.critic_params["encoder"], {}, obs["camera"], True)[0]
-    a_feats = encode(spec, state.actor_params["encoder"], {}, obs["camera"], True)[0]
-    pi = mods.actor_head.apply({"params": state.actor_params["head"]}, a_feats, obs["kinematics"])
+    c_feats = encode(spec, state.critic.params["encoder"], {}, obs["camera"], True)[0]
+    a_feats = encode(spec, state.actor.params["encoder"], {}, obs["camera"], True)[0]
+    pi = mods.actor_head.apply({"params": state.actor.params["head"]}, a_feats, obs["kinematics"])
     new, m = agent.update(state, batch)
-    q1 = mods.critic_head.apply({"params": new.critic_params["head"]}, c_feats, obs["kinematics"], pi)[0]
+    q1 = mods.critic_head.apply({"params": new.critic.params["head"]}, c_feats, obs["kinematics"], pi)[0]
     np.testing.assert_allclose(float(m["losses/actor_q"]), float(jnp.mean(q1)), rtol=1e-4)
     np.testing.assert_allclose(float(m["losses/actor_loss"]), -float(jnp.mean(q1)), rtol=1e-4)
 
@@ -192,7 +192,7 @@ def _blind_actor(state):
     """The state with an actor head that ignores the encoder features (the action then does not depend on the
     actor encoder): a zero trunk kernel (the trunk then outputs tanh(LayerNorm(0)) = 0), or without a trunk
     zero rows for the features in the first layer."""
-    head = state.actor_params["head"]
+    head = state.actor.params["head"]
     if "trunk" in head:
         fc = head["trunk"]["fc"]
         blind_head = {**head, "trunk": {**head["trunk"], "fc": {**fc, "kernel": jnp.zeros_like(fc["kernel"])}}}
@@ -200,7 +200,7 @@ def _blind_actor(state):
         kernel = head["mlp"]["fc0"]["kernel"]
         blind = kernel.at[: state.spec.config.features_dim].set(0.0)
         blind_head = {"mlp": {**head["mlp"], "fc0": {**head["mlp"]["fc0"], "kernel": blind}}}
-    return state.replace(actor_params={**state.actor_params, "head": blind_head})
+    return state.replace(actor=state.actor.replace(params={**state.actor.params, "head": blind_head}))
 
 
 def test_original_actor_loss_scores_q1_on_the_actor_encoders_features():
@@ -216,12 +216,12 @@ def test_original_actor_loss_scores_q1_on_the_actor_encoders_features():
     blind = _blind_actor(state)
     new, m = agent.update(blind, batch)
     assert float(m["grad_norm/actor_cnn"]) > 0.0
-    assert_trees_differ(new.actor_params["encoder"], blind.actor_params["encoder"], "actor encoder (blind head)")
+    assert_trees_differ(new.actor.params["encoder"], blind.actor.params["encoder"], "actor encoder (blind head)")
 
     # Independent recomputation of the loss, of the actor-side and critic-side Q and of the actor-encoder
     # gradient, with the critic heads after this step's critic update.
     new, m = agent.update(state, batch)
-    q_head = {"params": new.critic_params["head"]}
+    q_head = {"params": new.critic.params["head"]}
 
     def loss(ap, through_state_input=True):
         feats = encode(spec, ap["encoder"], {}, obs["camera"], True)[0]
@@ -229,20 +229,20 @@ def test_original_actor_loss_scores_q1_on_the_actor_encoders_features():
         q_feats = feats if through_state_input else jax.lax.stop_gradient(feats)
         return -jnp.mean(mods.critic_head.apply(q_head, q_feats, obs["kinematics"], pi)[0])
 
-    np.testing.assert_allclose(float(m["losses/actor_loss"]), float(loss(state.actor_params)), rtol=1e-4)
-    np.testing.assert_allclose(float(m["losses/actor_q"]), -float(loss(state.actor_params)), rtol=1e-4)
-    grads = jax.grad(loss)(state.actor_params)
+    np.testing.assert_allclose(float(m["losses/actor_loss"]), float(loss(state.actor.params)), rtol=1e-4)
+    np.testing.assert_allclose(float(m["losses/actor_q"]), -float(loss(state.actor.params)), rtol=1e-4)
+    grads = jax.grad(loss)(state.actor.params)
     global_norm = optax.tree_utils.tree_norm
 
     np.testing.assert_allclose(float(m["grad_norm/actor_cnn"]), float(global_norm(grads["encoder"])), rtol=1e-3)
-    action_only = jax.grad(functools.partial(loss, through_state_input=False))(state.actor_params)
+    action_only = jax.grad(functools.partial(loss, through_state_input=False))(state.actor.params)
     assert abs(float(global_norm(action_only["encoder"])) - float(global_norm(grads["encoder"]))) > 1e-3 * float(
         global_norm(grads["encoder"])
     ), "the actor-encoder gradient did not include the path through Q1's state input"
     # The critic-side Q of the same actions: Q1 on the critic encoder's (pre-update) features.
-    a_feats = encode(spec, state.actor_params["encoder"], {}, obs["camera"], True)[0]
-    pi = mods.actor_head.apply({"params": state.actor_params["head"]}, a_feats, obs["kinematics"])
-    c_feats = encode(spec, state.critic_params["encoder"], {}, obs["camera"], True)[0]
+    a_feats = encode(spec, state.actor.params["encoder"], {}, obs["camera"], True)[0]
+    pi = mods.actor_head.apply({"params": state.actor.params["head"]}, a_feats, obs["kinematics"])
+    c_feats = encode(spec, state.critic.params["encoder"], {}, obs["camera"], True)[0]
     q_critic = mods.critic_head.apply(q_head, c_feats, obs["kinematics"], pi)[0]
     np.testing.assert_allclose(float(m["debug/actor_q_on_critic_features"]), float(jnp.mean(q_critic)), rtol=1e-4)
     q_actor = mods.critic_head.apply(q_head, a_feats, obs["kinematics"], pi)[0]
@@ -263,23 +263,23 @@ def test_original_td_target_uses_the_online_critic_encoder_and_the_target_heads(
     next_obs and feeds the target actor head and the target Q heads."""
     r = run("layernorm", "original")
     state = r["s2"]  # after a policy step: the target heads differ from the online ones
-    assert set(state.actor_target_params) == {"head"} and set(state.critic_target_params) == {"head"}
-    assert state.actor_target_stats == {} and state.critic_target_stats == {}
-    assert_trees_differ(state.critic_target_params["head"], state.critic_params["head"], "target vs online heads")
+    assert set(state.actor.target_params) == {"head"} and set(state.critic.target_params) == {"head"}
+    assert state.actor.target_batch_stats == {} and state.critic.target_batch_stats == {}
+    assert_trees_differ(state.critic.target_params["head"], state.critic.params["head"], "target vs online heads")
     batch = make_batch(3, terminated=0.0)
     _, m = agent.update(state, batch)
 
     spec, mods, cfg = state.spec, modules(state.spec), state.spec.config
     _, k_noise = jax.random.split(jax.random.wrap_key_data(state.key))
     nxt = batch["next_obs"]
-    feats = encode(spec, state.critic_params["encoder"], {}, nxt["camera"], False)[0]
-    a = mods.actor_head.apply({"params": state.actor_target_params["head"]}, feats, nxt["kinematics"])
+    feats = encode(spec, state.critic.params["encoder"], {}, nxt["camera"], False)[0]
+    a = mods.actor_head.apply({"params": state.actor.target_params["head"]}, feats, nxt["kinematics"])
     a = smoothed_target_action(a, k_noise, cfg.policy_noise, cfg.noise_clip)
-    q = mods.critic_head.apply({"params": state.critic_target_params["head"]}, feats, nxt["kinematics"], a)
+    q = mods.critic_head.apply({"params": state.critic.target_params["head"]}, feats, nxt["kinematics"], a)
     expected = batch["reward"] + cfg.gamma * jnp.min(q, axis=0)
     np.testing.assert_allclose(float(m["losses/target_q_mean"]), float(jnp.mean(expected)), rtol=1e-5)
     # ... and it really reads the online critic encoder: swap in another encoder and the target changes.
-    swapped = state.replace(critic_params={**state.critic_params, "encoder": state.actor_params["encoder"]})
+    swapped = state.replace(critic=state.critic.replace(params={**state.critic.params, "encoder": state.actor.params["encoder"]}))
     _, m_swapped = agent.update(swapped, batch)
     assert abs(float(m_swapped["losses/target_q_mean"]) - float(m["losses/target_q_mean"])) > 1e-4
 
@@ -290,8 +290,8 @@ def test_polyak_target_update(encoder):
     s1, s2 = r["s1"], r["s2"]
     tau = s1.spec.config.tau
     for online, old, new in (
-        (s2.actor_params, s1.actor_target_params, s2.actor_target_params),
-        (s2.critic_params, s1.critic_target_params, s2.critic_target_params),
+        (s2.actor.params, s1.actor.target_params, s2.actor.target_params),
+        (s2.critic.params, s1.critic.target_params, s2.critic.target_params),
     ):
         online = {k: online[k] for k in old}  # original: the targets are the heads only
         expected = jax.tree.map(lambda o, t: tau * o + (1 - tau) * t, online, old)
@@ -333,11 +333,11 @@ def test_terminated_stops_bootstrap_and_truncation_does_not():
     spec, mods, cfg = state.spec, modules(state.spec), state.spec.config
     _, k_noise = jax.random.split(jax.random.wrap_key_data(state.key))
     nxt = truncated["next_obs"]
-    c_next = encode(spec, state.critic_target_params["encoder"], {}, nxt["camera"], False)[0]
-    a_next = encode(spec, state.actor_target_params["encoder"], {}, nxt["camera"], False)[0]
-    a = mods.actor_head.apply({"params": state.actor_target_params["head"]}, a_next, nxt["kinematics"])
+    c_next = encode(spec, state.critic.target_params["encoder"], {}, nxt["camera"], False)[0]
+    a_next = encode(spec, state.actor.target_params["encoder"], {}, nxt["camera"], False)[0]
+    a = mods.actor_head.apply({"params": state.actor.target_params["head"]}, a_next, nxt["kinematics"])
     a = smoothed_target_action(a, k_noise, cfg.policy_noise, cfg.noise_clip)
-    q = mods.critic_head.apply({"params": state.critic_target_params["head"]}, c_next, nxt["kinematics"], a)
+    q = mods.critic_head.apply({"params": state.critic.target_params["head"]}, c_next, nxt["kinematics"], a)
     expected = truncated["reward"] + cfg.gamma * jnp.min(q, axis=0)
     np.testing.assert_allclose(float(m["losses/target_q_mean"]), float(jnp.mean(expected)), rtol=1e-5)
     assert abs(float(jnp.mean(expected - truncated["reward"]))) > 1e-3  # it really bootstrapped
@@ -349,7 +349,7 @@ def test_n_step_batches_bootstrap_with_their_own_discount():
     target the (summed) reward. A batch that does not match agent.n_step is refused (a wiring bug)."""
     one = run("layernorm", "shared")["s0"]
     n3 = agent.create(dataclasses.replace(one.spec.config, n_step=3), OBS_SPACE, ACT_SPACE, seed=0)
-    chex.assert_trees_all_equal(n3.critic_params, one.critic_params)  # same networks, same init
+    chex.assert_trees_all_equal(n3.critic.params, one.critic.params)  # same networks, same init
     batch = make_batch(4, terminated=0.0)
     _, m_plain = agent.update(one, batch)
     gamma = one.spec.config.gamma
@@ -407,19 +407,16 @@ def test_batchnorm_running_stats_targets_and_eval_mode():
     r = run("batchnorm", "separate")
     s0, s1, s2 = r["s0"], r["s1"], r["s2"]
     tau = s0.spec.config.tau
-    assert_trees_differ(s1.critic_stats, s0.critic_stats, "online critic BatchNorm stats after a critic step")
-    chex.assert_trees_all_equal(s1.actor_stats, s0.actor_stats)  # the actor encoder ran only on step 1
-    chex.assert_trees_all_equal(s1.critic_target_stats, s0.critic_target_stats)
-    assert_trees_differ(s2.actor_stats, s1.actor_stats, "online actor BatchNorm stats on a policy step")
+    assert_trees_differ(s1.critic.batch_stats, s0.critic.batch_stats, "online critic BatchNorm stats after a critic step")
+    chex.assert_trees_all_equal(s1.actor.batch_stats, s0.actor.batch_stats)  # the actor encoder ran only on step 1
+    chex.assert_trees_all_equal(s1.critic.target_batch_stats, s0.critic.target_batch_stats)
+    assert_trees_differ(s2.actor.batch_stats, s1.actor.batch_stats, "online actor BatchNorm stats on a policy step")
     for online, old, new in (
-        (s2.critic_stats, s1.critic_target_stats, s2.critic_target_stats),
-        (s2.actor_stats, s1.actor_target_stats, s2.actor_target_stats),
+        (s2.critic.batch_stats, s1.critic.target_batch_stats, s2.critic.target_batch_stats),
+        (s2.actor.batch_stats, s1.actor.target_batch_stats, s2.actor.target_batch_stats),
     ):
         assert_trees_differ(new, old, "target BatchNorm stats on a policy step")
         chex.assert_trees_all_close(new, jax.tree.map(lambda o, t: tau * o + (1 - tau) * t, online, old), rtol=1e-6)
-    stats = {"m": jnp.array([1.0, 3.0])}
-    chex.assert_trees_all_equal(_follow_stats("copy", stats, {"m": jnp.zeros(2)}, 0.5), stats)
-    chex.assert_trees_all_close(_follow_stats("polyak", stats, {"m": jnp.zeros(2)}, 0.5), {"m": jnp.array([0.5, 1.5])})
 
     # acting uses running averages: per-sample deterministic, independent of the rest of the batch
     obs = r["batch"]["obs"]
@@ -456,6 +453,25 @@ def test_checkpoint_restore_reproduces_training_bit_for_bit(tmp_path):
     chex.assert_trees_all_equal(ma, mb)
 
 
+@pytest.mark.parametrize("encoder", ALL_ENCODERS)
+def test_format_1_checkpoints_load_into_the_nested_state(tmp_path, monkeypatch, encoder):
+    """A checkpoint of the flat format-1 layout (``actor_params``, ``critic_opt_state``, ...; here written by
+    saving :func:`to_flat_v1` under version 1) restores into the nested state; the actor's update count is
+    derived from the policy delay."""
+    from jtd3 import checkpoint
+    from jtd3.agent.state import to_flat_v1
+
+    state = run("batchnorm", encoder)["s2"]  # two updates, policy_delay 2: one actor update
+    monkeypatch.setattr(checkpoint, "FORMAT_VERSION", 1)
+    with checkpoint.CheckpointStore(tmp_path, "new", save_replay=False) as store:
+        store.save(2, to_flat_v1(state), {})
+    fresh = agent.create(state.spec.config, OBS_SPACE, ACT_SPACE, seed=7)
+    with checkpoint.CheckpointStore(tmp_path, "read") as store:
+        restored = store.restore(fresh).train_state
+    chex.assert_trees_all_equal(restored, state)
+    assert int(restored.step) == 2 and int(restored.actor.step) == 1 and restored.actor.tx is fresh.actor.tx
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Construction, optimisers, configuration, bad input
 
@@ -466,16 +482,43 @@ def test_sizes_come_from_the_spaces():
     )
     cfg = AgentConfig(encoder="separate", features_dim=64, actor_hidden=(32,), trunk_dim=20)
     state = agent.create(cfg, obs_space, spaces.Box(-1, 1, (3,)), 0)
-    chex.assert_shape(state.actor_params["encoder"]["conv1"]["kernel"], (8, 8, 3, 32))
-    chex.assert_shape(state.actor_params["head"]["trunk"]["fc"]["kernel"], (64, 20))
-    chex.assert_shape(state.actor_params["head"]["mlp"]["fc0"]["kernel"], (20 + 7, 32))
-    chex.assert_shape(state.actor_params["head"]["mlp"]["out"]["kernel"], (32, 3))
-    chex.assert_shape(state.critic_params["head"]["q"]["trunk"]["fc"]["kernel"], (2, 64, 20))
-    chex.assert_shape(state.critic_params["head"]["q"]["mlp"]["fc0"]["kernel"], (2, 20 + 7 + 3, 256))
+    chex.assert_shape(state.actor.params["encoder"]["conv1"]["kernel"], (8, 8, 3, 32))
+    chex.assert_shape(state.actor.params["head"]["trunk"]["fc"]["kernel"], (64, 20))
+    chex.assert_shape(state.actor.params["head"]["mlp"]["fc0"]["kernel"], (20 + 7, 32))
+    chex.assert_shape(state.actor.params["head"]["mlp"]["out"]["kernel"], (32, 3))
+    chex.assert_shape(state.critic.params["head"]["q"]["trunk"]["fc"]["kernel"], (2, 64, 20))
+    chex.assert_shape(state.critic.params["head"]["q"]["mlp"]["fc0"]["kernel"], (2, 20 + 7 + 3, 256))
     flat = agent.create(dataclasses.replace(cfg, trunk_dim=0), obs_space, spaces.Box(-1, 1, (3,)), 0)
-    assert "trunk" not in flat.actor_params["head"] and "trunk" not in flat.critic_params["head"]["q"]
-    chex.assert_shape(flat.critic_params["head"]["q"]["mlp"]["fc0"]["kernel"], (2, 64 + 7 + 3, 256))
+    assert "trunk" not in flat.actor.params["head"] and "trunk" not in flat.critic.params["head"]["q"]
+    chex.assert_shape(flat.critic.params["head"]["q"]["mlp"]["fc0"]["kernel"], (2, 64 + 7 + 3, 256))
     assert (state.spec.camera_shape, state.spec.kinematics_dim, state.spec.action_dim) == ((3, 84, 84), 7, 3)
+
+
+def _toy_side(heads_only: bool = False) -> NetState:
+    params = {"encoder": {"w": jnp.array([2.0])}, "head": {"w": jnp.array([4.0])}}
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    stats = {"encoder": {"m": jnp.array([1.0, 3.0])}}
+    return NetState(
+        step=jnp.zeros((), jnp.int32), apply_fn=None, params=params, tx=optax.sgd(1.0), opt_state=(),
+        target_params={"head": zeros["head"]} if heads_only else zeros, batch_stats=stats,
+        target_batch_stats={} if heads_only else {"encoder": {"m": jnp.zeros(2)}},
+    )
+
+
+def test_soft_update_moves_targets_and_batchnorm_stats():
+    side = _toy_side()
+    polyak = side.soft_update(0.5, "polyak")
+    chex.assert_trees_all_close(polyak.target_params, {"encoder": {"w": jnp.array([1.0])}, "head": {"w": jnp.array([2.0])}})
+    chex.assert_trees_all_close(polyak.target_batch_stats, {"encoder": {"m": jnp.array([0.5, 1.5])}})
+    chex.assert_trees_all_equal(polyak.params, side.params)  # the online side is not touched
+    copied = side.soft_update(0.5, "copy")
+    chex.assert_trees_all_equal(copied.target_batch_stats, side.batch_stats)
+    chex.assert_trees_all_close(copied.target_params, polyak.target_params)
+    heads = _toy_side(heads_only=True).soft_update(0.5, "polyak")  # `original`: target heads only, no stats
+    assert set(heads.target_params) == {"head"} and heads.target_batch_stats == {}
+    chex.assert_trees_all_close(heads.target_params["head"]["w"], jnp.array([2.0]))
+    with pytest.raises(ValueError, match="unknown target_bn_stats 'mean'"):
+        side.soft_update(0.5, "mean")
 
 
 def _toy_params():
@@ -488,7 +531,7 @@ def test_optimizer_learning_rates_clipping_and_weight_decay():
     grads = jax.tree.map(lambda p: jnp.full_like(p, 1e3), params)
 
     def first_step(cfg, g, side="critic"):
-        opt = make_optimizer(cfg, params, side)
+        opt = make_optimizer(cfg, side)
         updates, _ = opt.update(g, opt.init(params), params)
         return jax.tree.map(lambda u: float(jnp.max(jnp.abs(u))), updates)
 
@@ -519,7 +562,7 @@ def test_optimizer_learning_rates_clipping_and_weight_decay():
     step = first_step(AgentConfig(critic_grad_clip=1e-10, weight_decay=1.0, weight_decay_mode="coupled"), grads)
     assert step["head"]["kernel"] == pytest.approx(3e-4, rel=1e-3)  # the decay term is added after clipping
     with pytest.raises(ValueError, match="unknown optimiser side 'policy'"):
-        make_optimizer(AgentConfig(), params, "policy")
+        make_optimizer(AgentConfig(), "policy")
 
 
 def test_every_config_field_is_read_and_per_layer_stats_are_reported():
@@ -554,8 +597,8 @@ def test_bfloat16_encoder_update_stays_close_to_float32():
         state = agent.create(AgentConfig(compute_dtype=dtype, **small), OBS_SPACE, ACT_SPACE, seed=0)
         out[dtype] = agent.update(state, batch)
     (s32, m32), (s16, m16) = out["float32"], out["bfloat16"]
-    chex.assert_trees_all_equal_dtypes(s16.critic_params, s32.critic_params)
-    chex.assert_tree_all_finite((s16.critic_params, s16.actor_params, m16))
+    chex.assert_trees_all_equal_dtypes(s16.critic.params, s32.critic.params)
+    chex.assert_tree_all_finite((s16.critic.params, s16.actor.params, m16))
     for key in ("losses/critic_loss", "losses/q1_mean", "debug/critic_cnn_features_l2_norm"):
         assert float(m16[key]) == pytest.approx(float(m32[key]), rel=5e-2, abs=1e-3), key
     assert float(m16["debug/critic_cnn_features_l2_norm"]) != float(m32["debug/critic_cnn_features_l2_norm"])

@@ -119,12 +119,12 @@ def test_explosion_alarm_on_injected_nan(tmp_path, capsys, monkeypatch):
         original_init(self, *args, **kwargs)
         # one NaN in a Q-head kernel (not the encoder the actor reads): actions stay finite, the first
         # update's critic loss is NaN
-        head = self.state.critic_params["head"]
+        head = self.state.critic.params["head"]
         leaves, treedef = jax.tree.flatten(head)
         i = max(range(len(leaves)), key=lambda i: leaves[i].size)
         leaves[i] = leaves[i].at[(0,) * leaves[i].ndim].set(jax.numpy.nan)
-        params = {**self.state.critic_params, "head": jax.tree.unflatten(treedef, leaves)}
-        self.state = self.state.replace(critic_params=params)
+        params = {**self.state.critic.params, "head": jax.tree.unflatten(treedef, leaves)}
+        self.state = self.state.replace(critic=self.state.critic.replace(params=params))
 
     monkeypatch.setattr(train.Trainer, "__init__", poisoned_init)
     code, run_dir = run(tmp_path, "nan", 200)

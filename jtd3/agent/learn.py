@@ -41,7 +41,7 @@ import optax
 from jax import lax
 
 from jtd3.agent.diagnostics import feature_stats
-from jtd3.agent.state import AgentSpec, TrainState, make_optimizer, modules
+from jtd3.agent.state import AgentSpec, TrainState, modules
 
 __all__ = [
     "act",
@@ -190,45 +190,43 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
     # 1. TD target: target networks, running averages, no gradients. In `shared` mode one target-encoder
     #    pass over next_obs feeds both the target actor and the target critic. `original`: there are no
     #    target encoders; the online critic encoder (pre-update, running averages) feeds both target heads.
-    ct, at = state.critic_target_params, state.actor_target_params
+    actor, critic = state.actor, state.critic
     if spec.original:
-        c_next, _, _ = encode(
-            spec, state.critic_params["encoder"], state.critic_stats.get("encoder"), next_obs["camera"], False
+        critic_next, _, _ = encode(
+            spec, critic.params["encoder"], critic.batch_stats.get("encoder"), next_obs["camera"], False
         )
-        c_next = lax.stop_gradient(c_next)
-        a_next = c_next
+        critic_next = lax.stop_gradient(critic_next)
+        actor_next = critic_next
     else:
-        c_next, _, _ = encode(
-            spec, ct["encoder"], state.critic_target_stats.get("encoder"), next_obs["camera"], False
+        critic_next, _, _ = encode(
+            spec, critic.target_params["encoder"], critic.target_batch_stats.get("encoder"), next_obs["camera"], False
         )
         if spec.separate:
-            a_next, _, _ = encode(
-                spec, at["encoder"], state.actor_target_stats.get("encoder"), next_obs["camera"], False
+            actor_next, _, _ = encode(
+                spec, actor.target_params["encoder"], actor.target_batch_stats.get("encoder"), next_obs["camera"],
+                False,
             )
         else:
-            a_next = c_next
-    next_action = mods.actor_head.apply({"params": at["head"]}, a_next, next_kin)
+            actor_next = critic_next
+    next_action = mods.actor_head.apply({"params": actor.target_params["head"]}, actor_next, next_kin)
     next_action = smoothed_target_action(next_action, k_noise, cfg.policy_noise, cfg.noise_clip)
-    next_q = mods.critic_head.apply({"params": ct["head"]}, c_next, next_kin, next_action)
+    next_q = mods.critic_head.apply({"params": critic.target_params["head"]}, critic_next, next_kin, next_action)
     target_q = lax.stop_gradient(td_target(reward, terminated, next_q, discount))
 
     # 2. Critic step (gradients w.r.t. critic parameters only).
-    def critic_loss_fn(cp):
+    def critic_loss_fn(params):
         feats, new_stats, layers = encode(
-            spec, cp["encoder"], state.critic_stats.get("encoder"), obs["camera"], True, per_layer
+            spec, params["encoder"], critic.batch_stats.get("encoder"), obs["camera"], True, per_layer
         )
-        q = mods.critic_head.apply({"params": cp["head"]}, feats, kin, action)
+        q = mods.critic_head.apply({"params": params["head"]}, feats, kin, action)
         loss = jnp.sum(jnp.mean(jnp.square(q - target_q[None]), axis=1))
         return loss, (q, feats, new_stats, layers)
 
-    (critic_loss, (q, c_feats, c_stats, c_layers)), c_grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
-        state.critic_params
-    )
-    critic_opt = make_optimizer(cfg, state.critic_params, "critic")
-    c_updates, critic_opt_state = critic_opt.update(c_grads, state.critic_opt_state, state.critic_params)
-    critic_params = optax.apply_updates(state.critic_params, c_updates)
-    critic_stats = {"encoder": c_stats} if "encoder" in state.critic_stats else state.critic_stats
-    c_feats_ng = lax.stop_gradient(c_feats)
+    (critic_loss, (q, critic_feats, critic_stats, critic_layers)), critic_grads = jax.value_and_grad(
+        critic_loss_fn, has_aux=True
+    )(critic.params)
+    critic = critic.apply_gradients(grads=critic_grads, batch_stats=_with_encoder(critic.batch_stats, critic_stats))
+    critic_feats_fixed = lax.stop_gradient(critic_feats)  # what the actor step reads: no gradient to the critic
 
     metrics = {
         "losses/critic_loss": critic_loss,
@@ -236,119 +234,83 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
         "losses/q2_mean": jnp.mean(q[1]),
         "losses/target_q_mean": jnp.mean(target_q),
         "losses/td_error": jnp.mean(jnp.abs(q - target_q[None])),
-        "grad_norm/critic_cnn": optax.tree_utils.tree_norm(c_grads["encoder"]),
-        "grad_norm/critic_mlp": optax.tree_utils.tree_norm(c_grads["head"]),
+        "grad_norm/critic_cnn": optax.tree_utils.tree_norm(critic_grads["encoder"]),
+        "grad_norm/critic_mlp": optax.tree_utils.tree_norm(critic_grads["head"]),
     }
-    metrics.update(_stats_metrics("critic", c_feats, c_layers))
+    metrics.update(_stats_metrics("critic", critic_feats, critic_layers))
 
     # 3. Actor step and target updates (policy steps only).
     def policy_branch(_):
-        def actor_loss_fn(ap):
+        def actor_loss_fn(params):
             if spec.separate:
-                a_feats, a_stats, a_layers = encode(
-                    spec, ap["encoder"], state.actor_stats.get("encoder"), obs["camera"], True, per_layer
+                actor_feats, actor_stats, actor_layers = encode(
+                    spec, params["encoder"], actor.batch_stats.get("encoder"), obs["camera"], True, per_layer
                 )
             else:
-                a_feats, a_stats, a_layers = c_feats_ng, None, {}
-            pi = mods.actor_head.apply({"params": ap["head"]}, a_feats, kin)
+                actor_feats, actor_stats, actor_layers = critic_feats_fixed, None, {}
+            pi = mods.actor_head.apply({"params": params["head"]}, actor_feats, kin)
             # The critic-side Q of the policy's action: Q1 on the critic encoder's features.
-            q1_critic = mods.critic_head.apply({"params": critic_params["head"]}, c_feats_ng, kin, pi)[0]
+            q1_critic = mods.critic_head.apply({"params": critic.params["head"]}, critic_feats_fixed, kin, pi)[0]
             if spec.original:
-                # The original's actor loss: Q1 (its parameters held: gradients w.r.t. `ap` only) scored on the
-                # ACTOR encoder's features, so the actor encoder also learns through Q1's state input.
-                q1 = mods.critic_head.apply({"params": critic_params["head"]}, a_feats, kin, pi)[0]
+                # The original's actor loss: Q1 (its parameters held: gradients w.r.t. the actor's only) scored on
+                # the ACTOR encoder's features, so the actor encoder also learns through Q1's state input.
+                q1 = mods.critic_head.apply({"params": critic.params["head"]}, actor_feats, kin, pi)[0]
             else:
                 q1 = q1_critic
-            return -jnp.mean(q1), (q1, lax.stop_gradient(q1_critic), a_feats, a_stats, a_layers)
+            return -jnp.mean(q1), (q1, lax.stop_gradient(q1_critic), actor_feats, actor_stats, actor_layers)
 
-        (actor_loss, (q1, q1_critic, a_feats, a_stats, a_layers)), a_grads = jax.value_and_grad(
+        (actor_loss, (q1, q1_critic, actor_feats, actor_stats, actor_layers)), actor_grads = jax.value_and_grad(
             actor_loss_fn, has_aux=True
-        )(state.actor_params)
-        actor_opt = make_optimizer(cfg, state.actor_params, "actor")
-        a_updates, actor_opt_state = actor_opt.update(a_grads, state.actor_opt_state, state.actor_params)
-        actor_params = optax.apply_updates(state.actor_params, a_updates)
-        actor_stats = {"encoder": a_stats} if spec.separate else state.actor_stats
-        if spec.original:  # target copies of the MLP heads only; no target encoders, no target BN stats
-            targets = dict(
-                actor_target_params={"head": optax.incremental_update(actor_params["head"], at["head"], cfg.tau)},
-                critic_target_params={"head": optax.incremental_update(critic_params["head"], ct["head"], cfg.tau)},
-                actor_target_stats=state.actor_target_stats,
-                critic_target_stats=state.critic_target_stats,
-            )
-        else:
-            targets = dict(
-                actor_target_params=optax.incremental_update(actor_params, at, cfg.tau),
-                critic_target_params=optax.incremental_update(critic_params, ct, cfg.tau),
-                actor_target_stats=_follow_stats(cfg.target_bn_stats, actor_stats, state.actor_target_stats, cfg.tau),
-                critic_target_stats=_follow_stats(
-                    cfg.target_bn_stats, critic_stats, state.critic_target_stats, cfg.tau
-                ),
-            )
-        new = dict(actor_params=actor_params, actor_opt_state=actor_opt_state, actor_stats=actor_stats, **targets)
+        )(actor.params)
+        new_actor = actor.apply_gradients(grads=actor_grads, batch_stats=_with_encoder(actor.batch_stats, actor_stats))
+        sides = (
+            new_actor.soft_update(cfg.tau, cfg.target_bn_stats),
+            critic.soft_update(cfg.tau, cfg.target_bn_stats),
+        )
         m = {
             "losses/actor_loss": actor_loss,
             "losses/actor_q": jnp.mean(q1),
             "debug/actor_q_max": jnp.max(q1),
             "debug/actor_q_min": jnp.min(q1),
             "debug/actor_q_on_critic_features": jnp.mean(q1_critic),
-            "grad_norm/actor_mlp": optax.tree_utils.tree_norm(a_grads["head"]),
+            "grad_norm/actor_mlp": optax.tree_utils.tree_norm(actor_grads["head"]),
         }
         if spec.separate:
-            m["grad_norm/actor_cnn"] = optax.tree_utils.tree_norm(a_grads["encoder"])
-            m.update(_stats_metrics("actor", a_feats, a_layers))
-        return new, {k: v.astype(jnp.float32) for k, v in m.items()}
+            m["grad_norm/actor_cnn"] = optax.tree_utils.tree_norm(actor_grads["encoder"])
+            m.update(_stats_metrics("actor", actor_feats, actor_layers))
+        return sides, {k: v.astype(jnp.float32) for k, v in m.items()}
 
     def skip_branch(_):
-        new = dict(
-            actor_params=state.actor_params,
-            actor_opt_state=state.actor_opt_state,
-            actor_stats=state.actor_stats,
-            actor_target_params=state.actor_target_params,
-            critic_target_params=state.critic_target_params,
-            actor_target_stats=state.actor_target_stats,
-            critic_target_stats=state.critic_target_stats,
-        )
         shapes = jax.eval_shape(policy_branch, None)[1]
-        return new, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        return (actor, critic), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-    is_policy = (state.step + 1) % cfg.policy_delay == 0
+    is_policy = (critic.step % cfg.policy_delay) == 0  # critic.step counts this update already
     if cfg.policy_delay == 1:
-        new, actor_metrics = policy_branch(None)
+        (actor, critic), actor_metrics = policy_branch(None)
     else:
-        new, actor_metrics = lax.cond(is_policy, policy_branch, skip_branch, None)
+        (actor, critic), actor_metrics = lax.cond(is_policy, policy_branch, skip_branch, None)
     metrics.update(actor_metrics)
     metrics["losses/actor_updates"] = is_policy.astype(jnp.float32)
 
-    new_state = state.replace(
-        step=state.step + 1,
-        critic_params=critic_params,
-        critic_opt_state=critic_opt_state,
-        critic_stats=critic_stats,
-        key=jax.random.key_data(key),
-        **new,
-    )
+    new_state = state.replace(actor=actor, critic=critic, key=jax.random.key_data(key))
     return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
+def _with_encoder(stats: Any, encoder_stats: Any) -> Any:
+    """The side's BatchNorm stats with the encoder's replaced by this pass's (unchanged without an encoder)."""
+    return {"encoder": encoder_stats} if "encoder" in stats else stats
 
 
 def param_norms(state: TrainState) -> dict[str, jax.Array]:
     """``param_norm/{critic_cnn, critic_mlp, actor_mlp[, actor_cnn]}``: global L2 norms of the online params."""
     out = {
-        "param_norm/critic_cnn": optax.tree_utils.tree_norm(state.critic_params["encoder"]),
-        "param_norm/critic_mlp": optax.tree_utils.tree_norm(state.critic_params["head"]),
-        "param_norm/actor_mlp": optax.tree_utils.tree_norm(state.actor_params["head"]),
+        "param_norm/critic_cnn": optax.tree_utils.tree_norm(state.critic.params["encoder"]),
+        "param_norm/critic_mlp": optax.tree_utils.tree_norm(state.critic.params["head"]),
+        "param_norm/actor_mlp": optax.tree_utils.tree_norm(state.actor.params["head"]),
     }
-    if "encoder" in state.actor_params:
-        out["param_norm/actor_cnn"] = optax.tree_utils.tree_norm(state.actor_params["encoder"])
+    if "encoder" in state.actor.params:
+        out["param_norm/actor_cnn"] = optax.tree_utils.tree_norm(state.actor.params["encoder"])
     return out
-
-
-def _follow_stats(mode: str, online: Any, target: Any, tau: float) -> Any:
-    """Target BatchNorm stats after a target update: ``copy`` the online ones or ``polyak`` towards them."""
-    if mode == "copy":
-        return jax.tree.map(jnp.copy, online)
-    if mode == "polyak":
-        return optax.incremental_update(online, target, tau)
-    raise ValueError(f"unknown target_bn_stats {mode!r}; valid choices: 'polyak', 'copy'")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -443,11 +405,11 @@ def act(state: TrainState, obs: dict[str, jax.Array], key: jax.Array, noise_scal
     validate_obs(spec, obs)
     mods = modules(spec)
     if spec.separate:
-        enc_params, enc_stats = state.actor_params["encoder"], state.actor_stats.get("encoder")
+        enc_params, enc_stats = state.actor.params["encoder"], state.actor.batch_stats.get("encoder")
     else:
-        enc_params, enc_stats = state.critic_params["encoder"], state.critic_stats.get("encoder")
+        enc_params, enc_stats = state.critic.params["encoder"], state.critic.batch_stats.get("encoder")
     feats, _, _ = encode(spec, enc_params, enc_stats, obs["camera"], False)
-    action = mods.actor_head.apply({"params": state.actor_params["head"]}, feats, obs["kinematics"].astype(jnp.float32))
+    action = mods.actor_head.apply({"params": state.actor.params["head"]}, feats, obs["kinematics"].astype(jnp.float32))
     if key.dtype == jnp.uint32:
         key = jax.random.wrap_key_data(key)
     noise = jax.random.normal(key, action.shape, action.dtype) * noise_scale

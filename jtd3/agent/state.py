@@ -1,24 +1,31 @@
 """The TD3 train state and its construction (:func:`create`).
 
-Layout of the parameter trees (``encoder`` = NatureCNN, ``head`` = MLP):
+The state is two :class:`NetState` (``actor`` and ``critic``, after SBX's ``RLTrainState``): each is a
+``flax.training.train_state.TrainState`` (online ``params``, optimiser ``tx`` and ``opt_state``, ``step`` = the
+updates that side has had) that also carries its target parameters and BatchNorm statistics. Their trees
+(``encoder`` = NatureCNN, ``head`` = MLP):
 
-=====================  ============================  ============================  ============================
-tree                   ``encoder: separate``         ``encoder: shared``           ``encoder: original``
-=====================  ============================  ============================  ============================
-``actor_params``       ``{"encoder", "head"}``       ``{"head"}``                  ``{"encoder", "head"}``
-``critic_params``      ``{"encoder", "head"}``       ``{"encoder", "head"}``       ``{"encoder", "head"}``
-``*_target_params``    same structure as online      same structure as online      ``{"head"}`` (no target CNN)
-``actor_stats``        ``{"encoder": batch_stats}``  ``{}``                        ``{"encoder": batch_stats}``
-``critic_stats``       ``{"encoder": batch_stats}``  ``{"encoder": batch_stats}``  ``{"encoder": batch_stats}``
-``*_target_stats``     same structure as online      same structure as online      ``{}``
-=====================  ============================  ============================  ============================
+===============================  ============================  ============================  ============================
+field                            ``encoder: separate``         ``encoder: shared``           ``encoder: original``
+===============================  ============================  ============================  ============================
+``actor.params``                 ``{"encoder", "head"}``       ``{"head"}``                  ``{"encoder", "head"}``
+``critic.params``                ``{"encoder", "head"}``       ``{"encoder", "head"}``       ``{"encoder", "head"}``
+``*.target_params``              same structure as online      same structure as online      ``{"head"}`` (no target CNN)
+``actor.batch_stats``            ``{"encoder": batch_stats}``  ``{}``                        ``{"encoder": batch_stats}``
+``critic.batch_stats``           ``{"encoder": batch_stats}``  ``{"encoder": batch_stats}``  ``{"encoder": batch_stats}``
+``*.target_batch_stats``         same structure as online      same structure as online      ``{}``
+===============================  ============================  ============================  ============================
 
 In ``shared`` mode the critic's encoder is the only one; the actor reads its features.
 
-``*_stats`` hold BatchNorm running averages (``{}`` inside when the norm has no BatchNorm). The state's
+``batch_stats`` hold BatchNorm running averages (``{}`` inside when the norm has no BatchNorm). The state's
 array leaves form a plain pytree (dicts, optax named tuples, arrays) that orbax saves and restores exactly;
-the configuration and sizes are a static (non-pytree) field, so ``jax.jit`` recompiles when they change
-and a checkpoint restores into any freshly :func:`create` d state of the same configuration.
+the configuration, sizes and optimisers are static (non-pytree) fields, so ``jax.jit`` recompiles when they
+change and a checkpoint restores into any freshly :func:`create` d state of the same configuration. Optimisers
+are built once per (spec, side) (:func:`optimizer`), so equal configurations share compiled code.
+
+Checkpoints written before this layout (format 1: one flat struct, ``actor_params``, ``critic_opt_state``, ...)
+are read through :func:`to_flat_v1` / :func:`from_flat_v1`.
 """
 
 from __future__ import annotations
@@ -33,13 +40,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from flax.training import train_state
 from gymnasium import spaces
 
 from jtd3.agent.config import AgentConfig
 from jtd3.agent.networks import ActorHead, NatureCNN, TwinCriticHead
 
 __all__ = [
-    "OPTIMIZER_SIDES", "AgentSpec", "Modules", "TrainState", "create", "make_optimizer", "modules", "resolve_conv_impl",
+    "OPTIMIZER_SIDES", "AgentSpec", "Modules", "NetState", "TrainState", "create", "from_flat_v1", "make_optimizer",
+    "modules", "optimizer", "resolve_conv_impl", "to_flat_v1",
 ]
 
 
@@ -70,26 +79,47 @@ class AgentSpec:
         return self.config.encoder == "original"
 
 
+class NetState(train_state.TrainState):
+    """One side of TD3 (actor or critic). From flax's ``TrainState``: ``params`` (online), ``tx`` and
+    ``opt_state`` (its optimiser, :func:`optimizer`), ``step`` (int32: gradient steps this side has taken) and
+    ``apply_gradients``; ``apply_fn`` is unused (None: encoder and head are separate modules, :func:`modules`)."""
+
+    target_params: Any
+    batch_stats: Any
+    """BatchNorm running averages of the online encoder: ``{"encoder": ...}`` or ``{}`` (no encoder)."""
+    target_batch_stats: Any
+
+    def soft_update(self, tau: float, stats_mode: str) -> NetState:
+        """Polyak targets: ``target <- tau * online + (1 - tau) * target`` over the target tree (all of it, or
+        the head only where there is no target encoder); BatchNorm stats ``copy`` or ``polyak`` likewise."""
+        online = {k: self.params[k] for k in self.target_params}
+        stats = {k: self.batch_stats[k] for k in self.target_batch_stats}
+        if stats_mode == "copy":
+            new_stats = jax.tree.map(jnp.copy, stats)
+        elif stats_mode == "polyak":
+            new_stats = optax.incremental_update(stats, self.target_batch_stats, tau)
+        else:
+            raise ValueError(f"unknown target_bn_stats {stats_mode!r}; valid choices: 'polyak', 'copy'")
+        return self.replace(
+            target_params=optax.incremental_update(online, self.target_params, tau), target_batch_stats=new_stats
+        )
+
+
 @struct.dataclass
 class TrainState:
     """Everything TD3 learns or counts. See the module docstring for the tree layout."""
 
-    step: jax.Array
-    """int32 scalar: critic updates done so far. The update with index ``step`` (0-based) is a policy
-    step (actor + targets) when ``(step + 1) % policy_delay == 0``."""
-    actor_params: Any
-    critic_params: Any
-    actor_target_params: Any
-    critic_target_params: Any
-    actor_stats: Any
-    critic_stats: Any
-    actor_target_stats: Any
-    critic_target_stats: Any
-    actor_opt_state: Any
-    critic_opt_state: Any
+    actor: NetState
+    critic: NetState
     key: jax.Array
     """uint32 raw PRNG key data (``jax.random.key_data``); wrap with ``jax.random.wrap_key_data``."""
     spec: AgentSpec = struct.field(pytree_node=False)
+
+    @property
+    def step(self) -> jax.Array:
+        """int32 scalar: updates done so far (critic steps). The update with index ``step`` (0-based) is a
+        policy step (actor + targets) when ``(step + 1) % policy_delay == 0``."""
+        return self.critic.step
 
 
 class Modules(NamedTuple):
@@ -162,6 +192,10 @@ def _label(path: tuple[Any, ...]) -> str:
     return "cnn" if getattr(path[0], "key", None) == "encoder" else "mlp"
 
 
+def _labels(params: Any) -> Any:
+    return jax.tree_util.tree_map_with_path(lambda p, _: _label(p), params)
+
+
 def _kernel_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda p, _: getattr(p[-1], "key", None) == "kernel", params)
 
@@ -169,8 +203,9 @@ def _kernel_mask(params: Any) -> Any:
 OPTIMIZER_SIDES = ("actor", "critic")
 
 
-def make_optimizer(config: AgentConfig, params: Any, side: str) -> optax.GradientTransformation:
-    """The optimiser of one side (``"actor"`` or ``"critic"``) over its parameter tree ``params``.
+def make_optimizer(config: AgentConfig, side: str, with_encoder: bool = True) -> optax.GradientTransformation:
+    """The optimiser of one side (``"actor"`` or ``"critic"``); its parameter tree has ``head`` and, when
+    ``with_encoder``, ``encoder``.
 
     In order: the side's whole gradient (CNN and MLP together) is clipped to ``actor_grad_clip`` /
     ``critic_grad_clip`` (global norm; the original's ``clip_grad_norm_`` per side); then each part (the
@@ -181,15 +216,13 @@ def make_optimizer(config: AgentConfig, params: Any, side: str) -> optax.Gradien
     """
     if side not in OPTIMIZER_SIDES:
         raise ValueError(f"unknown optimiser side {side!r}; valid choices: 'actor', 'critic'")
-    labels = jax.tree_util.tree_map_with_path(lambda p, _: _label(p), params)
-    present = set(jax.tree.leaves(labels))
     settings = {"cnn": (config.cnn_lr, config.cnn_grad_clip), "mlp": (config.mlp_lr, config.mlp_grad_clip)}
+    if not with_encoder:
+        del settings["cnn"]
     weight_decay, mode = config.weight_decay, config.weight_decay_mode
     side_clip = config.actor_grad_clip if side == "actor" else config.critic_grad_clip
     transforms = {}
     for name, (lr, clip) in settings.items():
-        if name not in present:
-            continue
         if weight_decay > 0.0 and mode == "coupled":
             opt = optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(lr))
         elif weight_decay > 0.0:
@@ -197,8 +230,15 @@ def make_optimizer(config: AgentConfig, params: Any, side: str) -> optax.Gradien
         else:
             opt = optax.adam(lr)
         transforms[name] = opt if clip is None else optax.chain(optax.clip_by_global_norm(clip), opt)
-    opt = optax.multi_transform(transforms, labels)
+    opt = optax.multi_transform(transforms, _labels)
     return opt if side_clip is None else optax.chain(optax.clip_by_global_norm(side_clip), opt)
+
+
+@functools.lru_cache(maxsize=None)
+def optimizer(spec: AgentSpec, side: str) -> optax.GradientTransformation:
+    """:func:`make_optimizer` for one side of ``spec``, built once: the optimiser is a static field of the
+    state, compared by identity when ``jax.jit`` looks up compiled code."""
+    return make_optimizer(spec.config, side, with_encoder=side == "critic" or spec.separate)
 
 
 def create(config: AgentConfig, observation_space: spaces.Space, action_space: spaces.Space, seed: int) -> TrainState:
@@ -240,27 +280,58 @@ def create(config: AgentConfig, observation_space: spaces.Space, action_space: s
         actor_stats = {"encoder": actor_enc_stats}
     actor_params = nn.unbox(actor_params)
     critic_params = nn.unbox(critic_params)
-    actor_opt = make_optimizer(config, actor_params, "actor")
-    critic_opt = make_optimizer(config, critic_params, "critic")
     copy = functools.partial(jax.tree.map, jnp.copy)
-    if spec.original:  # the original had target copies of the MLP heads only
-        actor_target, critic_target = {"head": copy(actor_params["head"])}, {"head": copy(critic_params["head"])}
-        actor_target_stats, critic_target_stats = {}, {}
-    else:
-        actor_target, critic_target = copy(actor_params), copy(critic_params)
-        actor_target_stats, critic_target_stats = copy(actor_stats), copy(critic_stats)
+
+    def side(name: str, params: Any, stats: Any, steps: int) -> NetState:
+        tx = optimizer(spec, name)
+        if spec.original:  # the original had target copies of the MLP heads only
+            target, target_stats = {"head": copy(params["head"])}, {}
+        else:
+            target, target_stats = copy(params), copy(stats)
+        return NetState(
+            step=jnp.asarray(steps, jnp.int32), apply_fn=None, params=params, tx=tx, opt_state=tx.init(params),
+            target_params=target, batch_stats=stats, target_batch_stats=target_stats,
+        )
+
     return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        actor_params=actor_params,
-        critic_params=critic_params,
-        actor_target_params=actor_target,
-        critic_target_params=critic_target,
-        actor_stats=actor_stats,
-        critic_stats=critic_stats,
-        actor_target_stats=actor_target_stats,
-        critic_target_stats=critic_target_stats,
-        actor_opt_state=actor_opt.init(actor_params),
-        critic_opt_state=critic_opt.init(critic_params),
+        actor=side("actor", actor_params, actor_stats, 0),
+        critic=side("critic", critic_params, critic_stats, 0),
         key=jax.random.key_data(key),
         spec=spec,
+    )
+
+
+_V1_FIELDS = {  # format-1 field -> (side, NetState field)
+    "actor_params": ("actor", "params"),
+    "critic_params": ("critic", "params"),
+    "actor_target_params": ("actor", "target_params"),
+    "critic_target_params": ("critic", "target_params"),
+    "actor_stats": ("actor", "batch_stats"),
+    "critic_stats": ("critic", "batch_stats"),
+    "actor_target_stats": ("actor", "target_batch_stats"),
+    "critic_target_stats": ("critic", "target_batch_stats"),
+    "actor_opt_state": ("actor", "opt_state"),
+    "critic_opt_state": ("critic", "opt_state"),
+}
+
+
+def to_flat_v1(state: TrainState) -> dict[str, Any]:
+    """The state in the format-1 checkpoint layout (one flat struct: ``step``, ``actor_params``, ...,
+    ``critic_opt_state``, ``key``): a template to read such a checkpoint with."""
+    flat = {name: getattr(getattr(state, side), field) for name, (side, field) in _V1_FIELDS.items()}
+    return {"step": state.critic.step, **flat, "key": state.key}
+
+
+def from_flat_v1(template: TrainState, flat: dict[str, Any]) -> TrainState:
+    """A :class:`TrainState` from a format-1 tree (:func:`to_flat_v1`'s layout); optimisers and spec come from
+    ``template``. Format 1 counted critic updates only; the actor's count is derived from the policy delay."""
+    fields: dict[str, dict[str, Any]] = {"actor": {}, "critic": {}}
+    for name, (side, field) in _V1_FIELDS.items():
+        fields[side][field] = flat[name]
+    step = jnp.asarray(flat["step"], jnp.int32)
+    actor_steps = step // template.spec.config.policy_delay
+    return template.replace(
+        actor=template.actor.replace(step=actor_steps, **fields["actor"]),
+        critic=template.critic.replace(step=step, **fields["critic"]),
+        key=flat["key"],
     )

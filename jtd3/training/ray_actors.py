@@ -59,10 +59,12 @@ def acting_state(state: Any) -> Any:
     import jax
 
     shared = not state.spec.separate
+    # No optimiser (tx=None): a deserialised optimiser is a new object, and jit would compile act again for
+    # every published state (the static fields are part of its cache key).
+    bare = dict(target_params=None, target_batch_stats=None, opt_state=None, tx=None)
+    critic_params = {"encoder": state.critic.params["encoder"]} if shared else {}
     return jax.device_get(state.replace(
-        critic_params={"encoder": state.critic_params["encoder"]} if shared else {},
-        actor_target_params=None, critic_target_params=None, actor_target_stats=None, critic_target_stats=None,
-        actor_opt_state=None, critic_opt_state=None,
+        actor=state.actor.replace(**bare), critic=state.critic.replace(params=critic_params, **bare)
     ))
 
 
