@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from jtd3.choices import ACTOR_KINDS, BACKENDS, ENCODERS, NORMS
 from jtd3.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict, yaml_value
 from jtd3.files import write_text_atomic
 
@@ -78,13 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--config", type=str, default=None, help="YAML config (default: the packaged jtd3/configs/default.yaml)")
-    p.add_argument("--norm", choices=("none", "layernorm", "batchnorm", "hybrid"), help="CNN normalization")
+    p.add_argument("--norm", choices=NORMS, help="CNN normalization")
     p.add_argument(
-        "--encoder", choices=("separate", "shared", "original"),
+        "--encoder", choices=ENCODERS,
         help="encoder topology (original: the PyTorch original's wiring, to reproduce its failure)",
     )
     p.add_argument("--scenario", type=int, choices=(0, 1, 2), help="NPC vehicles: 0/1/2 -> 20/50/100")
-    p.add_argument("--env", choices=("sim", "carla"), help="backend: embedded simulator or CARLA server")
+    p.add_argument("--env", choices=BACKENDS, help="backend: embedded simulator or CARLA server")
     p.add_argument("--carla-host", type=str, help="CARLA server host")
     p.add_argument("--carla-port", type=int, help="CARLA server RPC port")
     p.add_argument("--max-timesteps", type=int, help="environment steps to train for")
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cnn-lr", type=float, help="learning rate of the CNN encoders")
     p.add_argument("--logdir", type=str, help="directory holding run directories")
     p.add_argument("--run-name", type=str, help="run directory name")
-    p.add_argument("--actors", choices=("inline", "process", "ray"),
+    p.add_argument("--actors", choices=ACTOR_KINDS,
                    help="who steps the environments: inline (one, in the learner), process (worker processes), ray "
                         "(Ray actors, across machines); docs/scaling.md")
     p.add_argument("--num-envs", type=int, help="environments stepping at the same time")

@@ -29,6 +29,7 @@ import numpy as np
 from jtd3.agent.diagnostics import feature_stats
 from jtd3.agent.networks import NatureCNN
 from jtd3.baselines.policy import PurePursuitPolicy
+from jtd3.choices import NORMS
 from jtd3.envs import EnvConfig, make_env
 from jtd3.logging import read_scalars
 
@@ -42,7 +43,6 @@ __all__ = [
     "write_report",
 ]
 
-NORMS = ("none", "layernorm", "batchnorm", "hybrid")
 DRIFT_FACTORS = (1.0, 10.0, 100.0)
 
 

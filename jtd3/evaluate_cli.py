@@ -33,6 +33,7 @@ from jtd3 import envs
 from jtd3.backends.carla.errors import CarlaError
 from jtd3.baselines.policy import PRESET_ACTIONS, ConstantPolicy, PurePursuitConfig, PurePursuitPolicy, RandomPolicy
 from jtd3.checkpoint import CheckpointDamagedError
+from jtd3.choices import BACKENDS
 from jtd3.cli import default_config_path
 from jtd3.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from jtd3.envs import EnvConfig
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None,
                    help="config YAML whose env section is used (default: the run's with --checkpoint, else the packaged "
                    "jtd3/configs/default.yaml)")
-    p.add_argument("--env", choices=("sim", "carla"), help="backend (env key 'backend')")
+    p.add_argument("--env", choices=BACKENDS, help="backend (env key 'backend')")
     p.add_argument("--scenario", type=int, help="scenario (row of scenario_vehicles: 0/1/2 -> 20/50/100 NPCs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any EnvConfig key")
     p.add_argument("--policy-set", action="append", default=[], metavar="KEY=VALUE",

@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 
 from jtd3.agent.conv import COMPUTE_DTYPES
-from jtd3.agent.networks import ACTIVATIONS, NORMS
+from jtd3.agent.networks import ACTIVATIONS
+from jtd3.choices import ENCODERS, NORMS
 from jtd3.config import ConfigNode, check, choice, param
 
 __all__ = ["AgentConfig", "CONV_IMPL_CHOICES", "ENCODERS", "TARGET_BN_STATS", "WEIGHT_DECAY_MODES"]
 
-ENCODERS = ("separate", "shared", "original")
 TARGET_BN_STATS = ("polyak", "copy")
 WEIGHT_DECAY_MODES = ("decoupled", "coupled")
 CONV_IMPL_CHOICES = ("auto", "im2col", "xla")
@@ -26,7 +26,7 @@ class AgentConfig(ConfigNode):
     """TD3 agent settings (networks, TD3 constants, optimisers, diagnostics)."""
 
     # --- networks
-    norm: str = choice("layernorm", NORMS, "normalization in the NatureCNN encoders (see jtd3.agent.networks.NORMS)")
+    norm: str = choice("layernorm", NORMS, "normalization in the NatureCNN encoders (see jtd3.choices.NORMS)")
     activation: str = choice("leaky_relu", ACTIVATIONS, "activation everywhere (leaky slope 0.01)")
     encoder: str = choice(
         "shared",

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jtd3.agent.conv import COMPUTE_DTYPES, CONV_IMPLS, camera_to_space_to_depth, conv2d, conv2d_on_space_to_depth
+from jtd3.choices import NORMS
 
 __all__ = [
     "ACTIVATIONS",
@@ -36,7 +37,6 @@ __all__ = [
     "activation_fn",
 ]
 
-NORMS = ("none", "layernorm", "batchnorm", "hybrid")
 """``none``; ``layernorm`` (LN over (H, W, C) after each conv, LN after the dense layer); ``batchnorm``
 (per-channel BN after each conv, nothing after the dense layer); ``hybrid`` (BN after convs, LN after dense)."""
 

@@ -27,6 +27,7 @@ import math
 
 from jtd3.backends.carla.config import CarlaConfig
 from jtd3.backends.sim.config import SimConfig
+from jtd3.choices import BACKENDS
 from jtd3.config import ConfigNode, check, choice, nested, param
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
     "BACKENDS",
 ]
 
-BACKENDS = ("sim", "carla")
 ROUTES = ("reference", "random")
 ROUTE_STARTS = ("beginning", "random")
 

@@ -7,6 +7,7 @@ import math
 import os
 
 from jtd3.checkpoint import CheckpointConfig
+from jtd3.choices import ACTOR_KINDS
 from jtd3.config import ConfigNode, check, choice, nested, param
 from jtd3.replay import ReplayConfig
 from jtd3.training.exploration import ExplorationConfig
@@ -19,7 +20,7 @@ class ActorsConfig(ConfigNode):
     """Who steps the environments (YAML section ``train.actors``; docs/scaling.md)."""
 
     kind: str = choice(
-        "inline", ("inline", "process", "ray"),
+        "inline", ACTOR_KINDS,
         "inline: one environment in the learner process; process: num_envs environments in worker processes, "
         "acting on the batch in the learner; ray: num_envs Ray actors (one per CARLA server), each acting with the "
         "parameters the learner publishes",
