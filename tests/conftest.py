@@ -4,17 +4,31 @@ The helper modules in tests/ (``fake_carla``, ``env_double``, ``tiny_run``, ``ca
 ``ckpt_kill_worker``) are plain modules that test files import by name. This conftest puts tests/ on
 ``sys.path`` explicitly, so those imports do not depend on pytest's import mode, and offers the CARLA-protocol
 server fixture (``server``, one server child process per test module) to every test file; a module that
-defines its own ``server`` fixture uses that one.
+defines its own ``server`` fixture uses that one. It also gives the session one JAX compilation cache (below).
 
 Markers (registered in pyproject.toml, ``--strict-markers``): ``slow`` (over ~20 s on a 2-core CPU; skip with
 ``-m "not slow"``) and ``carla_server`` (needs a real CARLA server at ``$JTD3_CARLA_HOST``).
 """
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
+
+# One JAX compilation cache for the whole session, in a fresh temporary directory (set before anything imports
+# JAX; subprocesses inherit it): the training CLI runs, worker processes and Ray actors the tests start each
+# compile the same update and act functions, and with the cache only the first one compiles them. A cache the
+# caller chose (JAX_COMPILATION_CACHE_DIR already set) is used as it is.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="jtd3-tests-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # small functions too
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 from carla_protocol_fixtures import server  # noqa: E402,F401 (a fixture, offered to every test file)
