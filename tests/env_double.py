@@ -9,6 +9,7 @@ parameters against the Protocol).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -45,6 +46,7 @@ class ScriptedBackend:
         self.npcs = Vehicles.empty()
         self.obstacle = ObstacleSensorConfig()
         self.controls: list[VehicleControl] = []
+        self.camera_requests: list[bool] = []  # step()'s camera argument, per tick
         self.resets: list[tuple[Pose, int, int]] = []
         self.closed = 0
         self._pose = (0.0, 0.0, 0.0)
@@ -68,10 +70,14 @@ class ScriptedBackend:
         self._frame += 1
         return self._snapshot((), ())
 
-    def step(self, control: VehicleControl) -> Snapshot:
+    def camera(self) -> np.ndarray:
+        return self._frame_image()
+
+    def step(self, control: VehicleControl, camera: bool = True) -> Snapshot:
         if not isinstance(control, VehicleControl):
             raise TypeError("control must be a VehicleControl")
         self.controls.append(control)
+        self.camera_requests.append(camera)
         self._steps += 1
         self._frame += 1
         old_v = self._velocity()
@@ -90,7 +96,8 @@ class ScriptedBackend:
         collisions = ((CollisionEvent(self._frame, 7, "vehicle.audi.a2", 1500.0 * self._speed),)
                       if self._steps in self.collide_on_steps else ())
         invasions = (LaneInvasionEvent(self._frame, ("Broken",)),) if self._steps in self.invade_on_steps else ()
-        return self._snapshot(collisions, invasions)
+        snap = self._snapshot(collisions, invasions)
+        return snap if camera else dataclasses.replace(snap, camera=None)  # like the simulator: no frame
 
     def close(self) -> None:
         self.closed += 1
@@ -101,11 +108,16 @@ class ScriptedBackend:
         r = math.radians(self._pose[2])
         return np.array([self._speed * math.cos(r), self._speed * math.sin(r), 0.0])
 
-    def _snapshot(self, collisions, invasions) -> Snapshot:
-        x, y, yaw = self._pose
+    def _frame_image(self) -> np.ndarray:
+        """The frame encodes the tick (pixel (0, 0)) and x (the other rows), so tests can tell frames apart."""
         cam = np.zeros(self.frame_shape, np.uint8)
         cam[0, 0] = self._frame % 256
-        cam[1:, :] = int(x * 10) % 256
+        cam[1:, :] = int(self._pose[0] * 10) % 256
+        return cam
+
+    def _snapshot(self, collisions, invasions) -> Snapshot:
+        x, y, yaw = self._pose
+        cam = self._frame_image()
         ego = ActorState(
             id=1, type_id="vehicle.tesla.model3", location=np.array([x, y, 0.0]),
             rotation=np.array([0.0, yaw, 0.0]), velocity=self._velocity(), acceleration=self._accel.copy(),

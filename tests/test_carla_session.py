@@ -261,6 +261,8 @@ def test_step_drives_the_ego_and_returns_plain_data():
     assert snaps[-1].ego.location[0] < START.x - 1.0  # facing west: x decreases
     assert snaps[-1].ego.speed > 1.0
     assert all(np.all(x.camera == x.frame % 251) for x in snaps)
+    late = s.step(VehicleControl(), camera=False)  # the server sends the frame anyway
+    assert np.all(late.camera == late.frame % 251) and s.camera() is late.camera
     restored = pickle.loads(pickle.dumps(snaps[-1]))  # no carla object inside
     np.testing.assert_array_equal(restored.camera, snaps[-1].camera)
     s.close()

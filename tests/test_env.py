@@ -51,7 +51,7 @@ def test_env_double_is_an_honest_backend():
 
     double = ScriptedBackend()
     assert isinstance(double, Backend)
-    for name in ("reset", "step", "close"):
+    for name in ("reset", "step", "camera", "close"):
         proto = list(inspect.signature(getattr(Backend, name)).parameters)
         for impl in (ScriptedBackend, SimWorld, CarlaSession):
             assert list(inspect.signature(getattr(impl, name)).parameters) == proto, (impl, name)
@@ -176,6 +176,18 @@ def test_collision_terminates_with_a_speed_scaled_penalty():
     w = EnvConfig().reward
     assert info["reward_components"]["collision"] == pytest.approx(
         -w.weights.collision * (1 + v / (w.collision_speed_scale_kmh * KMH)))
+
+
+def test_only_the_last_tick_of_a_step_asks_for_a_frame_and_an_early_end_still_observes_its_own():
+    env, be = double_env(action_repeat=3)
+    env.reset(seed=0)
+    obs, *_ = env.step(np.array([0.0, 1.0], np.float32))
+    assert be.camera_requests == [False, False, True]
+    assert obs["camera"][-1, 0, 0] == be._frame % 256  # the newest frame is the step's last tick's
+    be.collide_on_steps = {5}  # the second tick of the next step
+    obs, _, terminated, _, info = env.step(np.array([0.0, 1.0], np.float32))
+    assert terminated and info["termination_reason"] == "collision" and be.camera_requests[3:] == [False, False]
+    assert obs["camera"][-1, 0, 0] == be._frame % 256 and (obs["camera"][-1, 1:] == be.camera()[1:]).all()
 
 
 def test_off_route_terminates_beyond_the_threshold_only():

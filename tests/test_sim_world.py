@@ -25,6 +25,19 @@ def _run(world, seed, steps=40):
     return snaps
 
 
+def test_a_tick_without_camera_renders_nothing_and_camera_renders_the_current_state():
+    a, b = SimWorld(SimConfig()), SimWorld(SimConfig())
+    a.reset(SPAWN, 20, seed=4)
+    b.reset(SPAWN, 20, seed=4)
+    for t in range(6):
+        control = VehicleControl(throttle=0.6, steer=0.05 * t)
+        skipped, full = a.step(control, camera=False), b.step(control)
+        assert skipped.camera is None and full.camera is not None
+        np.testing.assert_array_equal(skipped.ego.location, full.ego.location)  # the world moved all the same
+        np.testing.assert_array_equal(a.camera(), full.camera)
+    assert (b.camera() == full.camera).all()
+
+
 def test_backend_protocol_and_snapshot_contents(world):
     assert isinstance(world, Backend)
     assert world.opendrive == load_town("town01").opendrive_text

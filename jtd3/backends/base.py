@@ -162,7 +162,7 @@ class Snapshot:
     timestamp: float  # simulated seconds since the world was loaded
     ego: ActorState
     vehicles: Vehicles
-    camera: np.ndarray  # uint8 (H, W) grayscale at the backend's configured camera size
+    camera: np.ndarray | None  # uint8 (H, W) grayscale at the backend's configured camera size (None: not asked for)
     collisions: tuple[CollisionEvent, ...] = ()  # events during the last tick only
     lane_invasions: tuple[LaneInvasionEvent, ...] = ()
     obstacle: ObstacleReading | None = None  # the front obstacle sensor of this tick; None: nothing in range
@@ -181,8 +181,14 @@ class Backend(Protocol):
         """Remove every actor, spawn the ego at ``spawn`` and ``num_vehicles`` NPCs, tick once."""
         ...
 
-    def step(self, control: VehicleControl) -> Snapshot:
-        """Apply ``control`` to the ego and advance one fixed step."""
+    def step(self, control: VehicleControl, camera: bool = True) -> Snapshot:
+        """Apply ``control`` to the ego and advance one fixed step. ``camera=False``: the caller will not read
+        this tick's frame, so the backend may leave ``Snapshot.camera`` None (the embedded simulator then skips
+        rendering it; a CARLA server sends every frame anyway)."""
+        ...
+
+    def camera(self) -> np.ndarray:
+        """The camera frame of the current state, the last tick's (rendered now if that tick skipped it)."""
         ...
 
     def close(self) -> None:

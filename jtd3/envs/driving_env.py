@@ -232,10 +232,11 @@ class DrivingEnv(gym.Env):
         self._steps += 1
         weighted = dict.fromkeys(reward_lib.COMPONENTS, 0.0)
         reason = None
-        for _ in range(cfg.action_repeat):
+        for i in range(cfg.action_repeat):
             if cfg.longitudinal_action == "target_speed":
                 control = self._speed_control(control)
-            reason, tick = self._tick(control)
+            # only the step's last frame enters the observation: earlier ticks need not render one
+            reason, tick = self._tick(control, camera=i == cfg.action_repeat - 1)
             for k, v in tick.items():
                 weighted[k] += v
             if reason is not None:
@@ -245,6 +246,9 @@ class DrivingEnv(gym.Env):
         stall_fails = cfg.stall_termination == "failure"
         terminated = reason in ("collision", "off_route", "route_completed") or (reason == "stalled" and stall_fails)
         truncated = reason == "time_limit" or (reason == "stalled" and not stall_fails)
+        if self._snapshot.camera is None:  # the episode ended before the step's last tick
+            self._snapshot = dataclasses.replace(self._snapshot, camera=self.backend.camera())
+            self._check_frame(self._snapshot)
         self._stack = obs_lib.push_frame(self._stack, self._snapshot.camera)
         reward = reward_lib.total(weighted)
         self._return += reward
@@ -274,13 +278,15 @@ class DrivingEnv(gym.Env):
         )
         return VehicleControl(throttle=throttle, steer=action_control.steer, brake=brake)
 
-    def _tick(self, control: VehicleControl) -> tuple[str | None, dict[str, float]]:
+    def _tick(self, control: VehicleControl, camera: bool) -> tuple[str | None, dict[str, float]]:
         """One simulator tick: advance the backend, the route tracking and the counters; returns the
-        termination reason (None, ``collision``, ``off_route``, ``route_completed``) and the weighted reward."""
+        termination reason (None, ``collision``, ``off_route``, ``route_completed``) and the weighted reward.
+        ``camera``: whether this tick's frame is needed (the backend may skip it otherwise)."""
         cfg = self.config
         prev_loc = np.asarray(self._snapshot.ego.location[:2], dtype=np.float64)
-        snap = self.backend.step(control)
-        self._check_frame(snap)
+        snap = self.backend.step(control, camera=camera)
+        if snap.camera is not None:
+            self._check_frame(snap)
         ego = snap.ego
         x, y = float(ego.location[0]), float(ego.location[1])
         track = route_tracker.advance(self.route, self._track.state, x, y, cfg.route_search_window_m)

@@ -162,6 +162,7 @@ class CarlaSession:
         self._spawn_transforms: list[Any] = []
         self._spawn_xy = np.zeros((0, 2))
         self._episode: _Episode | None = None
+        self._last_camera: np.ndarray | None = None  # the newest tick's frame (camera())
         self._orphans: tuple[int, list[int]] | None = None  # (world id, actor ids) a timeout kept us from destroying
         self._closed = False
         self.cleanup_problems: list[str] = []  # what the last teardown could not do (also logged)
@@ -232,8 +233,9 @@ class CarlaSession:
                                 cfg.reconnect_retries)
                     time.sleep(cfg.reconnect_backoff_s * failures)
 
-    def step(self, control: VehicleControl) -> Snapshot:
-        """Apply ``control`` to the ego and advance one fixed step (``fixed_delta_seconds``).
+    def step(self, control: VehicleControl, camera: bool = True) -> Snapshot:
+        """Apply ``control`` to the ego and advance one fixed step (``fixed_delta_seconds``). The server sends
+        a camera frame every tick, so the snapshot always has one (``camera`` is accepted for the contract).
 
         Raises :class:`CarlaSensorTimeout` when a sensor frame is missing and :class:`CarlaEpisodeLost` when
         the server timed out (after reconnecting); either way the episode was torn down: call :meth:`reset`.
@@ -258,6 +260,12 @@ class CarlaSession:
                     f"the CARLA server at {self.config.host}:{self.config.port} timed out during step ({e}); "
                     f"reconnected, the episode is lost: call reset()"
                 ) from e
+
+    def camera(self) -> np.ndarray:
+        """The newest tick's camera frame."""
+        if self._last_camera is None:
+            raise RuntimeError("CarlaSession.camera() before reset()")
+        return self._last_camera
 
     def close(self) -> None:
         """Destroy the episode's actors and restore the server's settings; safe to call twice.
@@ -628,6 +636,7 @@ class CarlaSession:
         lanes = tuple(lane_invasion_event(e) for e in ep.lane_queue.take(frame))
         obstacles = ep.obstacle_queue.take(frame)
         self.sensor_stats = {q.name: dict(q.stats) for q in (ep.world_queue, ep.camera_queue)}
+        self._last_camera = camera
         return assemble_snapshot(frame, ws, int(ep.ego.id), ep.statics, camera, collisions, lanes, obstacles)
 
     # -- teardown --------------------------------------------------------------------------------------

@@ -77,13 +77,20 @@ class SimWorld:
         self.frame = 0
         return self._tick(VehicleControl())
 
-    def step(self, control: VehicleControl) -> Snapshot:
-        """Apply ``control`` (a ``VehicleControl``: NaN rejected and ranges clamped by it) for one tick."""
+    def step(self, control: VehicleControl, camera: bool = True) -> Snapshot:
+        """Apply ``control`` (a ``VehicleControl``: NaN rejected and ranges clamped by it) for one tick;
+        ``camera=False`` skips rendering the frame (``Snapshot.camera`` is None)."""
         if not isinstance(control, VehicleControl):
             raise TypeError(f"control must be a jtd3.backends.base.VehicleControl, got {type(control).__name__}")
         if self.ego is None or self._closed:
             raise RuntimeError("call reset() before step()")
-        return self._tick(control)
+        return self._tick(control, camera)
+
+    def camera(self) -> np.ndarray:
+        """The camera frame of the current state (rendered now)."""
+        if self.ego is None:
+            raise RuntimeError("no ego: call reset() first")
+        return self._camera(self.traffic.vehicles())
 
     def close(self) -> None:
         self._closed = True
@@ -92,8 +99,8 @@ class SimWorld:
 
     # ------------------------------------------------------------------------------------------------------
 
-    def _tick(self, control: VehicleControl) -> Snapshot:
-        snap = self._compute_tick(control)
+    def _tick(self, control: VehicleControl, camera: bool = True) -> Snapshot:
+        snap = self._compute_tick(control, camera)
         if self.config.min_step_s > 0:
             self._pace()
         return snap
@@ -107,7 +114,7 @@ class SimWorld:
             now = self._tick_deadline
         self._tick_deadline = now + self.config.min_step_s
 
-    def _compute_tick(self, control: VehicleControl) -> Snapshot:
+    def _compute_tick(self, control: VehicleControl, camera: bool = True) -> Snapshot:
         cfg = self.config
         prev = self.ego
         assert prev is not None
@@ -133,7 +140,7 @@ class SimWorld:
             timestamp=self.frame * cfg.dt,
             ego=self.ego_state(),
             vehicles=vehicles,
-            camera=self._camera(vehicles),
+            camera=self._camera(vehicles) if camera else None,
             collisions=tuple(collisions),
             lane_invasions=invasions,
             obstacle=obstacle.front_reading(self.frame, new.x, new.y, new.yaw, self._hl, cfg.obstacle, vehicles)
