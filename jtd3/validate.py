@@ -1,4 +1,4 @@
-"""The seed's validation plan as one command (``scripts/validate.py --stage smoke|5k|50k``, issue 11).
+"""The seed's validation plan as one command (``scripts/validate.py --stage smoke|5k|50k``).
 
 The seed blamed the original's feature explosion on the missing normalization and planned a validation in three
 stages with explicit success criteria. This module runs that plan for both wirings (``original``: the PyTorch
@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import platform
 import shlex
 import time
@@ -31,9 +32,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from gymnasium import spaces
 
+from jtd3 import agent
+from jtd3.cli import train_main
 from jtd3.compare import NORMS, read_eval_csv, save_figure
+from jtd3.config import from_dict, load_yaml
+from jtd3.logging import read_scalars
 
 __all__ = [
     "CRITERIA",
@@ -108,10 +116,6 @@ STAGES = {
 
 def machine() -> dict[str, Any]:
     """The machine the stage runs on: JAX backend and devices, CPU model and count."""
-    import os
-
-    import jax
-
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
@@ -161,7 +165,6 @@ def run_stage(runs: list[dict[str, Any]], log: Callable[[str], None] = print) ->
     ``wall_s``, also written to ``<run_dir>/validate_run.json`` (read back by :func:`load_run_info` when a
     report is rebuilt from the runs). Exit code 3 (the NaN/Inf alarm stopped the run) is a result, not an
     error."""
-    from jtd3.cli import train_main
 
     for r in runs:
         log(f"\n=== {r['label']} seed {r['seed']}: scripts/train.py {shlex.join(r['argv'])}")
@@ -225,7 +228,6 @@ def _window_mean(values: Sequence[float], first: bool, frac: float = 0.25) -> fl
 def measure(run_dir: str | Path, learning_starts: int) -> dict[str, Any]:
     """What the criteria need from one run directory: the series of :data:`SERIES` (``[(step, value)]``),
     gradient norms, episode rewards after ``learning_starts``, evaluations, non-finite values and alarms."""
-    from jtd3.logging import read_scalars
 
     run_dir = Path(run_dir)
     scalars = read_scalars(run_dir)
@@ -616,15 +618,6 @@ def estimate_seconds(stage: Stage, wirings: Sequence[str], batch_size: int, upda
     wall-clock seconds of one run's updates at the measured speed. Env steps, acting, evaluations and compiles
     are not timed (about a fifth of a run at batch 64 on a CPU).
     """
-    import os
-
-    import jax
-    import jax.numpy as jnp
-    from gymnasium import spaces
-
-    from jtd3 import agent
-    from jtd3.config import from_dict, load_yaml
-
     data = load_yaml(str(PRESET))["agent"]
     obs_space = spaces.Dict({"camera": spaces.Box(0, 255, (4, 84, 84), np.uint8),
                              "kinematics": spaces.Box(-np.inf, np.inf, (55,), np.float32)})

@@ -24,9 +24,13 @@ import dataclasses
 import time
 from typing import Any
 
+import jax
 import numpy as np
 
+from jtd3 import envs
 from jtd3.backends.carla.errors import CarlaError
+from jtd3.envs import vector_env_configs
+from jtd3.envs.vector import parse_server
 from jtd3.train import CarlaGaveUp, Trainer, _warn
 from jtd3.training.bookkeeping import episode_seed, new_episode_stats
 from jtd3.training.exploration import RandomDrivingPolicy, noise_scale
@@ -42,9 +46,6 @@ def parallel_env_configs(config) -> tuple[list, Any]:
     Manager ports) and evaluation runs on ``env.carla.host:port``, which must be none of them: a second session
     on a training server would fight over its settings and actors. Ray actors without ``carla_servers`` drive
     ``localhost:<env.carla.port>`` on their own machines."""
-    from jtd3.envs import vector_env_configs
-    from jtd3.envs.vector import parse_server
-
     actors, env = config.train.actors, config.env
     eval_config = dataclasses.replace(env, route_start="beginning")
     if env.backend != "carla":
@@ -102,12 +103,10 @@ class ParallelTrainer(MultiEnvTrainer):
     """:class:`~jtd3.train.Trainer` over ``train.actors.num_envs`` worker-process environments."""
 
     def _make_envs(self):
-        from jtd3.envs import make_env
-
         configs, eval_config = parallel_env_configs(self.config)
         workers = EnvWorkers(configs)
         try:
-            return workers, make_env(eval_config, seed=None)
+            return workers, envs.make_env(eval_config, seed=None)
         except BaseException:
             workers.close()
             raise
@@ -148,8 +147,6 @@ class ParallelTrainer(MultiEnvTrainer):
     # ------------------------------------------------------------------------------------------------------
 
     def _act_batch(self, obs: list[dict[str, np.ndarray]]) -> np.ndarray:
-        import jax
-
         tc = self.tc
         if self.env_steps < tc.learning_starts:
             return np.stack([w(self.rng) for w in self.warmups]).astype(np.float32)
