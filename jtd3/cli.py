@@ -72,6 +72,15 @@ FLAG_KEYS: dict[str, str] = {
 }
 
 
+def split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``argv`` split at the first ``--``: (the script's own arguments, the training flags passed on after it)."""
+    argv = list(argv)
+    if "--" not in argv:
+        return argv, []
+    i = argv.index("--")
+    return argv[:i], argv[i + 1:]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="jtd3-train",

@@ -21,16 +21,13 @@ from pathlib import Path
 import yaml
 
 from jtd3 import compare
+from jtd3.cli import split_passthrough
 
 NORMS = compare.NORMS
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    passthrough: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, passthrough = argv[:i], argv[i + 1:]
+    argv, passthrough = split_passthrough(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="scripts/compare_norms.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--norms", nargs="+", choices=NORMS, default=list(NORMS), help="normalizations to compare")

@@ -23,14 +23,11 @@ import sys
 from pathlib import Path
 
 from jtd3 import validate
+from jtd3.cli import split_passthrough
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    passthrough: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, passthrough = argv[:i], argv[i + 1:]
+    argv, passthrough = split_passthrough(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="scripts/validate.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--stage", choices=tuple(validate.STAGES), required=True, help="the seed's validation stage")

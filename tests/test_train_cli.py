@@ -22,6 +22,7 @@ import yaml
 from tiny_run import TINY_RUN
 
 from jtd3.checkpoint import CheckpointStore
+from jtd3.cli import split_passthrough
 from jtd3.logging import read_scalars
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,3 +113,9 @@ def test_cli_run_directory_then_sigkill_and_resume(tmp_path):
         steps = [s for s, _ in scalars[tag]]
         assert steps == sorted(set(steps)), (tag, steps)
 
+
+
+def test_split_passthrough_keeps_everything_after_the_first_double_dash_for_training():
+    assert split_passthrough(["--stage", "smoke", "--", "--seed", "3", "--", "x"]) == (
+        ["--stage", "smoke"], ["--seed", "3", "--", "x"])
+    assert split_passthrough(("--stage", "smoke")) == (["--stage", "smoke"], [])
