@@ -100,18 +100,18 @@ class Trainer:
         self.config_record = to_dict(config)
         self.run_dir = Path(run_dir)
         self.resume = resume
-        tc = config.train
-        self.tc = tc
+        train_cfg = config.train
+        self.train_cfg = train_cfg
         self._agent = agent_lib
         self.stop_signal: int | None = None
         self.max_failures = config.env.carla.max_consecutive_failures
 
         self.env, self.eval_env = self._make_envs()
-        self.state = agent_lib.create(config.agent, self.env.observation_space, self.env.action_space, tc.seed)
+        self.state = agent_lib.create(config.agent, self.env.observation_space, self.env.action_space, train_cfg.seed)
         self.replay = self._new_replay()
-        self.rng = np.random.default_rng(np.random.SeedSequence([tc.seed, 2]))
-        self._key = jax.random.PRNGKey(np.random.SeedSequence([tc.seed, 3]).generate_state(1)[0])
-        self.warmup = RandomDrivingPolicy(tc.exploration)
+        self.rng = np.random.default_rng(np.random.SeedSequence([train_cfg.seed, 2]))
+        self._key = jax.random.PRNGKey(np.random.SeedSequence([train_cfg.seed, 3]).generate_state(1)[0])
+        self.warmup = RandomDrivingPolicy(train_cfg.exploration)
 
         # Loop counters (all in the checkpoint).
         self.env_steps = 0
@@ -131,7 +131,7 @@ class Trainer:
         purge_step = None
         if resume and resume_candidates == []:  # stopped before its first checkpoint: start again from step 0
 
-            self.ckpt = CheckpointStore.from_config(self.run_dir / "checkpoints", "new", tc.checkpoint)
+            self.ckpt = CheckpointStore.from_config(self.run_dir / "checkpoints", "new", train_cfg.checkpoint)
             self.resume = False
             trim_eval_logs(self.run_dir, 0)
             purge_step = 0
@@ -139,7 +139,7 @@ class Trainer:
             purge_step = self._restore(resume_candidates)
         else:
 
-            self.ckpt = CheckpointStore.from_config(self.run_dir / "checkpoints", "new", tc.checkpoint)
+            self.ckpt = CheckpointStore.from_config(self.run_dir / "checkpoints", "new", train_cfg.checkpoint)
         self.logger = RunLogger(self.run_dir, purge_step=purge_step)
         self.window = MetricWindow()
 
@@ -168,7 +168,7 @@ class Trainer:
 
     def _new_replay(self):
         return ReplayBuffer.from_config(
-            self.tc.replay, self.env.observation_space, self.env.action_space, seed=self.tc.seed,
+            self.train_cfg.replay, self.env.observation_space, self.env.action_space, seed=self.train_cfg.seed,
             streams=self._replay_streams(),
         )
 
@@ -251,7 +251,7 @@ class Trainer:
             if s > restored.step:
                 move_aside(self.run_dir, ResumeCandidate(regular_dir, s, "regular"), "superseded_checkpoints")
         mode = "resume" if committed_steps(regular_dir) else "new"
-        self.ckpt = CheckpointStore.from_config(regular_dir, mode, self.tc.checkpoint)
+        self.ckpt = CheckpointStore.from_config(regular_dir, mode, self.train_cfg.checkpoint)
         if self.restored_from.kind == "alarm":
             alarm = restored.loop_state.get("alarm") or []
             what = ", ".join(f"{n} = {v}" for n, v in alarm) or "unknown metric"
@@ -282,17 +282,17 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------
 
     def _act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        tc = self.tc
-        if self.env_steps < tc.learning_starts:
+        train_cfg = self.train_cfg
+        if self.env_steps < train_cfg.learning_starts:
             return self.warmup(self.rng)
         self._key, sub = jax.random.split(self._key)
-        scale = noise_scale(tc.exploration, self.env_steps - tc.learning_starts)
+        scale = noise_scale(train_cfg.exploration, self.env_steps - train_cfg.learning_starts)
         batch = {k: v[None] for k, v in obs.items()}
         action = self._agent.act(self.state, batch, sub, scale)
         return np.asarray(jax.device_get(action))[0].astype(np.float32)
 
     def _start_episode(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        obs, info = self.env.reset(seed=episode_seed(self.tc.seed, self.episodes))
+        obs, info = self.env.reset(seed=episode_seed(self.train_cfg.seed, self.episodes))
         self.warmup.reset()
         self.episode_actions = []
         self._ep = new_episode_stats()
@@ -334,7 +334,7 @@ class Trainer:
     def _resimulate_episode(self) -> dict[str, np.ndarray]:
         """Bring the env back to the checkpoint's mid-episode state by replaying the recorded actions."""
         actions = self.episode_actions
-        obs, _ = self.env.reset(seed=episode_seed(self.tc.seed, self.episodes))
+        obs, _ = self.env.reset(seed=episode_seed(self.train_cfg.seed, self.episodes))
         self._ep = new_episode_stats()
         for a in actions:
             obs, reward, terminated, truncated, info = self.env.step(np.asarray(a, np.float32))
@@ -410,20 +410,22 @@ class Trainer:
     def _update_calls_due(self, prev: int, now: int) -> int:
         """Update calls the steps ``prev + 1 .. now`` make due: one at every multiple of train_freq past
         learning_starts."""
-        tc = self.tc
-        lower = max(prev, tc.learning_starts)
-        return now // tc.train_freq - lower // tc.train_freq if now > lower else 0
+        train_cfg = self.train_cfg
+        lower = max(prev, train_cfg.learning_starts)
+        return now // train_cfg.train_freq - lower // train_cfg.train_freq if now > lower else 0
 
     def _update(self, calls: int) -> int | None:
         """``calls`` update calls of ``gradient_steps`` each; EXIT_ALARM when the explosion alarm fires."""
-        tc, ac = self.tc, self.config.agent
+        train_cfg, ac = self.train_cfg, self.config.agent
         for _ in range(calls):
-            batches = self.replay.sample_many(tc.gradient_steps, tc.batch_size, n_step=ac.n_step, gamma=ac.gamma)
+            batches = self.replay.sample_many(
+                train_cfg.gradient_steps, train_cfg.batch_size, n_step=ac.n_step, gamma=ac.gamma
+            )
             self.state, metrics = self._agent.update_many(self.state, batches)
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            self.updates += tc.gradient_steps
-            alarms = check_explosion(metrics, tc.explosion_l2_threshold)
-            if tc.debug:
+            self.updates += train_cfg.gradient_steps
+            alarms = check_explosion(metrics, train_cfg.explosion_l2_threshold)
+            if train_cfg.debug:
                 self.logger.scalars(metrics, self.env_steps)
             else:
                 self.window.add(metrics)
@@ -440,12 +442,12 @@ class Trainer:
         calls (unless ``updates`` is False: the caller runs them), the TensorBoard write, the evaluation, the
         checkpoint. Returns (an exit code or None, whether an evaluation ran)."""
 
-        tc, now = self.tc, self.env_steps
+        train_cfg, now = self.train_cfg, self.env_steps
 
         def crossed(freq: int) -> bool:
             return now // freq > prev // freq
 
-        if prev < tc.learning_starts <= now and self.warmup_speed_count:
+        if prev < train_cfg.learning_starts <= now and self.warmup_speed_count:
             self.logger.scalars(
                 {"charts/warmup_mean_speed_kmh": self.warmup_speed_sum / self.warmup_speed_count}, now
             )
@@ -453,13 +455,15 @@ class Trainer:
             code = self._update(self._update_calls_due(prev, now))
             if code is not None:
                 return code, False
-        if crossed(tc.log_freq):
+        if crossed(train_cfg.log_freq):
             t = time.perf_counter()
             sps = (now - self._steps_last) / max(t - self._t_last, 1e-9)
             self._t_last, self._steps_last = t, now
             scalars = {"charts/steps_per_second": sps, "charts/updates": self.updates}
-            if now > tc.learning_starts:
-                scalars["charts/exploration_noise"] = noise_scale(tc.exploration, now - tc.learning_starts)
+            if now > train_cfg.learning_starts:
+                scalars["charts/exploration_noise"] = noise_scale(
+                    train_cfg.exploration, now - train_cfg.learning_starts
+                )
             scalars.update(self._extra_log_scalars())
             if self.window.count:
                 scalars.update(self.window.means())
@@ -475,7 +479,7 @@ class Trainer:
                     refresh=False,
                 )
         evaluated = False
-        if crossed(tc.eval_freq):
+        if crossed(train_cfg.eval_freq):
             evaluated = True
             try:
                 self._evaluate_safely()
@@ -483,7 +487,7 @@ class Trainer:
                 pass
             if self.stop_signal is not None:
                 return self._stopped(), evaluated
-        if crossed(tc.checkpoint_freq):
+        if crossed(train_cfg.checkpoint_freq):
             self._checkpoint(with_metrics=True)
         return None, evaluated
 
@@ -493,7 +497,7 @@ class Trainer:
 
     def _finish(self) -> int:
         """After the last step: a final evaluation and checkpoint (unless the last step made them), the report."""
-        if self.env_steps % self.tc.eval_freq != 0:
+        if self.env_steps % self.train_cfg.eval_freq != 0:
             try:
                 self._evaluate_safely()
             except StopRequested:
@@ -504,10 +508,10 @@ class Trainer:
         return EXIT_OK
 
     def _progress_bar(self):
-        if not self.tc.progress_bar:
+        if not self.train_cfg.progress_bar:
             return None
 
-        return tqdm(total=self.tc.max_timesteps, initial=self.env_steps, unit="step", dynamic_ncols=True,
+        return tqdm(total=self.train_cfg.max_timesteps, initial=self.env_steps, unit="step", dynamic_ncols=True,
                     file=sys.stdout, mininterval=1.0)
 
     def _run(self) -> int:
@@ -518,7 +522,7 @@ class Trainer:
         bar = self._progress_bar()
         self._t_last, self._steps_last = time.perf_counter(), self.env_steps
         try:
-            while self.env_steps < self.tc.max_timesteps:
+            while self.env_steps < self.train_cfg.max_timesteps:
                 if self.stop_signal is not None:
                     return self._stopped()
                 prev = self.env_steps
@@ -542,7 +546,7 @@ class Trainer:
 
     def _iteration(self, bar) -> int | None:
         """One env step, its replay write, and the work it makes due; an exit code ends the run."""
-        tc, obs = self.tc, self._obs
+        train_cfg, obs = self.train_cfg, self._obs
         action = self._act(obs)
         if not np.isfinite(action).all():
             return self._alarm([("actions/non_finite", float("nan"))])
@@ -555,7 +559,7 @@ class Trainer:
         self.replay.add(obs, action, reward, next_obs, terminated, truncated)
         self.episode_actions.append([float(a) for a in action])
         self._account(reward, info)
-        if self.env_steps < tc.learning_starts:
+        if self.env_steps < train_cfg.learning_starts:
             self.warmup_speed_sum += float(info["speed_kmh"])
             self.warmup_speed_count += 1
         self.env_steps += 1
@@ -586,7 +590,8 @@ class Trainer:
 
     def _evaluate(self) -> dict[str, float]:
         report, _ = evaluate(
-            self.eval_env, self._guarded_policy(), self.tc.num_eval_episodes, seed=eval_seed(self.tc.seed),
+            self.eval_env, self._guarded_policy(), self.train_cfg.num_eval_episodes,
+            seed=eval_seed(self.train_cfg.seed),
             policy_name="td3", gamma=self.config.agent.gamma,
         )
         summary = eval_summary(report)
@@ -620,7 +625,7 @@ class Trainer:
             metrics = {k: v for k, v in self.last_eval.items() if math.isfinite(v)}
         return self.ckpt.save(
             self.env_steps, self.state, self._loop_state(),
-            replay=self.replay if self.tc.checkpoint.save_replay else None, metrics=metrics,
+            replay=self.replay if self.train_cfg.checkpoint.save_replay else None, metrics=metrics,
             config=self.config_record,
         )
 
@@ -635,11 +640,11 @@ class Trainer:
             directory = base / f"{self.env_steps}-{k}"
         loop_state = self._loop_state()
         loop_state["alarm"] = [[name, repr(float(value))] for name, value in alarms]
-        cfg = dataclasses.replace(self.tc.checkpoint, keep_best=0)
+        cfg = dataclasses.replace(self.train_cfg.checkpoint, keep_best=0)
         with CheckpointStore.from_config(directory, "new", cfg) as store:
             return store.save(
                 self.env_steps, self.state, loop_state,
-                replay=self.replay if self.tc.checkpoint.save_replay else None, config=self.config_record,
+                replay=self.replay if self.train_cfg.checkpoint.save_replay else None, config=self.config_record,
             )
 
     def _alarm(self, alarms: list[tuple[str, float]]) -> int:
@@ -653,7 +658,7 @@ class Trainer:
                  if latest is not None else "there is no regular checkpoint yet")
         print(
             f"\nEXPLOSION ALARM at env step {self.env_steps} (update {self.updates}): {name} = {value:.6g}"
-            f"{others}; threshold for the feature L2 norm: {self.tc.explosion_l2_threshold:g}. "
+            f"{others}; threshold for the feature L2 norm: {self.train_cfg.explosion_l2_threshold:g}. "
             f"Checkpoint of the alarm's state saved apart: {path} ({plain}; --resume-step {self.env_steps} "
             f"loads the alarm's state)",
             file=sys.stderr,

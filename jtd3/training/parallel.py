@@ -73,7 +73,7 @@ class MultiEnvTrainer(Trainer):
 
     @property
     def num_envs(self) -> int:
-        return self.tc.actors.num_envs
+        return self.train_cfg.actors.num_envs
 
     @property
     def shared_backend(self) -> bool:
@@ -114,7 +114,7 @@ class ParallelTrainer(MultiEnvTrainer):
     def _init_envs_state(self) -> None:
         super()._init_envs_state()
         n = self.num_envs
-        self.warmups = [RandomDrivingPolicy(self.tc.exploration) for _ in range(n)]
+        self.warmups = [RandomDrivingPolicy(self.train_cfg.exploration) for _ in range(n)]
         # env i's current episode number in the run's seed sequence: i, i + N, i + 2N, ... (episode_seed)
         self.env_episode = list(range(n))
         self.env_actions: list[list[list[float]]] = [[] for _ in range(n)]
@@ -122,7 +122,7 @@ class ParallelTrainer(MultiEnvTrainer):
         self.pending_calls = 0  # update calls made due but not run yet (they run while the envs step)
 
     def _seed_of(self, i: int) -> int:
-        return episode_seed(self.tc.seed, self.env_episode[i])
+        return episode_seed(self.train_cfg.seed, self.env_episode[i])
 
     # ------------------------------------------------------------------------------------------------------
     # State
@@ -147,11 +147,11 @@ class ParallelTrainer(MultiEnvTrainer):
     # ------------------------------------------------------------------------------------------------------
 
     def _act_batch(self, obs: list[dict[str, np.ndarray]]) -> np.ndarray:
-        tc = self.tc
-        if self.env_steps < tc.learning_starts:
+        train_cfg = self.train_cfg
+        if self.env_steps < train_cfg.learning_starts:
             return np.stack([w(self.rng) for w in self.warmups]).astype(np.float32)
         self._key, sub = jax.random.split(self._key)
-        scale = noise_scale(tc.exploration, self.env_steps - tc.learning_starts)
+        scale = noise_scale(train_cfg.exploration, self.env_steps - train_cfg.learning_starts)
         batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
         return np.asarray(jax.device_get(self._agent.act(self.state, batch, sub, scale)), np.float32)
 
@@ -210,7 +210,7 @@ class ParallelTrainer(MultiEnvTrainer):
         self.replay.add(obs, action, res.reward, res.next_obs, res.terminated, res.truncated, stream=i)
         self.env_actions[i].append([float(a) for a in action])
         self._account_env(i, res.reward, res.info)
-        if self.env_steps < self.tc.learning_starts:
+        if self.env_steps < self.train_cfg.learning_starts:
             self.warmup_speed_sum += float(res.info["speed_kmh"])
             self.warmup_speed_count += 1
         self.env_steps += 1
@@ -224,7 +224,7 @@ class ParallelTrainer(MultiEnvTrainer):
         return res.reset_obs
 
     def _next_seeds(self) -> list[int]:
-        return [episode_seed(self.tc.seed, self.env_episode[i] + self.num_envs) for i in range(self.num_envs)]
+        return [episode_seed(self.train_cfg.seed, self.env_episode[i] + self.num_envs) for i in range(self.num_envs)]
 
     def _begin(self) -> None:
         self._obs = self._first_observations()
@@ -232,8 +232,8 @@ class ParallelTrainer(MultiEnvTrainer):
     def _iteration(self, bar) -> int | None:
         """One vector step: act on the N observations, step the workers while the due updates run (overlap),
         write what came back, then the work the new env steps make due."""
-        tc, obs = self.tc, self._obs
-        if not tc.actors.overlap:
+        train_cfg, obs = self.train_cfg, self._obs
+        if not train_cfg.actors.overlap:
             code = self._run_pending()
             if code is not None:
                 return code
@@ -256,8 +256,8 @@ class ParallelTrainer(MultiEnvTrainer):
         if code is not None:
             return code
         self.pending_calls += self._update_calls_due(prev, self.env_steps)
-        crossing = any(self.env_steps // f > prev // f for f in (tc.eval_freq, tc.checkpoint_freq))
-        if crossing or self.env_steps >= tc.max_timesteps:
+        crossing = any(self.env_steps // f > prev // f for f in (train_cfg.eval_freq, train_cfg.checkpoint_freq))
+        if crossing or self.env_steps >= train_cfg.max_timesteps:
             code = self._run_pending()  # evaluations and checkpoints see every due update
             if code is not None:
                 return code

@@ -185,8 +185,8 @@ class ActorPool:
         if config.env.backend == "carla" and resource:
             options["resources"] = {resource: 1}
         remote = ray.remote(EnvActor).options(**options)
-        tc = config.train
-        self.actors = [remote.remote(cfg, i, tc.seed, tc.exploration, tc.learning_starts)
+        train_cfg = config.train
+        self.actors = [remote.remote(cfg, i, train_cfg.seed, train_cfg.exploration, train_cfg.learning_starts)
                        for i, cfg in enumerate(env_configs)]
         self.observation_space, self.action_space = spaces
 
@@ -236,7 +236,7 @@ class RayTrainer(MultiEnvTrainer):
         self.published = self.updates
 
     def _dispatch(self, i: int) -> Any:
-        return self.env.actors[i].collect.remote(self.tc.actors.chunk_steps, self.env_steps)
+        return self.env.actors[i].collect.remote(self.train_cfg.actors.chunk_steps, self.env_steps)
 
     def _accept(self, i: int, chunk: dict[str, Any]) -> None:
         """Keep ``chunk``; write its episode when it is the episode's last. A chunk that does not continue the
@@ -350,7 +350,7 @@ class RayTrainer(MultiEnvTrainer):
         updates.append(self.updates)
         if len(times) > 100_000:  # keep the recent past only (chunks arrive within seconds)
             del times[:50_000], updates[:50_000]
-        if self.updates - self.published >= self.tc.actors.publish_every:
+        if self.updates - self.published >= self.train_cfg.actors.publish_every:
             self._publish()
 
     def _give_up_after(self, failures: int, i: int, last: str) -> None:

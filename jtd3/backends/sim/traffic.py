@@ -260,10 +260,10 @@ class Traffic:
 
         # --- leaders on the lane graph
         order = np.lexsort((u, lane))
-        ls, us_ = lane[order], rear[order]
+        lanes_sorted, rears_sorted = lane[order], rear[order]
         gap = np.full(n, _NO_GAP)
         lead_v = np.zeros(n)
-        same = ls[1:] == ls[:-1]
+        same = lanes_sorted[1:] == lanes_sorted[:-1]
         a, b = order[:-1][same], order[1:][same]
         gap[a] = rear[b] - front[a]
         lead_v[a] = v[b]
@@ -271,8 +271,8 @@ class Traffic:
         first[1:] = ~same
         first_rear = np.full(len(L) + 1, _NO_GAP)  # index -1 (no lane) maps to the padding slot
         first_idx = np.full(len(L) + 1, -1, dtype=np.int64)
-        first_rear[ls[first]] = us_[first]
-        first_idx[ls[first]] = order[first]
+        first_rear[lanes_sorted[first]] = rears_sorted[first]
+        first_idx[lanes_sorted[first]] = order[first]
         to_end = L[lane] - front
         # any successor of p
         succ = g.succ[lane]  # (n, S), -1 padded
