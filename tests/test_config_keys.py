@@ -78,7 +78,7 @@ def _carla_episode() -> None:
 def _clear_map_caches() -> None:
     """Drop the cached towns (and the rasters and lane graphs cached on them) and JAX's compiled functions:
     earlier tests in the same process built them from the same settings, and a cache hit reads no config key
-    (the agent's Flax modules are cached per spec, and a jitted update is not traced again)."""
+    (the agent's Flax modules and optimisers are cached per spec, and a jitted update is not traced again)."""
     import jax
 
     from jtd3.agent import state
@@ -87,6 +87,7 @@ def _clear_map_caches() -> None:
 
     jax.clear_caches()
     state.modules.cache_clear()
+    state.optimizer.cache_clear()
 
     towns.load_town.cache_clear()
     driving_env._network_from_text.cache_clear()
