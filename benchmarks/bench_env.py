@@ -7,7 +7,9 @@ episodes that end are reset (resets are timed too, as in training). Single core:
     taskset -c 0 python benchmarks/bench_env.py [--steps 3000] [--scenarios 0 2] [--profile 20]
 
 ``--profile N`` adds, per scenario, the N functions with the most own time (cProfile) as one JSON line each, so
-the line says where the step's time goes. The meta line records the CPU model and flags.
+the line says where the step's time goes. ``--ab-camera`` adds, per scenario, the step as it is against one
+that renders the camera at every tick (the behaviour before 2026-12-03), in one process, alternating 100-step
+chunks so both see the same machine speed. The meta line records the CPU model and flags.
 """
 
 from __future__ import annotations
@@ -48,11 +50,36 @@ def run(env, action: np.ndarray, steps: int) -> tuple[int, int]:
     return steps, resets
 
 
+def ab_camera(cfg, action: np.ndarray, steps: int) -> dict[str, float]:
+    """Steps/s of the env as it is and of one whose every tick renders its frame, ``steps`` each, timed in
+    alternating chunks of 100."""
+    chunk = min(100, steps)
+    chunks = max(steps // chunk, 1)
+    envs = {"last_tick": make_env(cfg, seed=0), "every_tick": make_env(cfg, seed=0)}
+    tick = envs["every_tick"]._tick
+    envs["every_tick"]._tick = lambda control, camera: tick(control, camera=True)
+    spent = dict.fromkeys(envs, 0.0)
+    for env in envs.values():
+        env.reset(seed=0)
+        run(env, action, 200)
+    for _ in range(chunks):
+        for name, env in envs.items():
+            t0 = time.perf_counter()
+            run(env, action, chunk)
+            spent[name] += time.perf_counter() - t0
+    for env in envs.values():
+        env.close()
+    out = {f"{name}_steps_per_s": round(chunks * chunk / t, 1) for name, t in spent.items()}
+    return {**out, "ratio": round(spent["every_tick"] / spent["last_tick"], 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=3000, help="timed env steps per scenario")
     ap.add_argument("--scenarios", type=int, nargs="+", default=[0, 2], help="rows of env.scenario_vehicles")
     ap.add_argument("--profile", type=int, default=0, help="also emit the N functions with the most own time")
+    ap.add_argument("--ab-camera", action="store_true",
+                    help="also compare with rendering the camera at every tick, alternating in one process")
     args = ap.parse_args()
     emit(kind="meta", machine=platform.node(), python=platform.python_version(), numpy=np.__version__,
          affinity=sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None, **cpu_info())
@@ -80,6 +107,8 @@ def main() -> None:
                 emit(kind="profile", scenario=scenario, function=f"{os.path.relpath(filename)}:{line}({name})",
                      calls=ncalls, own_share=round(tottime / total, 3), cum_share=round(cumtime / total, 3))
         env.close()
+        if args.ab_camera:
+            emit(kind="ab_camera", scenario=scenario, vehicles=cfg.num_vehicles, **ab_camera(cfg, action, args.steps))
 
 
 if __name__ == "__main__":

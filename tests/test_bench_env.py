@@ -12,10 +12,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_bench_env_writes_meta_speed_and_profile_lines():
     out = subprocess.run([sys.executable, "benchmarks/bench_env.py", "--steps", "30", "--scenarios", "0",
-                          "--profile", "3"], cwd=REPO, capture_output=True, text=True, timeout=300)
+                          "--profile", "3", "--ab-camera"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    meta, speed, *profile = rows
+    meta, speed, *profile, ab = rows
     assert meta["kind"] == "meta" and meta["cpu"] and "cpu_flags" in meta
     assert speed["kind"] == "env_step" and speed["scenario"] == 0 and speed["vehicles"] == 20
     assert speed["steps"] == 30 and speed["steps_per_s"] > 0
@@ -24,3 +24,5 @@ def test_bench_env_writes_meta_speed_and_profile_lines():
     shares = [p["own_share"] for p in profile]
     assert shares == sorted(shares, reverse=True) and all(0 < s <= 1 for s in shares)
     assert all(p["calls"] > 0 and p["cum_share"] >= p["own_share"] for p in profile)
+    assert ab["kind"] == "ab_camera" and ab["scenario"] == 0
+    assert ab["last_tick_steps_per_s"] > 0 and ab["every_tick_steps_per_s"] > 0 and ab["ratio"] > 0
