@@ -90,6 +90,25 @@ def loop_state(step: int, rng: np.random.Generator) -> dict:
     return {"env_steps": step, "episodes": step // 7, "noise_scale": 0.1 * 0.99**step, "rng": rng.bit_generator.state, "recent": [1.5, None, "x"]}
 
 
+def test_an_unknown_format_version_is_refused_naming_the_readable_ones(tmp_path, monkeypatch):
+    from jtd3 import checkpoint
+
+    monkeypatch.setattr(checkpoint, "FORMAT_VERSION", 99)
+    with CheckpointStore(tmp_path / "ckpt", "new", save_replay=False) as store:
+        store.save(10, make_state(1), {"x": 1})
+    monkeypatch.undo()
+    with CheckpointStore(tmp_path / "ckpt", "read") as store, pytest.raises(ValueError) as err:
+        store.restore(make_state(0))
+    assert "format_version 99" in str(err.value) and "reads (1, 2)" in str(err.value)
+    # a format-1 checkpoint of a tree that is not the agent's state is read as it is (its layout never changed)
+    monkeypatch.setattr(checkpoint, "FORMAT_VERSION", 1)
+    with CheckpointStore(tmp_path / "v1", "new", save_replay=False) as store:
+        store.save(10, make_state(1), {"x": 1})
+    monkeypatch.undo()
+    with CheckpointStore(tmp_path / "v1", "read") as store:
+        assert_trees_identical(store.restore(make_state(0)).train_state, make_state(1))
+
+
 def test_round_trip_is_exact_and_resumes_the_same_future(tmp_path):
     state, rng, buf = make_state(3), np.random.default_rng(42), small_buffer(seed=7)
     fill_buffer(buf, 90, seed=1)  # wrapped (64 slots)
