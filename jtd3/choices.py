@@ -7,7 +7,9 @@ without importing JAX.
 __all__ = ["ACTOR_KINDS", "BACKENDS", "ENCODERS", "NORMS"]
 
 NORMS = ("none", "layernorm", "batchnorm", "hybrid")
-"""``agent.norm``: normalization in the NatureCNN encoders (``jtd3.agent.networks``)."""
+"""``agent.norm``, normalization in the NatureCNN encoders (``jtd3.agent.networks``): ``none``; ``layernorm`` (LN
+over (H, W, C) after each conv, LN after the dense layer); ``batchnorm`` (per-channel BN after each conv, nothing
+after the dense layer); ``hybrid`` (BN after convs, LN after dense)."""
 ENCODERS = ("separate", "shared", "original")
 """``agent.encoder``: the actor/critic encoder topology (``jtd3.agent.learn``)."""
 BACKENDS = ("sim", "carla")

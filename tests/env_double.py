@@ -70,9 +70,6 @@ class ScriptedBackend:
         self._frame += 1
         return self._snapshot((), ())
 
-    def camera(self) -> np.ndarray:
-        return self._frame_image()
-
     def step(self, control: VehicleControl, camera: bool = True) -> Snapshot:
         if not isinstance(control, VehicleControl):
             raise TypeError("control must be a VehicleControl")
@@ -108,7 +105,7 @@ class ScriptedBackend:
         r = math.radians(self._pose[2])
         return np.array([self._speed * math.cos(r), self._speed * math.sin(r), 0.0])
 
-    def _frame_image(self) -> np.ndarray:
+    def camera(self) -> np.ndarray:
         """The frame encodes the tick (pixel (0, 0)) and x (the other rows), so tests can tell frames apart."""
         cam = np.zeros(self.frame_shape, np.uint8)
         cam[0, 0] = self._frame % 256
@@ -117,7 +114,7 @@ class ScriptedBackend:
 
     def _snapshot(self, collisions, invasions) -> Snapshot:
         x, y, yaw = self._pose
-        cam = self._frame_image()
+        cam = self.camera()
         ego = ActorState(
             id=1, type_id="vehicle.tesla.model3", location=np.array([x, y, 0.0]),
             rotation=np.array([0.0, yaw, 0.0]), velocity=self._velocity(), acceleration=self._accel.copy(),

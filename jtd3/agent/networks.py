@@ -37,9 +37,6 @@ __all__ = [
     "activation_fn",
 ]
 
-"""``none``; ``layernorm`` (LN over (H, W, C) after each conv, LN after the dense layer); ``batchnorm``
-(per-channel BN after each conv, nothing after the dense layer); ``hybrid`` (BN after convs, LN after dense)."""
-
 ACTIVATIONS = ("leaky_relu", "relu")
 LEAKY_RELU_SLOPE = 0.01
 LAYERNORM_EPS = 1e-5

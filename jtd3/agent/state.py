@@ -282,20 +282,20 @@ def create(config: AgentConfig, observation_space: spaces.Space, action_space: s
     critic_params = nn.unbox(critic_params)
     copy = functools.partial(jax.tree.map, jnp.copy)
 
-    def side(name: str, params: Any, stats: Any, steps: int) -> NetState:
+    def side(name: str, params: Any, stats: Any) -> NetState:
         tx = optimizer(spec, name)
         if spec.original:  # the original had target copies of the MLP heads only
             target, target_stats = {"head": copy(params["head"])}, {}
         else:
             target, target_stats = copy(params), copy(stats)
         return NetState(
-            step=jnp.asarray(steps, jnp.int32), apply_fn=None, params=params, tx=tx, opt_state=tx.init(params),
+            step=jnp.zeros((), jnp.int32), apply_fn=None, params=params, tx=tx, opt_state=tx.init(params),
             target_params=target, batch_stats=stats, target_batch_stats=target_stats,
         )
 
     return TrainState(
-        actor=side("actor", actor_params, actor_stats, 0),
-        critic=side("critic", critic_params, critic_stats, 0),
+        actor=side("actor", actor_params, actor_stats),
+        critic=side("critic", critic_params, critic_stats),
         key=jax.random.key_data(key),
         spec=spec,
     )
