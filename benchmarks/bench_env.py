@@ -7,15 +7,17 @@ episodes that end are reset (resets are timed too, as in training). Single core:
     taskset -c 0 python benchmarks/bench_env.py [--steps 3000] [--scenarios 0 2] [--profile 20]
 
 ``--profile N`` adds, per scenario, the N functions with the most own time (cProfile) as one JSON line each, so
-the line says where the step's time goes. ``--ab-camera`` adds, per scenario, the step as it is against one
-that renders the camera at every tick (the behaviour before 2026-12-03), in one process, alternating 100-step
-chunks so both see the same machine speed. The meta line records the CPU model and flags.
+the line says where the step's time goes. ``--against REV`` adds, per scenario, the step as it is against the
+step of git revision ``REV`` (its ``jtd3`` imported beside this one, ``benchmarks/revision.py``), in one
+process, alternating 100-step chunks so both see the same machine speed. The meta line records the CPU model
+and flags.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib
 import json
 import os
 import platform
@@ -30,6 +32,7 @@ import numpy as np  # noqa: E402
 
 from jtd3.config import from_dict  # noqa: E402
 from machine_info import cpu_info  # noqa: E402 (benchmarks/, the script's directory)
+from revision import import_revision  # noqa: E402
 from jtd3.envs import EnvConfig, make_env  # noqa: E402
 
 cv2.setNumThreads(1)
@@ -50,14 +53,14 @@ def run(env, action: np.ndarray, steps: int) -> tuple[int, int]:
     return steps, resets
 
 
-def ab_camera(cfg, action: np.ndarray, steps: int) -> dict[str, float]:
-    """Steps/s of the env as it is and of one whose every tick renders its frame, ``steps`` each, timed in
-    alternating chunks of 100."""
+def against(cfg_dict: dict, rev: str, action: np.ndarray, steps: int) -> dict[str, float]:
+    """Steps/s of this env and of revision ``rev``'s, ``steps`` each, timed in alternating chunks of 100."""
+    old = import_revision(rev)
+    old_envs, old_config = (importlib.import_module(f"{old.__name__}.{m}") for m in ("envs", "config"))
+    envs = {"this": make_env(from_dict(EnvConfig, cfg_dict), seed=0),
+            "old": old_envs.make_env(old_config.from_dict(old_envs.EnvConfig, cfg_dict), seed=0)}
     chunk = min(100, steps)
     chunks = max(steps // chunk, 1)
-    envs = {"last_tick": make_env(cfg, seed=0), "every_tick": make_env(cfg, seed=0)}
-    tick = envs["every_tick"]._tick
-    envs["every_tick"]._tick = lambda control, camera: tick(control, camera=True)
     spent = dict.fromkeys(envs, 0.0)
     for env in envs.values():
         env.reset(seed=0)
@@ -70,7 +73,7 @@ def ab_camera(cfg, action: np.ndarray, steps: int) -> dict[str, float]:
     for env in envs.values():
         env.close()
     out = {f"{name}_steps_per_s": round(chunks * chunk / t, 1) for name, t in spent.items()}
-    return {**out, "ratio": round(spent["every_tick"] / spent["last_tick"], 3)}
+    return {"rev": rev, **out, "speedup": round(spent["old"] / spent["this"], 3)}
 
 
 def main() -> None:
@@ -78,8 +81,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000, help="timed env steps per scenario")
     ap.add_argument("--scenarios", type=int, nargs="+", default=[0, 2], help="rows of env.scenario_vehicles")
     ap.add_argument("--profile", type=int, default=0, help="also emit the N functions with the most own time")
-    ap.add_argument("--ab-camera", action="store_true",
-                    help="also compare with rendering the camera at every tick, alternating in one process")
+    ap.add_argument("--against", metavar="REV",
+                    help="also time git revision REV's env step, alternating with this one in one process")
     args = ap.parse_args()
     emit(kind="meta", machine=platform.node(), python=platform.python_version(), numpy=np.__version__,
          affinity=sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None, **cpu_info())
@@ -107,8 +110,9 @@ def main() -> None:
                 emit(kind="profile", scenario=scenario, function=f"{os.path.relpath(filename)}:{line}({name})",
                      calls=ncalls, own_share=round(tottime / total, 3), cum_share=round(cumtime / total, 3))
         env.close()
-        if args.ab_camera:
-            emit(kind="ab_camera", scenario=scenario, vehicles=cfg.num_vehicles, **ab_camera(cfg, action, args.steps))
+        if args.against:
+            emit(kind="against", scenario=scenario, vehicles=cfg.num_vehicles,
+                 **against({"scenario": scenario}, args.against, action, args.steps))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from jtd3.roads.lanes import (
 )
 from jtd3.roads.opendrive import Lane, LaneSection, OpenDrive, Road, RoadMark, parse_opendrive
 from jtd3.roads.planning import RoutePlanning
+from jtd3.roads.projection import project_chords
 
 __all__ = ["RoadNetwork"]
 
@@ -323,17 +324,14 @@ class RoadNetwork(RoutePlanning):
         self._c_ta = np.append(ta, 0.0)
         self._c_tb = np.append(tb, 0.0)
         self._c_yaw = np.append(np.degrees(np.arctan2(d[:, 1], d[:, 0])), 0.0)
-
-    def _interp_lane(self, li: np.ndarray, travel: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Interpolate the dense samples of lanes ``li`` at travel distances ``travel``: x, y, yaw, width."""
-        f = np.maximum(travel, 0.0) * self._inv_step[li]
-        i0 = f.astype(np.int64)
-        np.minimum(i0, self._last_step[li], out=i0)
-        u = np.minimum(f - i0, 1.0)
-        a = self._sample_start[li] + i0
-        yaw = self.sample_yaw[a] + u * self._d_yaw[a]
-        return (self.sample_xy[a, 0] + u * self._d_x[a], self.sample_xy[a, 1] + u * self._d_y[a],
-                (yaw + 180.0) % 360.0 - 180.0, self.sample_width[a] + u * self._d_w[a])
+        # the same tables grouped as the compiled projection (jtd3.roads.projection) takes them
+        self._chords = (self._cand, self._c_x, self._c_y, self._c_dx, self._c_dy, self._c_il2, self._c_len,
+                        self._c_lane, self._c_ta, self._c_tb, self._c_yaw)
+        self._lane_tables = (self._lane_forward, self._lane_s0, self._lane_s1, self._inv_step,
+                             self._last_step.astype(np.int64), self._sample_start.astype(np.int64))
+        self._sample_tables = tuple(np.ascontiguousarray(a, dtype=np.float64) for a in (
+            self.sample_xy[:, 0], self.sample_xy[:, 1], self.sample_yaw, self.sample_width,
+            self._d_x, self._d_y, self._d_yaw, self._d_w))
 
     def _tree(self, lane_types: frozenset[str]) -> tuple[cKDTree, np.ndarray]:
         if lane_types not in self._trees:
@@ -366,38 +364,16 @@ class RoadNetwork(RoutePlanning):
         skipped when a lane of matching direction has its centre within half a lane width of the point's
         nearest distance, which resolves overlapping junction lanes in favour of the vehicle's direction.
         """
-        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        xy = np.ascontiguousarray(xy, dtype=np.float64).reshape(-1, 2)
         n = len(xy)
         tree, idx_map = self._tree(frozenset(lane_types))
         k = min(_K_NEAREST if yaw is None else _K_NEAREST_YAW, len(idx_map))
         _, nn = tree.query(xy, k=k)
         nn = idx_map[nn.reshape(n, k)]  # dense sample indices (N, k)
-        c = self._cand[nn].reshape(n, 3 * k)  # candidate CARLA chords (N, 3k)
-        dx, dy = self._c_dx[c], self._c_dy[c]
-        rx = xy[:, :1] - self._c_x[c]
-        ry = xy[:, 1:] - self._c_y[c]
-        t = (rx * dx + ry * dy) * self._c_il2[c]
-        np.clip(t, 0.0, 1.0, out=t)
-        ex = rx - t * dx
-        ey = ry - t * dy
-        d2 = ex * ex + ey * ey
-        if yaw is not None:
-            yaw = np.asarray(yaw, dtype=np.float64).reshape(-1)
-            wrong = np.abs((self._c_yaw[c] - yaw[:, None] + 180.0) % 360.0 - 180.0) > 90.0
-            dist = np.sqrt(d2)
-            half = 0.5 * np.repeat(self.sample_width[nn], 3, axis=1)
-            ok = ~wrong & (dist <= dist.min(axis=1, keepdims=True) + half)
-            d2 = np.where(ok.any(axis=1, keepdims=True) & ~ok, np.inf, d2)
-        rows = np.arange(n)
-        best = np.argmin(d2, axis=1)
-        cb = c[rows, best]
-        li = self._c_lane[cb]
-        travel = np.minimum(self._c_ta[cb] + t[rows, best] * self._c_len[cb], self._c_tb[cb])
-        s = np.where(self._lane_forward[li], self._lane_s0[li] + travel, self._lane_s1[li] - travel)
-        cx, cy, lane_yaw, width = self._interp_lane(li, travel)
-        r = np.radians(lane_yaw)
-        ox, oy = xy[:, 0] - cx, xy[:, 1] - cy
-        lateral = np.cos(r) * oy - np.sin(r) * ox
+        use_yaw = yaw is not None
+        yaw = np.ascontiguousarray(yaw if use_yaw else np.zeros(n), dtype=np.float64).reshape(-1)
+        li, (s, cx, cy, lane_yaw, width, lateral, distance) = project_chords(
+            xy, yaw, use_yaw, nn, self._chords, self._lane_tables, self._sample_tables)
         return ProjectionBatch(
             lane_index=li,
             road_id=self._lane_road[li],
@@ -408,7 +384,7 @@ class RoadNetwork(RoutePlanning):
             yaw=lane_yaw,
             lane_width=width,
             lateral_offset=lateral,
-            distance=np.hypot(ox, oy),
+            distance=distance,
             is_junction=self._lane_junction[li],
         )
 

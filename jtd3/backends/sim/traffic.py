@@ -31,14 +31,13 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from jtd3.backends.base import Vehicles
+from jtd3.backends.sim import traffic_kernels as kernels
 from jtd3.backends.sim.config import NpcConfig
 from jtd3.roads.network import RoadNetwork
 
 __all__ = ["LaneGraph", "Traffic"]
 
-_PATH_STEP = 2.0  # metres between path samples of the ego check
-_NO_GAP = 1e9
-_MIN_SAFE = 0.3  # metres an NPC's advance always stays short of its leader
+_NO_GAP = kernels.NO_GAP
 
 
 class LaneGraph:
@@ -96,6 +95,11 @@ class LaneGraph:
         self.spawnable = np.flatnonzero(~self.junction & (self.length > 15.0))
         if self.spawnable.size == 0:
             raise ValueError("the map has no driving lane outside junctions longer than 15 m to spawn NPCs on")
+        # the arrays the compiled per-tick code reads (jtd3.backends.sim.traffic_kernels)
+        self.tables = (self.length, self.succ, self.junction, self.v_cap, self.kappa, self.start.astype(np.int64),
+                       self.count.astype(np.int64), self.step.astype(np.float64),
+                       np.ascontiguousarray(net.sample_xy[:, 0]), np.ascontiguousarray(net.sample_xy[:, 1]),
+                       np.ascontiguousarray(net.sample_yaw, dtype=np.float64))
 
     @classmethod
     def for_network(cls, net: RoadNetwork, cfg: NpcConfig) -> "LaneGraph":
@@ -106,17 +110,7 @@ class LaneGraph:
 
     def pose(self, lane: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """World x, y, yaw (deg) at arc length ``u`` on local lanes ``lane`` (vectorised, clamped to the lane)."""
-        net = self.net
-        f = np.clip(u / self.step[lane], 0.0, self.count[lane] - 1.0)
-        i0 = np.minimum(f.astype(np.int64), self.count[lane] - 2)
-        t = f - i0
-        a = self.start[lane] + i0
-        p0 = net.sample_xy[a]
-        p1 = net.sample_xy[a + 1]
-        xy = p0 + t[:, None] * (p1 - p0)
-        y0 = net.sample_yaw[a]
-        yaw = y0 + t * ((net.sample_yaw[a + 1] - y0 + 180.0) % 360.0 - 180.0)
-        return xy[:, 0], xy[:, 1], (yaw + 180.0) % 360.0 - 180.0
+        return kernels.pose(self.tables, np.asarray(lane, dtype=np.int64), np.asarray(u, dtype=np.float64))
 
 
 class Traffic:
@@ -125,6 +119,9 @@ class Traffic:
     def __init__(self, net: RoadNetwork, cfg: NpcConfig) -> None:
         self.cfg = cfg
         self.g = LaneGraph.for_network(net, cfg)
+        self._idm = (cfg.idm_accel, cfg.idm_decel, cfg.idm_min_gap, cfg.idm_headway, cfg.max_decel,
+                     (cfg.grip * 9.81) ** 2, 2.0 * math.sqrt(cfg.idm_accel * cfg.idm_decel), cfg.lookahead,
+                     cfg.ego_margin)
         self._empty()
 
     def _empty(self) -> None:
@@ -252,81 +249,13 @@ class Traffic:
         if n == 0:
             return
         cfg, g = self.cfg, self.g
-        lane, u, v, q, r = self.lane, self.u, self.v, self.q, self.r
-        ext_x = self.extent[:, 0]
         L = g.length
-        front = u + ext_x
-        rear = u - ext_x
-
-        # --- leaders on the lane graph
-        order = np.lexsort((u, lane))
-        lanes_sorted, rears_sorted = lane[order], rear[order]
-        gap = np.full(n, _NO_GAP)
-        lead_v = np.zeros(n)
-        same = lanes_sorted[1:] == lanes_sorted[:-1]
-        a, b = order[:-1][same], order[1:][same]
-        gap[a] = rear[b] - front[a]
-        lead_v[a] = v[b]
-        first = np.ones(n, dtype=bool)
-        first[1:] = ~same
-        first_rear = np.full(len(L) + 1, _NO_GAP)  # index -1 (no lane) maps to the padding slot
-        first_idx = np.full(len(L) + 1, -1, dtype=np.int64)
-        first_rear[lanes_sorted[first]] = rears_sorted[first]
-        first_idx[lanes_sorted[first]] = order[first]
-        to_end = L[lane] - front
-        # any successor of p
-        succ = g.succ[lane]  # (n, S), -1 padded
-        cand = first_rear[succ]
-        k = np.argmin(cand, axis=1)
-        rows = np.arange(n)
-        gb = to_end + cand[rows, k]
-        better = gb < gap
-        gap = np.where(better, gb, gap)
-        lead_v = np.where(better, v[np.maximum(first_idx[succ[rows, k]], 0)], lead_v)
-        # first vehicle on r, beyond q
-        Lq = np.where(q >= 0, L[np.maximum(q, 0)], _NO_GAP)
-        gc = to_end + Lq + first_rear[r]
-        better = gc < gap
-        gap = np.where(better, gc, gap)
-        lead_v = np.where(better, v[np.maximum(first_idx[r], 0)], lead_v)
-        # stop line before an unreserved junction lane
-        q_junction = (q >= 0) & g.junction[np.maximum(q, 0)] & ~g.junction[lane]
-        held = self.hold == q
-        stop = q_junction & ~held
-        gs = to_end - 0.5
-        better = stop & (gs < gap)
-        gap = np.where(better, gs, gap)
-        lead_v = np.where(better, 0.0, lead_v)
-        # dead end: stop at the end of the lane
-        dead = q < 0
-        gap = np.where(dead & (to_end < gap), to_end, gap)
-        lead_v = np.where(dead, 0.0, lead_v)
-        # the ego, geometrically
-        ge, ve = self._ego_gaps(ego)
-        better = ge < gap
-        gap = np.where(better, ge, gap)
-        lead_v = np.where(better, ve, lead_v)
-
-        # --- desired speed and IDM
-        v_cap_q = np.where(q >= 0, g.v_cap[np.maximum(q, 0)], 0.0)
-        v0 = np.minimum(g.v_cap[lane], np.sqrt(v_cap_q**2 + 2.0 * cfg.idm_decel * np.maximum(L[lane] - u, 0.0)))
-        v0 = np.maximum(v0, 0.5)
-        ab = 2.0 * math.sqrt(cfg.idm_accel * cfg.idm_decel)
-        s_star = cfg.idm_min_gap + np.maximum(v * cfg.idm_headway + v * (v - lead_v) / ab, 0.0)
-        acc = cfg.idm_accel * (1.0 - (v / v0) ** 4 - (s_star / np.maximum(gap, 0.05)) ** 2)
-        # friction circle: braking gets what the curve's lateral acceleration leaves of grip * g
-        a_grip = cfg.grip * 9.81
-        a_lat = v * v * g.kappa[lane]
-        max_decel = np.minimum(cfg.max_decel, np.sqrt(np.maximum(a_grip**2 - a_lat**2, 0.0)))
-        acc = np.clip(acc, -max_decel, cfg.idm_accel)
-        v_new = np.maximum(v + acc * dt, 0.0)
-        adv = v_new * dt
-        limit = np.maximum(gap - _MIN_SAFE, 0.0)
-        clamp = adv > limit
-        adv = np.where(clamp, limit, adv)
-        v_new = np.where(clamp, adv / dt, v_new)
-        self.v = v_new
-        self.u = u + adv
+        ext_x = self.extent[:, 0]
+        ego = tuple(float(e) for e in ego)
+        # leaders on the lane graph and the ego, IDM, the advance (compiled: traffic_kernels.advance)
+        self.v, adv = kernels.advance(g.tables, self._idm, float(dt), self.lane, self.u, self.v, self.q, self.r,
+                                      self.hold, self.x, self.y, self.yaw, self.extent, ego)
+        self.u = self.u + adv
 
         # --- lane transitions (few per step)
         over = np.flatnonzero(self.u >= L[self.lane])
@@ -392,45 +321,3 @@ class Traffic:
                 if np.any((self.hold[others] != qi) & (self.lane[others] != exit_lane)):
                     continue
             self.hold[i] = qi
-
-    def _ego_gaps(self, ego) -> tuple[np.ndarray, np.ndarray]:
-        """Gap (m, bumper to the ego) and the ego's speed along the path for NPCs whose path meets the ego."""
-        cfg, g = self.cfg, self.g
-        n = self.n
-        gap = np.full(n, _NO_GAP)
-        lead = np.zeros(n)
-        ex, ey, eyaw, espeed, ehl, ehw = ego
-        near = np.flatnonzero(np.hypot(self.x - ex, self.y - ey) < cfg.lookahead + ehl + 5.0)
-        if near.size == 0:
-            return gap, lead
-        K = int(math.ceil(cfg.lookahead / _PATH_STEP))
-        d = _PATH_STEP * np.arange(1, K + 1)  # (K,)
-        lane, u, q, r = self.lane[near], self.u[near], self.q[near], self.r[near]
-        L = g.length
-        a = u[:, None] + d[None, :]  # (m, K) arc ahead
-        Lp = L[lane][:, None]
-        Lq = np.where(q >= 0, L[np.maximum(q, 0)], 0.0)[:, None]
-        on_p = a < Lp
-        on_q = ~on_p & (a - Lp < Lq) & (q >= 0)[:, None]
-        on_r = ~on_p & ~on_q & (r >= 0)[:, None]
-        li = np.where(on_p, lane[:, None], np.where(on_q, np.maximum(q, 0)[:, None], np.maximum(r, 0)[:, None]))
-        ua = np.where(on_p, a, np.where(on_q, a - Lp, a - Lp - Lq))
-        valid = on_p | on_q | on_r
-        px, py, _ = g.pose(li.reshape(-1), ua.reshape(-1))
-        c, s = math.cos(math.radians(eyaw)), math.sin(math.radians(eyaw))
-        dx, dy = px - ex, py - ey
-        fx = dx * c + dy * s
-        fy = -dx * s + dy * c
-        hw = self.extent[near, 1][:, None]
-        hit = (np.abs(fx).reshape(-1, K) < ehl + cfg.ego_margin) & (np.abs(fy).reshape(-1, K) < ehw + hw + cfg.ego_margin)
-        hit &= valid & (d[None, :] > self.extent[near, 0][:, None])
-        any_hit = hit.any(axis=1)
-        if not any_hit.any():
-            return gap, lead
-        kk = np.argmax(hit, axis=1)
-        dist = d[kk] - self.extent[near, 0] - 0.5 * _PATH_STEP
-        gap[near[any_hit]] = np.maximum(dist[any_hit], 0.0)
-        yaw_n = np.radians(self.yaw[near])
-        along = espeed * np.cos(math.radians(eyaw) - yaw_n)
-        lead[near[any_hit]] = np.maximum(along[any_hit], 0.0)
-        return gap, lead
