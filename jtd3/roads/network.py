@@ -33,7 +33,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from jtd3.roads.lanes import (
     LANE_CHANGE_BITS,
@@ -48,7 +47,7 @@ from jtd3.roads.lanes import (
 )
 from jtd3.roads.opendrive import Lane, LaneSection, OpenDrive, Road, RoadMark, parse_opendrive
 from jtd3.roads.planning import RoutePlanning
-from jtd3.roads.projection import project_chords
+from jtd3.roads.projection import SampleGrid, project_chords
 
 __all__ = ["RoadNetwork"]
 
@@ -88,7 +87,7 @@ class RoadNetwork(RoutePlanning):
             for j in succ:
                 self._predecessors[j].append(i)
         self._build_samples()
-        self._trees: dict[frozenset[str], tuple[cKDTree, np.ndarray]] = {}
+        self._grids: dict[frozenset[str], SampleGrid] = {}
 
     # ------------------------------------------------------------------------------------------------------
     # Construction
@@ -333,8 +332,9 @@ class RoadNetwork(RoutePlanning):
             self.sample_xy[:, 0], self.sample_xy[:, 1], self.sample_yaw, self.sample_width,
             self._d_x, self._d_y, self._d_yaw, self._d_w))
 
-    def _tree(self, lane_types: frozenset[str]) -> tuple[cKDTree, np.ndarray]:
-        if lane_types not in self._trees:
+    def _grid(self, lane_types: frozenset[str]) -> SampleGrid:
+        """The nearest-sample index over the dense samples of ``lane_types`` (built on first use)."""
+        if lane_types not in self._grids:
             if "any" in lane_types:
                 idx = np.arange(len(self.sample_lane))
             else:
@@ -345,8 +345,8 @@ class RoadNetwork(RoutePlanning):
                 idx = np.flatnonzero(mask)
             if idx.size == 0:
                 raise ValueError(f"the map has no lanes of type(s) {sorted(lane_types)}")
-            self._trees[lane_types] = (cKDTree(self.sample_xy[idx]), idx)
-        return self._trees[lane_types]
+            self._grids[lane_types] = SampleGrid(self.sample_xy[idx], idx)
+        return self._grids[lane_types]
 
     # ------------------------------------------------------------------------------------------------------
     # Queries
@@ -366,10 +366,8 @@ class RoadNetwork(RoutePlanning):
         """
         xy = np.ascontiguousarray(xy, dtype=np.float64).reshape(-1, 2)
         n = len(xy)
-        tree, idx_map = self._tree(frozenset(lane_types))
-        k = min(_K_NEAREST if yaw is None else _K_NEAREST_YAW, len(idx_map))
-        _, nn = tree.query(xy, k=k)
-        nn = idx_map[nn.reshape(n, k)]  # dense sample indices (N, k)
+        grid = self._grid(frozenset(lane_types))
+        nn = grid.nearest(xy, min(_K_NEAREST if yaw is None else _K_NEAREST_YAW, grid.size))  # dense samples (N, k)
         use_yaw = yaw is not None
         yaw = np.ascontiguousarray(yaw if use_yaw else np.zeros(n), dtype=np.float64).reshape(-1)
         li, (s, cx, cy, lane_yaw, width, lateral, distance) = project_chords(

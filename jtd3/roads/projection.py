@@ -19,7 +19,91 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["project_chords"]
+__all__ = ["SampleGrid", "project_chords"]
+
+_CELL = 2.0  # metres: grid cell of the nearest-sample search (dense samples are 0.25 m apart)
+
+
+class SampleGrid:
+    """A uniform grid over the dense lane samples of some lane types, for :func:`nearest_samples`.
+
+    ``ids`` are the samples' indices in the network's dense arrays, in cell order; ``starts`` the first entry
+    of every cell (CSR, cell ``i * ny + j`` for column ``i`` and row ``j``). A KD-tree answers the same
+    question, but ``scipy``'s costs about 50 us per call in argument handling, more than the whole projection.
+    """
+
+    def __init__(self, xy: np.ndarray, ids: np.ndarray, cell: float = _CELL) -> None:
+        lo = xy.min(axis=0)
+        ij = np.floor((xy - lo) / cell).astype(np.int64)
+        nx, ny = (int(v) + 1 for v in ij.max(axis=0))
+        key = ij[:, 0] * ny + ij[:, 1]
+        order = np.argsort(key, kind="stable")
+        self.size = len(ids)
+        self.meta = np.array([lo[0], lo[1], cell])
+        self.shape = np.array([nx, ny], dtype=np.int64)
+        self.starts = np.searchsorted(key[order], np.arange(nx * ny + 1)).astype(np.int64)
+        self.ids = np.ascontiguousarray(ids[order], dtype=np.int64)
+        self.x = np.ascontiguousarray(xy[order, 0], dtype=np.float64)
+        self.y = np.ascontiguousarray(xy[order, 1], dtype=np.float64)
+
+    def nearest(self, xy: np.ndarray, k: int) -> np.ndarray:
+        """The ``k`` nearest samples of each point (N, k), nearest first (ties: lower sample index first)."""
+        return nearest_samples(xy, k, self.meta, self.shape, self.starts, self.ids, self.x, self.y)
+
+
+@numba.njit(cache=True, nogil=True)
+def nearest_samples(xy, k, meta, shape, starts, ids, sx, sy):  # pragma: no cover - compiled
+    """Exact k nearest neighbours on the grid: rings of cells around the point's cell, until the k-th nearest
+    found is closer than anything outside the rings searched."""
+    lox, loy, h = meta[0], meta[1], meta[2]
+    nx, ny = shape[0], shape[1]
+    n = xy.shape[0]
+    out = np.empty((n, k), np.int64)
+    best_d = np.empty(k)
+    best_i = np.empty(k, np.int64)
+    for p in range(n):
+        px, py = xy[p, 0], xy[p, 1]
+        cx = int(math.floor((px - lox) / h))
+        cy = int(math.floor((py - loy) / h))
+        r_max = max(abs(cx), abs(cx - (nx - 1)), abs(cy), abs(cy - (ny - 1)))
+        count = 0
+        r = 0
+        while True:
+            for x in range(max(cx - r, 0), min(cx + r, nx - 1) + 1):
+                edge_x = x == cx - r or x == cx + r
+                y = cy - r
+                while y <= cy + r:
+                    if 0 <= y < ny:
+                        cell = x * ny + y
+                        for e in range(starts[cell], starts[cell + 1]):
+                            dx, dy = sx[e] - px, sy[e] - py
+                            d2 = dx * dx + dy * dy
+                            sid = ids[e]
+                            if count == k and (d2 > best_d[k - 1] or (d2 == best_d[k - 1] and sid > best_i[k - 1])):
+                                continue
+                            # insertion into the sorted (distance, index) list
+                            j = count if count < k else k - 1
+                            while j > 0 and (best_d[j - 1] > d2 or (best_d[j - 1] == d2 and best_i[j - 1] > sid)):
+                                best_d[j] = best_d[j - 1]
+                                best_i[j] = best_i[j - 1]
+                                j -= 1
+                            best_d[j] = d2
+                            best_i[j] = sid
+                            if count < k:
+                                count += 1
+                    # inner columns of the ring: only its top and bottom cells
+                    y = y + 1 if edge_x or y == cy + r else cy + r
+            if r >= r_max:
+                break
+            # distance from the point to the outside of the cells searched so far
+            gap = min(px - (lox + (cx - r) * h), lox + (cx + r + 1) * h - px,
+                      py - (loy + (cy - r) * h), loy + (cy + r + 1) * h - py)
+            if count == k and best_d[k - 1] < gap * gap:
+                break
+            r += 1
+        for j in range(k):
+            out[p, j] = best_i[j]
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
