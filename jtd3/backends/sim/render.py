@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from jtd3.backends.base import Vehicles
+from jtd3.backends.sim import render_kernels as kernels
 from jtd3.backends.sim.config import CameraConfig, RenderConfig
 from jtd3.roads.network import RoadNetwork
 
@@ -42,7 +43,7 @@ __all__ = [
 
 # Class map values.
 BUILDING, VERGE, SIDEWALK, SHOULDER, ROAD = 0, 1, 2, 3, 4
-_SHIFT = 3  # cv2 sub-pixel bits for polygon and line vertices
+_SHIFT = kernels.SHIFT  # cv2 sub-pixel bits for polygon and line vertices
 _MARGIN = 10.0  # metres of ground around the lanes' bounding box
 _MIN_MIP = 16  # stop the pyramid when a side would go below this many pixels
 
@@ -283,71 +284,30 @@ class FrontCamera:
         """Grey uint8 (H, W) frame for the ego at (x, y, yaw deg), with ``vehicles`` as boxes."""
         c, s = math.cos(math.radians(yaw)), math.sin(math.radians(yaw))
         r = self.raster
-        wx = x + self._gx * c - self._gy * s
-        wy = y + self._gx * s + self._gy * c
-        col = ((wx - r.x0) * self._scale).astype(np.int64)
-        row = ((wy - r.y0) * self._scale).astype(np.int64)
-        inside = (col >= 0) & (row >= 0) & (col < self._lvl_w) & (row < self._lvl_h)
-        idx = self._lvl_off + np.clip(row, 0, self._lvl_h - 1) * self._lvl_w + np.clip(col, 0, self._lvl_w - 1)
-        val = np.where(inside, r.flat[idx], r.building_grey)
         img = self._background.copy()
-        img[self._ground_idx] = (val * self._keep + self._fog_add).astype(np.uint8)
+        kernels.ground(img, float(x), float(y), c, s, self._gx, self._gy, self._ground_idx, self._scale,
+                       self._lvl_w, self._lvl_h, self._lvl_off, self._keep, self._fog_add, r.flat, float(r.x0),
+                       float(r.y0), int(r.building_grey))
         img = img.reshape(self.H, self.W)
         if vehicles is not None and len(vehicles):
             self._draw_boxes(img, x, y, yaw, vehicles)
         return img
 
-    # Box corners (unit half sizes) and faces: vertex indices and the shading axis of the face normal.
-    _LX = np.array([1, 1, -1, -1, 1, 1, -1, -1], dtype=np.float64)
-    _LY = np.array([1, -1, -1, 1, 1, -1, -1, 1], dtype=np.float64)
-    _LZ = np.array([0, 0, 0, 0, 2, 2, 2, 2], dtype=np.float64)
-    _FACES = np.array([[0, 1, 5, 4], [2, 3, 7, 6], [1, 2, 6, 5], [3, 0, 4, 7], [4, 5, 6, 7]])
-    _FACE_AXIS = ("x", "x", "y", "y", "z")
+    _FACE_AXIS = ("x", "x", "y", "y", "z")  # the shading axis of each face's normal (render_kernels.FACES)
 
     def _draw_boxes(self, img: np.ndarray, x: float, y: float, yaw: float, v: Vehicles) -> None:
         cam = self.cam
         c, s = math.cos(math.radians(yaw)), math.sin(math.radians(yaw))
-        dx = v.location[:, 0] - x
-        dy = v.location[:, 1] - y
-        vx = dx * c + dy * s - cam.x  # vehicle frame relative to the camera (x forward, y right)
-        vy = -dx * s + dy * c
-        radius = np.hypot(v.extent[:, 0], v.extent[:, 1])
-        half_fov = math.atan2(self.W / 2.0, self.f) + 0.05
-        # the bounding circle reaches into the horizontal field of view (distance to the wedge's side planes)
-        ahead = np.abs(vy) * math.cos(half_fov) - vx * math.sin(half_fov) < radius
-        dist = np.hypot(vx, vy)
-        sel = np.flatnonzero(ahead & (dist < cam.render_distance) & (vx > -radius))
-        if sel.size == 0:
-            return
-        order = sel[np.argsort(-dist[sel], kind="stable")]  # far to near
-        greys = vehicle_grey(v.ids[order], self.cfg)
-        ext = v.extent[order]
-        vyaw = np.radians(v.yaw[order])
-        cy, sy = np.cos(vyaw)[:, None], np.sin(vyaw)[:, None]
-        lx = self._LX[None] * ext[:, :1]
-        ly = self._LY[None] * ext[:, 1:2]
-        lz = self._LZ[None] * ext[:, 2:3] + v.location[order, 2:3]
-        wx = v.location[order, 0:1] + lx * cy - ly * sy - x
-        wy = v.location[order, 1:2] + lx * sy + ly * cy - y
-        px = wx * c + wy * s - self.pos[0]
-        py = -wx * s + wy * c
-        pz = lz - self.pos[2]
-        P = np.stack([px, py, pz], axis=-1)  # (K, 8, 3) relative to the camera, vehicle axes
-        xc = P @ self.fwd
-        yc = P @ self.right
-        zc = P @ self.up
-        cam_pts = np.stack([xc, yc, zc], axis=-1)
-        quads = cam_pts[:, self._FACES]  # (K, 5, 4, 3)
-        fc = quads.mean(axis=2)
-        normal = fc - cam_pts.mean(axis=1)[:, None]
-        visible = np.einsum("kfd,kfd->kf", normal, fc) < 0
         near = 0.05
-        with np.errstate(divide="ignore", invalid="ignore"):
-            u = self.W / 2.0 + self.f * quads[..., 1] / quads[..., 0] - 0.5
-            w = self.H / 2.0 - self.f * quads[..., 2] / quads[..., 0] - 0.5
-        clipped = (quads[..., 0] < near).any(axis=-1)
-        pts = np.round(np.stack([u, w], axis=-1) * (1 << _SHIFT))
-        pts = np.ascontiguousarray(np.clip(np.nan_to_num(pts), -(1 << 24), 1 << 24), dtype=np.int32)
+        order, quads, visible, clipped, pts = kernels.box_faces(
+            float(x), float(y), c, s, np.ascontiguousarray(v.location, dtype=np.float64),
+            np.ascontiguousarray(v.yaw, dtype=np.float64), np.ascontiguousarray(v.extent, dtype=np.float64),
+            (float(cam.x), float(self.pos[2]), float(self.f), float(self.W), float(self.H),
+             float(cam.render_distance), near),
+            self.fwd, self.right, self.up, math.atan2(self.W / 2.0, self.f) + 0.05)
+        if order.size == 0:
+            return
+        greys = vehicle_grey(v.ids[order], self.cfg)
         shade = {k: np.clip(greys * f, 0, 255).astype(np.int64) for k, f in self._SHADE.items()}
         for k in range(len(order)):
             for fi in np.flatnonzero(visible[k]):
