@@ -8,6 +8,9 @@ nearest (among those heading within 90 degrees of ``yaw`` when a yaw is given), 
 centre there. Every operation is the IEEE double operation NumPy performs, so the results are bit-identical to
 the array code it replaced.
 
+:func:`nearest_on_polyline` is the same kind of loop for a route polyline (``RoutePolyline.locate``), and
+:class:`SampleGrid` finds the nearest dense samples.
+
 ``cache=True`` keeps the compiled code beside this file (``__pycache__``), so only the first process after an
 install compiles it (about a second).
 """
@@ -19,7 +22,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["SampleGrid", "project_chords"]
+__all__ = ["SampleGrid", "nearest_on_polyline", "project_chords"]
 
 _CELL = 2.0  # metres: grid cell of the nearest-sample search (dense samples are 0.25 m apart)
 
@@ -187,3 +190,25 @@ def project_chords(xy, yaw, use_yaw, nn, chords, lanes, samples):  # pragma: no 
         out[5, i] = math.cos(r) * oy - math.sin(r) * ox
         out[6, i] = math.hypot(ox, oy)
     return out_lane, out
+
+
+@numba.njit(cache=True, nogil=True)
+def nearest_on_polyline(points, lo, hi, x, y):  # pragma: no cover - compiled
+    """The point of segments ``lo .. hi - 1`` of the polyline ``points`` (N, 2) nearest to (x, y).
+
+    Returns (segment index, parameter t in [0, 1], foot x, foot y, squared segment length, squared distance);
+    the first segment wins a tie.
+    """
+    best, best_t, best_fx, best_fy, best_len2, best_d2 = -1, 0.0, 0.0, 0.0, 0.0, np.inf
+    for i in range(lo, hi):
+        dx = points[i + 1, 0] - points[i, 0]
+        dy = points[i + 1, 1] - points[i, 1]
+        len2 = max(dx * dx + dy * dy, 1e-18)
+        t = ((x - points[i, 0]) * dx + (y - points[i, 1]) * dy) / len2
+        t = min(max(t, 0.0), 1.0)
+        fx = points[i, 0] + t * dx
+        fy = points[i, 1] + t * dy
+        d2 = (x - fx) * (x - fx) + (y - fy) * (y - fy)
+        if d2 < best_d2:
+            best, best_t, best_fx, best_fy, best_len2, best_d2 = i, t, fx, fy, len2, d2
+    return best, best_t, best_fx, best_fy, best_len2, best_d2

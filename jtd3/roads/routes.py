@@ -17,6 +17,7 @@ import numpy as np
 
 from jtd3 import DATA_DIR
 from jtd3.backends.base import Pose
+from jtd3.roads.projection import nearest_on_polyline
 
 __all__ = [
     "RouteLocation",
@@ -80,21 +81,13 @@ class RoutePolyline:
             lo = max(int(np.searchsorted(self.s, s_hint - window, side="right")) - 1, 0)
             hi = min(int(np.searchsorted(self.s, s_hint + window, side="left")) + 1, len(self.points) - 1)
             hi = max(hi, lo + 1)
-        p0 = self.points[lo:hi]
-        d = self.points[lo + 1 : hi + 1] - p0
-        len2 = np.maximum(np.einsum("ij,ij->i", d, d), 1e-18)
-        q = np.array([x, y], dtype=np.float64)
-        t = np.clip(np.einsum("ij,ij->i", q - p0, d) / len2, 0.0, 1.0)
-        foot = p0 + t[:, None] * d
-        dist2 = np.einsum("ij,ij->i", q - foot, q - foot)
-        k = int(np.argmin(dist2))
-        i = lo + k
-        fx, fy = foot[k]
-        yaw = math.degrees(math.atan2(d[k, 1], d[k, 0]))
+        i, t, fx, fy, len2, dist2 = nearest_on_polyline(self.points, lo, hi, float(x), float(y))
+        yaw = math.degrees(math.atan2(self.points[i + 1, 1] - self.points[i, 1],
+                                      self.points[i + 1, 0] - self.points[i, 0]))
         r = math.radians(yaw)
         lateral = -math.sin(r) * (x - fx) + math.cos(r) * (y - fy)
-        s = float(self.s[i] + t[k] * math.sqrt(len2[k]))
-        return RouteLocation(s, i, float(fx), float(fy), yaw, lateral, math.sqrt(float(dist2[k])))
+        s = float(self.s[i] + t * math.sqrt(len2))
+        return RouteLocation(s, i, fx, fy, yaw, lateral, math.sqrt(dist2))
 
     def next_waypoint(self, s: float) -> int:
         """Index of the first coarse waypoint strictly ahead of arc length ``s`` (M when none is left)."""

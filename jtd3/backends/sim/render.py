@@ -84,11 +84,9 @@ class TownRaster:
 
     def class_at(self, wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
         """Class (BUILDING..ROAD) at world points; outside the raster -> BUILDING."""
-        col = np.floor((np.asarray(wx) - self.x0) / self.resolution).astype(np.int64)
-        row = np.floor((np.asarray(wy) - self.y0) / self.resolution).astype(np.int64)
-        h, w = self.classes.shape
-        inside = (col >= 0) & (row >= 0) & (col < w) & (row < h)
-        return np.where(inside, self.classes[np.clip(row, 0, h - 1), np.clip(col, 0, w - 1)], BUILDING)
+        return kernels.classes_at(self.classes, float(self.x0), float(self.y0), float(self.resolution),
+                                  np.asarray(wx, dtype=np.float64).reshape(-1),
+                                  np.asarray(wy, dtype=np.float64).reshape(-1), BUILDING).reshape(np.shape(wx))
 
     def to_pixels(self, xy: np.ndarray) -> np.ndarray:
         """World (N, 2) -> level-0 pixel coordinates (col, row) as floats."""
@@ -308,10 +306,9 @@ class FrontCamera:
         if order.size == 0:
             return
         greys = vehicle_grey(v.ids[order], self.cfg)
-        shade = {k: np.clip(greys * f, 0, 255).astype(np.int64) for k, f in self._SHADE.items()}
         for k in range(len(order)):
             for fi in np.flatnonzero(visible[k]):
-                g = int(shade[self._FACE_AXIS[fi]][k])
+                g = int(min(max(greys[k] * self._SHADE[self._FACE_AXIS[fi]], 0), 255))
                 if clipped[k, fi]:
                     poly = _clip_near(quads[k, fi], near)
                     if poly is None:

@@ -15,7 +15,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["SHIFT", "box_faces", "ground"]
+__all__ = ["SHIFT", "box_faces", "classes_at", "ground"]
 
 SHIFT = 3  # cv2 sub-pixel bits for polygon and line vertices
 
@@ -126,3 +126,15 @@ def box_faces(x, y, c, s, location, yaw, extent, cam, fwd, right, up, half_fov):
                         r = 0.0
                     pts[a, fi, j, d] = np.int32(min(max(r, -_FIX), _FIX))
     return order, quads, visible, clipped, pts
+
+
+@numba.njit(cache=True, nogil=True)
+def classes_at(classes, x0, y0, resolution, wx, wy, outside):  # pragma: no cover - compiled
+    """The class map's values at world points (``outside`` beyond the raster)."""
+    h, w = classes.shape
+    out = np.empty(wx.shape[0], classes.dtype)
+    for k in range(wx.shape[0]):
+        col = int(math.floor((wx[k] - x0) / resolution))
+        row = int(math.floor((wy[k] - y0) / resolution))
+        out[k] = classes[row, col] if 0 <= col < w and 0 <= row < h else outside
+    return out

@@ -281,23 +281,15 @@ class Traffic:
 
     def _grant(self, ext_x: np.ndarray, ego) -> None:
         g, cfg = self.g, self.cfg
+        q = self.q
+        cands = kernels.junction_requests(g.tables, self.lane, self.u, q, self.hold, ext_x, cfg.junction_approach)
+        if cands.size == 0:
+            return
         ex, ey, eyaw, espeed, ehl, ehw = ego
         # where the ego will be over the next ego_yield_time seconds at its current velocity (straight line)
         horizon = np.linspace(0.0, cfg.ego_yield_time, 7) * max(espeed, 0.0)
         c, sn = math.cos(math.radians(eyaw)), math.sin(math.radians(eyaw))
         ego_path = np.stack([ex + horizon * c, ey + horizon * sn], axis=1)
-        q = self.q
-        want = (q >= 0) & ~g.junction[self.lane]
-        want &= g.junction[np.maximum(q, 0)] & (self.hold != q)
-        want &= (g.length[self.lane] - self.u - ext_x) < cfg.junction_approach
-        # only the front-most vehicle of a lane may request (a follower's grant would block its own leader)
-        front_u = np.full(len(g.length), -np.inf)
-        np.maximum.at(front_u, self.lane, self.u)
-        want &= self.u >= front_u[self.lane]
-        cands = np.flatnonzero(want)
-        if cands.size == 0:
-            return
-        cands = cands[np.argsort(g.length[self.lane[cands]] - self.u[cands], kind="stable")]
         # first rear on every lane (for exit room)
         first_rear = np.full(len(g.length) + 1, _NO_GAP)
         np.minimum.at(first_rear, self.lane, self.u - ext_x)

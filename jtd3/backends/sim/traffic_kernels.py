@@ -17,7 +17,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["PATH_STEP", "NO_GAP", "pose", "advance"]
+__all__ = ["PATH_STEP", "NO_GAP", "advance", "junction_requests", "pose"]
 
 PATH_STEP = 2.0  # metres between path samples of the ego check
 NO_GAP = 1e9
@@ -198,3 +198,32 @@ def advance(graph, idm, dt, lane, u, v, q, r, hold, x, y, yaw, extent, ego):  # 
         v_new[i] = vn
         adv[i] = step
     return v_new, adv
+
+
+@numba.njit(cache=True, nogil=True)
+def junction_requests(graph, lane, u, q, hold, ext_x, approach):  # pragma: no cover - compiled
+    """NPCs that request their next lane ``q``, a junction lane they do not hold, nearest the stop line first.
+
+    Only the front-most vehicle of a lane requests (a follower's grant would block its own leader), and only
+    within ``approach`` metres of the lane's end (its front bumper).
+    """
+    length, junction = graph[0], graph[2]
+    n = lane.shape[0]
+    front_u = np.full(length.shape[0], -np.inf)
+    for i in range(n):
+        front_u[lane[i]] = max(front_u[lane[i]], u[i])
+    cands = np.empty(n, np.int64)
+    m = 0
+    for i in range(n):
+        p = lane[i]
+        if (q[i] >= 0 and not junction[p] and junction[q[i]] and hold[i] != q[i]
+                and (length[p] - u[i] - ext_x[i]) < approach and u[i] >= front_u[p]):
+            # insertion by distance to the lane's end, ties in index order (a stable sort)
+            key = length[p] - u[i]
+            b = m
+            while b > 0 and length[lane[cands[b - 1]]] - u[cands[b - 1]] > key:
+                cands[b] = cands[b - 1]
+                b -= 1
+            cands[b] = i
+            m += 1
+    return cands[:m]
