@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numba
 import numpy as np
 
 from jtd3.backends.base import ObstacleReading, Vehicles
@@ -44,33 +45,11 @@ def sweep(origin: tuple[float, float], yaw_deg: float, distance: float, radius: 
     Rectangles: centres ``(x, y)``, headings ``yaw`` (degrees), half sizes. Returns ``(index, travelled)`` of the
     nearest one (travelled 0 when the disc already touches it at the origin), or None when none is touched.
     """
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     h = math.radians(yaw_deg)
-    ux, uy = math.cos(h), math.sin(h)
-    hl, hw = np.asarray(half_length, dtype=np.float64), np.asarray(half_width, dtype=np.float64)
-    # only rectangles whose bounding circle the swept capsule can reach (most of the traffic is elsewhere)
-    reach = radius + np.hypot(hl, hw)
-    dx, dy = x - origin[0], y - origin[1]
-    along = dx * ux + dy * uy
-    across = np.abs(-dx * uy + dy * ux)
-    idx = np.flatnonzero((along > -reach) & (along < distance + reach) & (across < reach))
-    if idx.size == 0:
-        return None
-    x, y, hl, hw = x[idx], y[idx], hl[idx], hw[idx]
-    a = np.radians(np.asarray(yaw, dtype=np.float64)[idx])
-    c, s = np.cos(a), np.sin(a)
-    # the sweep in each rectangle's own frame: p + t d, |d| = 1, t in [0, distance]
-    dx, dy = origin[0] - x, origin[1] - y
-    px, py = c * dx + s * dy, -s * dx + c * dy
-    vx, vy = c * ux + s * uy, -s * ux + c * uy
-    # the disc touches the rectangle <=> its centre is in the rectangle grown by the radius with round corners:
-    # the union of two grown rectangles and four corner circles; the entry time is the earliest of theirs
-    t = np.minimum(_slab_entry(px, py, vx, vy, hl + radius, hw), _slab_entry(px, py, vx, vy, hl, hw + radius))
-    for sx, sy in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
-        t = np.minimum(t, _circle_entry(px - sx * hl, py - sy * hw, vx, vy, radius))
-    t = np.where(t <= distance, t, np.inf)
-    i = int(np.argmin(t))
-    return (int(idx[i]), float(t[i])) if math.isfinite(t[i]) else None
+    f64 = np.float64
+    i, t = _sweep(float(origin[0]), float(origin[1]), math.cos(h), math.sin(h), float(distance), float(radius),
+                  *(np.ascontiguousarray(a, dtype=f64).reshape(-1) for a in (x, y, yaw, half_length, half_width)))
+    return (i, t) if i >= 0 else None
 
 
 def sweep_vehicles(origin: tuple[float, float], yaw_deg: float, distance: float, radius: float,
@@ -95,23 +74,59 @@ def front_reading(frame: int, x: float, y: float, yaw_deg: float, half_length: f
     return ObstacleReading(frame, int(vehicles.ids[i]), travelled, np.array(vehicles.velocity[i], dtype=np.float64))
 
 
-def _slab_entry(px, py, vx, vy, hx, hy) -> np.ndarray:
+# The sweep runs at every tick against every vehicle: compiled with numba (cache=True keeps the machine code
+# in __pycache__), the same IEEE operations as the array code it replaced.
+
+
+@numba.njit(cache=True, nogil=True)
+def _sweep(ox, oy, ux, uy, distance, radius, x, y, yaw, hl, hw):  # pragma: no cover - compiled
+    """Index and entry distance of the first rectangle the swept disc touches; (-1, inf) for none."""
+    best, best_t = -1, np.inf
+    for i in range(x.shape[0]):
+        # only rectangles whose bounding circle the swept capsule can reach (most of the traffic is elsewhere)
+        reach = radius + math.hypot(hl[i], hw[i])
+        dx, dy = x[i] - ox, y[i] - oy
+        along = dx * ux + dy * uy
+        across = abs(-dx * uy + dy * ux)
+        if not (along > -reach and along < distance + reach and across < reach):
+            continue
+        a = math.radians(yaw[i])
+        c, s = math.cos(a), math.sin(a)
+        # the sweep in the rectangle's own frame: p + t d, |d| = 1, t in [0, distance]
+        dx, dy = ox - x[i], oy - y[i]
+        px, py = c * dx + s * dy, -s * dx + c * dy
+        vx, vy = c * ux + s * uy, -s * ux + c * uy
+        # the disc touches the rectangle <=> its centre is in the rectangle grown by the radius with round
+        # corners: two grown rectangles and four corner circles; the entry time is the earliest of theirs
+        t = min(_slab_entry(px, py, vx, vy, hl[i] + radius, hw[i]), _slab_entry(px, py, vx, vy, hl[i], hw[i] + radius))
+        for sx, sy in ((1.0, 1.0), (1.0, -1.0), (-1.0, 1.0), (-1.0, -1.0)):
+            t = min(t, _circle_entry(px - sx * hl[i], py - sy * hw[i], vx, vy, radius))
+        if t <= distance and t < best_t:
+            best, best_t = i, t
+    return best, best_t
+
+
+@numba.njit(cache=True, nogil=True)
+def _slab_entry(px, py, vx, vy, hx, hy):  # pragma: no cover - compiled
     """First t >= 0 at which p + t v is inside |x| <= hx, |y| <= hy (inf if never)."""
-    lo, hi = np.zeros_like(px), np.full_like(px, np.inf)
+    lo, hi = 0.0, np.inf
     for p, v, half in ((px, vx, hx), (py, vy, hy)):
-        still = np.abs(v) < 1e-12  # moving parallel to this slab: inside it always or never
-        inside = np.abs(p) <= half
-        v = np.where(still, 1.0, v)
+        if abs(v) < 1e-12:  # moving parallel to this slab: inside it always or never
+            if abs(p) > half:
+                return np.inf
+            continue
         t1, t2 = (-half - p) / v, (half - p) / v
-        lo = np.maximum(lo, np.where(still, np.where(inside, -np.inf, np.inf), np.minimum(t1, t2)))
-        hi = np.minimum(hi, np.where(still, np.where(inside, np.inf, -np.inf), np.maximum(t1, t2)))
-    return np.where(lo <= hi, lo, np.inf)
+        lo = max(lo, min(t1, t2))
+        hi = min(hi, max(t1, t2))
+    return lo if lo <= hi else np.inf
 
 
-def _circle_entry(qx, qy, vx, vy, r) -> np.ndarray:
+@numba.njit(cache=True, nogil=True)
+def _circle_entry(qx, qy, vx, vy, r):  # pragma: no cover - compiled
     """First t >= 0 at which q + t v (q relative to the circle's centre, |v| = 1) is within r (inf if never)."""
     b = qx * vx + qy * vy
     disc = b * b - (qx * qx + qy * qy - r * r)
-    root = np.sqrt(np.maximum(disc, 0.0))
-    t_in, t_out = -b - root, -b + root
-    return np.where((disc >= 0) & (t_out >= 0), np.maximum(t_in, 0.0), np.inf)
+    root = math.sqrt(max(disc, 0.0))
+    if disc >= 0 and -b + root >= 0:
+        return max(-b - root, 0.0)
+    return np.inf

@@ -37,8 +37,6 @@ from jtd3.roads.network import RoadNetwork
 
 __all__ = ["LaneGraph", "Traffic"]
 
-_NO_GAP = kernels.NO_GAP
-
 
 class LaneGraph:
     """Driving lanes of a network as arrays (built once per network and NPC settings, cached on the network)."""
@@ -82,10 +80,8 @@ class LaneGraph:
             j = net.lanes[g].junction_id
             if j >= 0:
                 by_junction.setdefault(j, []).append(i)
-        self.trees: dict[int, cKDTree] = {}
         for members in by_junction.values():
             trees = {i: cKDTree(net.lane_polyline(lanes[i])[0]) for i in members}
-            self.trees.update(trees)
             for a in members:
                 for b in members:
                     if a < b:
@@ -99,7 +95,7 @@ class LaneGraph:
         self.tables = (self.length, self.succ, self.junction, self.v_cap, self.kappa, self.start.astype(np.int64),
                        self.count.astype(np.int64), self.step.astype(np.float64),
                        np.ascontiguousarray(net.sample_xy[:, 0]), np.ascontiguousarray(net.sample_xy[:, 1]),
-                       np.ascontiguousarray(net.sample_yaw, dtype=np.float64))
+                       np.ascontiguousarray(net.sample_yaw, dtype=np.float64), self.conflict)
 
     @classmethod
     def for_network(cls, net: RoadNetwork, cfg: NpcConfig) -> "LaneGraph":
@@ -290,26 +286,5 @@ class Traffic:
         horizon = np.linspace(0.0, cfg.ego_yield_time, 7) * max(espeed, 0.0)
         c, sn = math.cos(math.radians(eyaw)), math.sin(math.radians(eyaw))
         ego_path = np.stack([ex + horizon * c, ey + horizon * sn], axis=1)
-        # first rear on every lane (for exit room)
-        first_rear = np.full(len(g.length) + 1, _NO_GAP)
-        np.minimum.at(first_rear, self.lane, self.u - ext_x)
-        for i in cands:
-            holders = np.flatnonzero(self.hold >= 0)
-            hl = self.hold[holders]
-            qi = q[i]
-            if np.any(g.conflict[qi, hl] & (hl != qi)):
-                continue
-            # yield to the ego when it is in, or about to enter, the junction lane's area
-            d, _ = g.trees[int(qi)].query(ego_path, k=1)
-            if np.min(d) < ehl + ehw + cfg.conflict_distance:
-                continue
-            exit_lane = self.r[i]
-            if exit_lane >= 0:
-                need = 2.0 * ext_x[i] + cfg.idm_min_gap
-                if first_rear[exit_lane] < need:
-                    continue
-                # another holder bound for the same exit from a different junction lane
-                others = holders[(self.q[holders] == exit_lane) | (self.lane[holders] == exit_lane)]
-                if np.any((self.hold[others] != qi) & (self.lane[others] != exit_lane)):
-                    continue
-            self.hold[i] = qi
+        kernels.grant(g.tables, cands, self.lane, self.u, q, self.r, self.hold, ext_x, ego_path,
+                      ehl + ehw + cfg.conflict_distance, cfg.idm_min_gap)

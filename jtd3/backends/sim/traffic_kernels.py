@@ -7,7 +7,8 @@ order (the rules themselves are documented in :mod:`jtd3.backends.sim.traffic`).
 compiled code in ``__pycache__`` beside this file.
 
 ``graph`` is :attr:`LaneGraph.tables`: (length, successors (lanes, S) padded with -1, is-junction, speed cap,
-largest curvature, first dense sample, sample count, sample step, sample x, sample y, sample yaw (deg)).
+largest curvature, first dense sample, sample count, sample step, sample x, sample y, sample yaw (deg),
+lane-to-lane conflict matrix).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["PATH_STEP", "NO_GAP", "advance", "junction_requests", "pose"]
+__all__ = ["PATH_STEP", "NO_GAP", "advance", "grant", "junction_requests", "pose"]
 
 PATH_STEP = 2.0  # metres between path samples of the ego check
 NO_GAP = 1e9
@@ -227,3 +228,48 @@ def junction_requests(graph, lane, u, q, hold, ext_x, approach):  # pragma: no c
             cands[b] = i
             m += 1
     return cands[:m]
+
+
+@numba.njit(cache=True, nogil=True)
+def grant(graph, cands, lane, u, q, r, hold, ext_x, ego_path, yield_distance, min_gap):  # pragma: no cover
+    """Grant junction lanes to the requesting NPCs ``cands`` in order; writes ``hold``.
+
+    A request is refused while another NPC holds a conflicting lane, while a point of ``ego_path`` is within
+    ``yield_distance`` of the junction lane's dense samples, when the exit lane ``r`` has no room for the NPC
+    (its first rear within 2 half lengths + ``min_gap``), or when another holder is bound for the same exit
+    from a different junction lane.
+    """
+    length, start, count, sx, sy, conflict = graph[0], graph[5], graph[6], graph[8], graph[9], graph[11]
+    n = lane.shape[0]
+    first_rear = np.full(length.shape[0] + 1, NO_GAP)  # exit room: the first rear on every lane
+    for i in range(n):
+        first_rear[lane[i]] = min(first_rear[lane[i]], u[i] - ext_x[i])
+    for i in cands:
+        qi = q[i]
+        blocked = False
+        for j in range(n):
+            if hold[j] >= 0 and hold[j] != qi and conflict[qi, hold[j]]:
+                blocked = True
+                break
+        if blocked:
+            continue
+        # yield to the ego when it is in, or about to enter, the junction lane's area
+        d2 = np.inf
+        for k in range(ego_path.shape[0]):
+            for e in range(start[qi], start[qi] + count[qi]):
+                dx, dy = ego_path[k, 0] - sx[e], ego_path[k, 1] - sy[e]
+                d2 = min(d2, dx * dx + dy * dy)
+        if math.sqrt(d2) < yield_distance:
+            continue
+        exit_lane = r[i]
+        if exit_lane >= 0:
+            if first_rear[exit_lane] < 2.0 * ext_x[i] + min_gap:
+                continue
+            for j in range(n):  # another holder bound for the same exit from a different junction lane
+                if hold[j] >= 0 and (q[j] == exit_lane or lane[j] == exit_lane) and hold[j] != qi \
+                        and lane[j] != exit_lane:
+                    blocked = True
+                    break
+            if blocked:
+                continue
+        hold[i] = qi
