@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numba
 import numpy as np
 
 from jtd3.backends.base import ActorState, ObstacleReading, Vehicles
@@ -140,18 +141,30 @@ def vehicle_ahead(ego: ActorState, vehicles: Vehicles, cfg: RewardConfig) -> Ahe
         return None
     r = math.radians(ego.yaw)
     c, s = math.cos(r), math.sin(r)
-    d = vehicles.location[:, :2] - ego.location[:2]
-    lx = c * d[:, 0] + s * d[:, 1]
-    ly = -s * d[:, 0] + c * d[:, 1]
-    half_w = float(ego.extent[1]) + np.minimum(vehicles.extent[:, 0], vehicles.extent[:, 1])
-    mask = (lx > 0.0) & (lx <= range_m) & (np.abs(ly) <= half_w + margin_m)
-    if not np.any(mask):
+    i, lx = _nearest_ahead(np.ascontiguousarray(vehicles.location, dtype=np.float64),
+                           np.ascontiguousarray(vehicles.extent, dtype=np.float64), float(ego.location[0]),
+                           float(ego.location[1]), c, s, float(ego.extent[1]), float(range_m), float(margin_m))
+    if i < 0:
         return None
-    i = int(np.flatnonzero(mask)[np.argmin(lx[mask])])
-    gap = float(lx[i] - ego.extent[0] - max(vehicles.extent[i, 0], vehicles.extent[i, 1]))
+    gap = float(lx - ego.extent[0] - max(vehicles.extent[i, 0], vehicles.extent[i, 1]))
     ego_fwd = c * ego.velocity[0] + s * ego.velocity[1]
     other_fwd = c * vehicles.velocity[i, 0] + s * vehicles.velocity[i, 1]
     return Ahead(gap, float(ego_fwd - other_fwd), float(ego_fwd))
+
+
+@numba.njit(cache=True, nogil=True)
+def _nearest_ahead(location, extent, ex, ey, c, s, ego_half_width, range_m, margin_m):  # pragma: no cover
+    """Row and forward distance of the nearest vehicle in :func:`vehicle_ahead`'s corridor ((-1, inf): none).
+    Compiled (numba, cached in ``__pycache__``): it runs at every tick over every vehicle."""
+    best, best_lx = -1, np.inf
+    for i in range(location.shape[0]):
+        dx, dy = location[i, 0] - ex, location[i, 1] - ey
+        lx = c * dx + s * dy
+        ly = -s * dx + c * dy
+        half_w = ego_half_width + min(extent[i, 0], extent[i, 1])
+        if lx > 0.0 and lx <= range_m and abs(ly) <= half_w + margin_m and lx < best_lx:
+            best, best_lx = i, lx
+    return best, best_lx
 
 
 def sensed_ahead(ego: ActorState, reading: ObstacleReading | None) -> Ahead | None:

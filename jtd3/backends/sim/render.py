@@ -305,20 +305,20 @@ class FrontCamera:
             self.fwd, self.right, self.up, math.atan2(self.W / 2.0, self.f) + 0.05)
         if order.size == 0:
             return
-        greys = vehicle_grey(v.ids[order], self.cfg)
-        for k in range(len(order)):
-            for fi in np.flatnonzero(visible[k]):
-                g = int(min(max(greys[k] * self._SHADE[self._FACE_AXIS[fi]], 0), 255))
-                if clipped[k, fi]:
-                    poly = _clip_near(quads[k, fi], near)
-                    if poly is None:
-                        continue
-                    uu = self.W / 2.0 + self.f * poly[:, 1] / poly[:, 0] - 0.5
-                    vv = self.H / 2.0 - self.f * poly[:, 2] / poly[:, 0] - 0.5
-                    q = np.clip(np.round(np.stack([uu, vv], axis=1) * (1 << _SHIFT)), -(1 << 24), 1 << 24)
-                    cv2.fillConvexPoly(img, q.astype(np.int32), g, cv2.LINE_AA, _SHIFT)
-                else:
-                    cv2.fillConvexPoly(img, pts[k, fi], g, cv2.LINE_AA, _SHIFT)
+        face_shade = np.array([self._SHADE[axis] for axis in self._FACE_AXIS])
+        greys = np.clip(vehicle_grey(v.ids[order], self.cfg)[:, None] * face_shade, 0, 255).astype(np.int64)
+        for k, fi in zip(*np.nonzero(visible)):  # vehicle by vehicle, far to near
+            g = int(greys[k, fi])
+            if clipped[k, fi]:
+                poly = _clip_near(quads[k, fi], near)
+                if poly is None:
+                    continue
+                uu = self.W / 2.0 + self.f * poly[:, 1] / poly[:, 0] - 0.5
+                vv = self.H / 2.0 - self.f * poly[:, 2] / poly[:, 0] - 0.5
+                q = np.clip(np.round(np.stack([uu, vv], axis=1) * (1 << _SHIFT)), -(1 << 24), 1 << 24)
+                cv2.fillConvexPoly(img, q.astype(np.int32), g, cv2.LINE_AA, _SHIFT)
+            else:
+                cv2.fillConvexPoly(img, pts[k, fi], g, cv2.LINE_AA, _SHIFT)
 
 
 def _clip_near(poly: np.ndarray, near: float) -> np.ndarray | None:

@@ -226,11 +226,11 @@ class Traffic:
         self._update_pose()
 
     def _update_pose(self, dt: float | None = None) -> None:
-        x, y, yaw = self.g.pose(self.lane, self.u)
-        r = np.radians(yaw)
-        vel = np.stack([self.v * np.cos(r), self.v * np.sin(r), np.zeros(self.n)], axis=1)
-        self.acc = (vel - self.vel) / dt if dt else np.zeros((self.n, 3))
-        self.x, self.y, self.yaw, self.vel = x, y, yaw, vel
+        """Poses from (lane, u), velocity along the heading, acceleration over ``dt`` (zero without)."""
+        if len(self.vel) != self.n:  # after a reset the previous velocities belong to other NPCs
+            self.vel = np.zeros((self.n, 3))
+        self.x, self.y, self.yaw, self.vel, self.acc = kernels.pose_and_velocity(
+            self.g.tables, self.lane, self.u, self.v, self.vel, float(dt or 0.0))
 
     def vehicles(self) -> Vehicles:
         loc = np.stack([self.x, self.y, np.zeros(self.n)], axis=1)

@@ -18,7 +18,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["PATH_STEP", "NO_GAP", "advance", "grant", "junction_requests", "pose"]
+__all__ = ["PATH_STEP", "NO_GAP", "advance", "grant", "junction_requests", "pose", "pose_and_velocity"]
 
 PATH_STEP = 2.0  # metres between path samples of the ego check
 NO_GAP = 1e9
@@ -52,6 +52,24 @@ def pose(graph, lane, u):  # pragma: no cover - compiled
     for i in range(n):
         x[i], y[i], yaw[i] = _pose1(graph, lane[i], u[i])
     return x, y, yaw
+
+
+@numba.njit(cache=True, nogil=True)
+def pose_and_velocity(graph, lane, u, v, vel_prev, dt):  # pragma: no cover - compiled
+    """Poses (x, y, yaw deg), velocity vectors (N, 3) along the heading and accelerations (the change of
+    velocity over ``dt``; zero when ``dt`` is 0) of NPCs at ``u`` on ``lane`` moving at speed ``v``."""
+    x, y, yaw = pose(graph, lane, u)
+    n = lane.shape[0]
+    vel = np.zeros((n, 3))
+    acc = np.zeros((n, 3))
+    for i in range(n):
+        r = math.radians(yaw[i])
+        vel[i, 0] = v[i] * math.cos(r)
+        vel[i, 1] = v[i] * math.sin(r)
+        if dt:
+            for d in range(3):
+                acc[i, d] = (vel[i, d] - vel_prev[i, d]) / dt
+    return x, y, yaw, vel, acc
 
 
 @numba.njit(cache=True, nogil=True)
