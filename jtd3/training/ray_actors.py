@@ -32,6 +32,12 @@ from jtd3.training.parallel import MultiEnvTrainer, parallel_env_configs
 
 __all__ = ["EnvActor", "RayTrainer", "acting_state", "connect", "episode_steps"]
 
+# Seconds a restarting actor (Ray: ActorUnavailableError) may take before the calls that find it still restarting
+# count as failures towards carla.max_consecutive_failures. A restart is a new process that imports JAX, builds
+# the env and compiles the policy: on the loaded 2-core test VM it took longer than the 15 s that five backed-off
+# calls last.
+_RESTART_GRACE_S = 120.0
+
 _started_here = False  # this process started the local Ray cluster it uses (and shuts it down)
 
 
@@ -290,11 +296,12 @@ class RayTrainer(MultiEnvTrainer):
         self._futures = {self._dispatch(i): i for i in range(self.num_envs)}
         self._failures = [0] * self.num_envs  # per actor, in a row
         self._retry_at: dict[int, float] = {}  # actors to call again after a failure, and when
+        self._down_since: dict[int, float] = {}  # actors whose last call failed: since when
 
     def _iteration(self, bar) -> int | None:
         """Wait for the next chunk(s), write the finished episodes, run the updates they made due."""
         import ray  # an optional dependency (the `ray` extra)
-        from ray.exceptions import RayActorError
+        from ray.exceptions import ActorUnavailableError, RayActorError
 
         futures, failures, retry_at = self._futures, self._failures, self._retry_at
         t0 = time.perf_counter()
@@ -311,12 +318,18 @@ class RayTrainer(MultiEnvTrainer):
                 chunk = ray.get(ref)
             except RayActorError as e:
                 # the first failure in a row loses the episode in flight; calls while Ray restarts the
-                # actor lose nothing more
-                self._drop(i, f"its actor died or is restarting ({type(e).__name__})", lost=failures[i] == 0)
-                failures[i] += 1
-                self._give_up_after(failures[i], i, f"{type(e).__name__}: {e}")
-                retry_at[i] = time.monotonic() + min(0.5 * 2 ** failures[i], 30.0)  # Ray restarts it
+                # actor lose nothing more, and are no new failures (a restart is a new process: imports, the
+                # env, the policy's compilation) until the restart takes longer than _RESTART_GRACE_S
+                now = time.monotonic()
+                first = failures[i] == 0
+                self._drop(i, f"its actor died or is restarting ({type(e).__name__})", lost=first)
+                down = self._down_since.setdefault(i, now)
+                if first or not isinstance(e, ActorUnavailableError) or now - down > _RESTART_GRACE_S:
+                    failures[i] += 1
+                    self._give_up_after(failures[i], i, f"{type(e).__name__}: {e}")
+                retry_at[i] = now + min(0.5 * 2 ** failures[i], 30.0)  # Ray restarts it
                 continue
+            self._down_since.pop(i, None)
             futures[self._dispatch(i)] = i
             if "error" in chunk:  # a CARLA error ended the actor's episode
                 self._drop(i, chunk["error"], lost=True)
