@@ -20,7 +20,8 @@ NPC enters a lane. Each step:
    no grant while the ego, or where it will be within ``ego_yield_time`` seconds at its current velocity, is
    near the junction lane.
 
-Deterministic for a seed. Frame: CARLA's.
+Deterministic for a seed. Frame: CARLA's. The per-tick arithmetic (1-3 and the poses) runs as loops compiled with
+numba in :mod:`jtd3.backends.sim.traffic_kernels`; this module keeps the state, spawning and lane changes.
 """
 
 from __future__ import annotations
