@@ -48,13 +48,17 @@ def world(server):
 
 @pytest.fixture
 def actors(world):
-    """Actors a test spawns; destroyed (sensors stopped first) afterwards."""
+    """Actors a test spawns; destroyed (sensors stopped first) afterwards, and with them any vehicle or sensor the
+    client never got back (a spawn whose reply timed out), so one failed test cannot fail the next ones' spawns."""
     spawned = []
     yield spawned
     for a in reversed(spawned):
         if a.type_id.startswith("sensor.") and a.is_listening():
             a.stop()
         a.destroy()
+    for a in world.get_actors():
+        if a.type_id.startswith(("vehicle.", "sensor.")):
+            a.destroy()
     world.tick()
 
 

@@ -110,3 +110,25 @@ def test_a_server_that_dies_makes_the_session_unavailable():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "unavailable after" in out.stdout and "lost the CARLA server" in out.stdout, out.stdout
     assert "closed; problems:" in out.stdout
+
+
+def test_the_server_compiles_the_simulators_loops_before_it_listens():
+    # On a fresh install the loops compile on first use (seconds); inside a client's first spawn_actor or tick
+    # that exceeds the client's timeout. The server's start-up rehearsal (jtd3.carla_server.world.rehearse)
+    # must run every compiled entry point the served world uses. A fresh process, so other tests' calls count not.
+    code = textwrap.dedent("""
+        from jtd3.backends import obstacle
+        from jtd3.backends.sim import render_kernels
+        from jtd3.carla_server.server import CarlaServer
+        from jtd3.roads import projection
+        kernels = {"nearest_samples": projection.nearest_samples, "project_chords": projection.project_chords,
+                   "ground": render_kernels.ground, "box_faces": render_kernels.box_faces,
+                   "classes_at": render_kernels.classes_at, "sweep": obstacle._sweep}
+        assert not any(k.signatures for k in kernels.values())
+        server = CarlaServer(port=0)
+        print(sorted(name for name, k in kernels.items() if not k.signatures))
+        server.close()
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"not compiled before the server listened: {out.stdout}"

@@ -27,7 +27,7 @@ from jtd3.carla_server.actors import Actor
 from jtd3.carla_server.control import CONTROL
 from jtd3.carla_server.handlers import ERRORS, HANDLERS, VOID_CALLS
 from jtd3.carla_server.streaming import StreamServer
-from jtd3.carla_server.world import World
+from jtd3.carla_server.world import World, rehearse
 
 __all__ = ["CarlaServer", "Faults"]
 
@@ -55,6 +55,7 @@ class CarlaServer:
         sim = sim if sim is not None else SimConfig()
         self.sim = dataclasses.replace(sim, town=embedded)
         self.map_name = town
+        rehearse(self.sim, town)  # compile/load the simulator's loops now, not in a client's first call
         self.world = World(self.sim, town)
         self.lock = threading.RLock()
         self.faults = Faults()

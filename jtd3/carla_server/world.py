@@ -27,7 +27,7 @@ from jtd3.carla_server.actors import Actor, Blueprint, blueprint_library
 from jtd3.carla_server.sensors import SpawnError, camera, check_obstacle, collisions, image, obstacle
 from jtd3.roads.towns import load_town
 
-__all__ = ["SpawnError", "World", "spawn_points"]
+__all__ = ["SpawnError", "World", "rehearse", "spawn_points"]
 
 SPECTATOR_ID = 1
 WORLD_STREAM = 1  # stream id of the pushed world state; sensors get 2, 3, ...
@@ -229,3 +229,27 @@ class World:
         """msgpack ``rpc::Actor`` (the stream token is filled in by the server for sensors)."""
         uid = a.blueprint.uid if a.blueprint else 0
         return L.actor_object(a.id, a.parent, uid, a.type_id, a.attributes, a.extent, a.semantic_tags(), stream_token)
+
+
+def rehearse(sim: SimConfig, map_name: str) -> None:
+    """Run every per-tick path once on a throwaway world of the same town: two vehicles, a camera, a collision
+    and an obstacle sensor on the first, three ticks.
+
+    The simulator's loops are compiled by numba on first use (seconds on a fresh install, where nothing is cached
+    yet; about a second to load later). The server calls this before it listens, so that cost is paid at start-up
+    and not inside a client's first ``spawn_actor`` or ``tick``, which the carla client gives a few seconds.
+    The town and its raster are cached, so the throwaway world costs little else.
+    """
+    w = World(sim, map_name)
+    w.settings["fixed_delta_seconds"] = 0.05
+    x, y, _, _, yaw, _ = w.spawn_points[0]
+    ego = w.spawn("vehicle.tesla.model3", [], (x, y, 0.0, 0.0, yaw, 0.0))
+    c, s = math.cos(math.radians(yaw)), math.sin(math.radians(yaw))
+    w.spawn("vehicle.tesla.model3", [], (x + 8.0 * c, y + 8.0 * s, 0.0, 0.0, yaw, 0.0))
+    w.spawn("sensor.camera.rgb", [], (1.5, 0.0, 2.4, 0.0, 0.0, 0.0), parent=ego.id)
+    w.spawn("sensor.other.collision", [], (0.0,) * 6, parent=ego.id)
+    w.spawn("sensor.other.obstacle", [["only_dynamics", "", "true"]], (2.5, 0.0, 1.0, 0.0, 0.0, 0.0), parent=ego.id)
+    ego.control = VehicleControl(throttle=1.0)
+    for _ in range(3):
+        w.tick()
+
