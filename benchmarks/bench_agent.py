@@ -8,7 +8,9 @@ jtd3 rows: ``update_many`` with K gradient steps per call on pre-built device ba
 not included), every norm x encoder topology, B = 64 and 256, plus the jit compile time of ``update_many``
 (first call). ``--conv-impls im2col,xla`` adds rows with XLA's own convolution; ``--single`` also times K
 plain ``update`` calls per window (``update_steps_per_s``, no ``lax.scan``). ``--cnn`` times one NatureCNN
-forward and forward+backward instead (im2col vs XLA convolutions, and PyTorch in the worker when installed).
+forward and forward+backward instead (im2col vs XLA convolutions, and PyTorch in the worker when installed),
+each with its GFLOP/s and its efficiency against the encoder's GEMM bound: the time its own matmul shapes take
+as single float32 products on this machine (a ``gemm-bound`` row lists them).
 
 SB3 rows: ``TD3("MultiInputPolicy")`` with the same shapes (4x84x84 uint8 camera + K kinematics, NatureCNN
 with 512 features, SB3's default separate actor/critic encoders, [256, 256] heads), timed through
@@ -224,6 +226,14 @@ def _sb3_worker(conn, kin_dim: int, buffer_size: int, k: int) -> None:
                 fn()
                 out[name], out[name.replace("_ms", "_other_cpu_cores")] = median_call_ms(fn, calls)
             conn.send(out)
+        elif cmd[0] == "gemm":  # median ms of torch.mm on contiguous float32 operands, per (shape_a, shape_b)
+            rng, out = np.random.default_rng(0), []
+            for sa, sb in cmd[1]:
+                a = torch.as_tensor(rng.standard_normal(sa, dtype=np.float32))
+                b = torch.as_tensor(rng.standard_normal(sb, dtype=np.float32))
+                torch.mm(a, b)
+                out.append(median_call_ms(lambda a=a, b=b: torch.mm(a, b), cmd[2])[0])
+            conn.send(out)
         elif cmd[0] == "sample":
             times = []
             for _ in range(20):
@@ -339,6 +349,71 @@ def bench_jtd3(args, batch: int, norm: str, encoder: str, conv_impl: str, dtype:
     return row
 
 
+def encoder_products(batch: int) -> list[tuple[str, int, int, int]]:
+    """The NatureCNN's forward products as matmuls ``(layer, M, K, N)`` (a convolution as im2col: M output
+    positions, K = kernel taps x input channels, N output channels), for a 4x84x84 camera."""
+    return [("conv1", batch * 20 * 20, 8 * 8 * 4, 32), ("conv2", batch * 9 * 9, 4 * 4 * 32, 64),
+            ("conv3", batch * 7 * 7, 3 * 3 * 64, 64), ("dense", batch, 7 * 7 * 64, 512)]
+
+
+def gemm_bound(batch: int, calls: int, sb3: SB3 | None = None) -> dict:
+    """How fast the encoder could be if it were only its matmuls, each as fast as this machine multiplies
+    matrices of that exact shape: float32, contiguous operands, median of ``calls`` products, by XLA (one jitted
+    ``jnp.dot``) and, with the SB3 worker, by PyTorch (``torch.mm``, oneDNN); the faster of the two counts.
+
+    Forward: each layer's ``(M, K) @ (K, N)``. Forward+backward w.r.t. the weights adds the weight gradients
+    ``(K, M) @ (M, N)`` (every layer) and the input gradients ``(M, N) @ (N, K)`` (all but the first layer,
+    whose input is the camera). The ``efficiency`` of a measured time T is ``bound / T``: the share of T that
+    an implementation doing nothing but those products would still need; the rest is data movement (layouts,
+    im2col, normalisation, activations). Above 1: faster than the products as plain GEMMs (a direct
+    convolution kernel avoids their im2col operand).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    products = []
+    for layer, m, k, n in encoder_products(batch):
+        products += [(layer, "fwd", m, k, n, (m, k), (k, n)), (layer, "wgrad", m, k, n, (k, m), (m, n))]
+        if layer != "conv1":
+            products.append((layer, "dgrad", m, k, n, (m, n), (n, k)))
+    rng = np.random.default_rng(0)
+    dot = jax.jit(jnp.dot)
+    xla_ms = []
+    for *_, sa, sb in products:
+        a = jnp.asarray(rng.standard_normal(sa, dtype=np.float32))
+        b = jnp.asarray(rng.standard_normal(sb, dtype=np.float32))
+        jax.block_until_ready(dot(a, b))
+        xla_ms.append(median_call_ms(lambda a=a, b=b: jax.block_until_ready(dot(a, b)), calls)[0])
+    torch_ms = sb3.ask("gemm", [(sa, sb) for *_, sa, sb in products], calls) if sb3 is not None else [None] * len(products)
+    out: dict = {"impl": "gemm-bound", "batch": batch, "dtype": "float32", "products": []}
+    total = {"fwd": [0.0, 0.0], "bwd": [0.0, 0.0]}  # [ms, flop]
+    for (layer, kind, m, k, n, sa, sb), x_ms, t_ms in zip(products, xla_ms, torch_ms):
+        flop = 2.0 * m * k * n
+        ms = min(x_ms, t_ms) if t_ms is not None else x_ms
+        out["products"].append({"layer": layer, "kind": kind, "a": list(sa), "b": list(sb),
+                                "xla_gflop_s": round(flop / x_ms / 1e6, 1),
+                                "torch_gflop_s": None if t_ms is None else round(flop / t_ms / 1e6, 1)})
+        part = total["fwd" if kind == "fwd" else "bwd"]
+        part[0] += ms
+        part[1] += flop
+    (f_ms, f_flop), (b_ms, b_flop) = total["fwd"], total["bwd"]
+    out.update(gflop_fwd=round(f_flop / 1e9, 3), gflop_fwd_bwd=round((f_flop + b_flop) / 1e9, 3),
+               bound_fwd_ms=round(f_ms, 2), bound_fwd_bwd_ms=round(f_ms + b_ms, 2),
+               gemm_gflop_s_fwd=round(f_flop / f_ms / 1e6, 1),
+               gemm_gflop_s_fwd_bwd=round((f_flop + b_flop) / (f_ms + b_ms) / 1e6, 1))
+    return out
+
+
+def with_efficiency(row: dict, bound: dict) -> dict:
+    """``row`` (a --cnn timing) plus its GFLOP/s and its efficiency against :func:`gemm_bound`'s times."""
+    for name in ("fwd", "fwd_bwd"):
+        ms = row.get(f"{name}_ms")
+        if ms:
+            row[f"{name}_gflop_s"] = round(bound[f"gflop_{name}"] / ms * 1e3, 1)
+            row[f"{name}_efficiency"] = round(bound[f"bound_{name}_ms"] / ms, 2)
+    return row
+
+
 def bench_cnn(args, batch: int, sb3: SB3 | None) -> list[dict]:
     """One NatureCNN (norm none and layernorm) fwd and fwd+bwd (grads w.r.t. its params), im2col vs XLA."""
     import jax
@@ -348,7 +423,8 @@ def bench_cnn(args, batch: int, sb3: SB3 | None) -> list[dict]:
 
     cam = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch, 4, 84, 84), dtype=np.uint8))
     calls = max(5, args.repeats * 3)
-    rows = []
+    bound = gemm_bound(batch, calls, sb3)
+    rows = [bound]
     for norm in ("none", "layernorm"):
         for impl, dtype in itertools.product(("im2col", "xla"), args.compute_dtypes.split(",")):
             net = NatureCNN(norm=norm, conv_impl=impl, conv_chunk=args.conv_chunk, compute_dtype=dtype)
@@ -361,12 +437,12 @@ def bench_cnn(args, batch: int, sb3: SB3 | None) -> list[dict]:
                 ms, other = median_call_ms(lambda fn=fn: jax.block_until_ready(fn(params)), calls)
                 row[name] = round(ms, 2)
                 row[name.replace("_ms", "_other_cpu_cores")] = None if other is None else round(other, 2)
-            rows.append(row)
+            rows.append(with_efficiency(row, bound))
     if sb3 is not None:
         torch_row = sb3.ask("cnn", batch, calls)
-        rows.append(
-            {"impl": "torch-cnn", "batch": batch, "norm": "none", **{k: _rounded([v])[0] for k, v in torch_row.items()}}
-        )
+        rows.append(with_efficiency(
+            {"impl": "torch-cnn", "batch": batch, "norm": "none", **{k: _rounded([v])[0] for k, v in torch_row.items()}},
+            bound))
     return rows
 
 

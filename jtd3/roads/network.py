@@ -309,23 +309,19 @@ class RoadNetwork(RoutePlanning):
         cand = np.stack([out - 1, out, out + 1], axis=1)
         same = (cand >= 0) & (cand < n_seg)
         same &= self.seg_lane[np.clip(cand, 0, n_seg - 1)] == self.sample_lane[:, None]
-        self._cand = np.where(same, cand, dummy)
         d = p1 - p0
         len2 = np.maximum(d[:, 0] ** 2 + d[:, 1] ** 2, 1e-18)
         far = 1e12
-        self._c_x = np.append(p0[:, 0], far)
-        self._c_y = np.append(p0[:, 1], far)
-        self._c_dx = np.append(d[:, 0], 0.0)
-        self._c_dy = np.append(d[:, 1], 0.0)
-        self._c_il2 = np.append(1.0 / len2, 0.0)
-        self._c_len = np.append(np.sqrt(len2), 0.0)
-        self._c_lane = np.append(self.seg_lane, 0)
-        self._c_ta = np.append(ta, 0.0)
-        self._c_tb = np.append(tb, 0.0)
-        self._c_yaw = np.append(np.degrees(np.arctan2(d[:, 1], d[:, 0])), 0.0)
-        # the same tables grouped as the compiled projection (jtd3.roads.projection) takes them
-        self._chords = (self._cand, self._c_x, self._c_y, self._c_dx, self._c_dy, self._c_il2, self._c_len,
-                        self._c_lane, self._c_ta, self._c_tb, self._c_yaw)
+        # grouped as the compiled projection (jtd3.roads.projection.project_chords) takes them
+        self._chords = (
+            np.where(same, cand, dummy),  # per sample: the chords to try
+            np.append(p0[:, 0], far), np.append(p0[:, 1], far),  # chord start
+            np.append(d[:, 0], 0.0), np.append(d[:, 1], 0.0),  # chord direction
+            np.append(1.0 / len2, 0.0), np.append(np.sqrt(len2), 0.0),  # 1 / |d|^2, |d|
+            np.append(self.seg_lane, 0),  # lane
+            np.append(ta, 0.0), np.append(tb, 0.0),  # arc length at the chord's start and end
+            np.append(np.degrees(np.arctan2(d[:, 1], d[:, 0])), 0.0),  # heading (deg)
+        )
         self._lane_tables = (self._lane_forward, self._lane_s0, self._lane_s1, self._inv_step,
                              self._last_step.astype(np.int64), self._sample_start.astype(np.int64))
         self._sample_tables = tuple(np.ascontiguousarray(a, dtype=np.float64) for a in (

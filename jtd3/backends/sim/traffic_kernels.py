@@ -25,6 +25,8 @@ NO_GAP = 1e9
 _MIN_SAFE = 0.3  # metres an NPC's advance always stays short of its leader
 
 
+# Also in jtd3.roads.projection, on purpose: numba's on-disk cache of a kernel does not notice a change to a
+# compiled helper it calls from another module, so sharing one would leave stale machine code after an edit.
 @numba.njit(cache=True, nogil=True)
 def _wrap_deg(a: float) -> float:
     return (a + 180.0) % 360.0 - 180.0

@@ -1,0 +1,38 @@
+"""The agent benchmark's efficiency arithmetic (benchmarks/bench_agent.py): the encoder's products as matmuls
+must be the NatureCNN's own, or every reported efficiency is off."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from bench_agent import encoder_products, with_efficiency  # noqa: E402
+
+from jtd3.agent.networks import NatureCNN  # noqa: E402
+
+
+def test_encoder_products_count_the_flops_xla_counts_for_the_nature_cnn():
+    batch = 3
+    net = NatureCNN(norm="none", conv_impl="xla")
+    cam = jnp.zeros((batch, 4, 84, 84), jnp.uint8)
+    params = net.init(jax.random.key(0), cam, train=False)
+    compiled = jax.jit(lambda p: net.apply(p, cam, train=False)).lower(params).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    products = 2.0 * sum(m * k * n for _, m, k, n in encoder_products(batch))
+    # XLA also counts the elementwise work (scaling, biases, activations): a few percent on top of the products
+    assert products <= cost["flops"] <= 1.05 * products, (cost["flops"], products)
+    assert [p[0] for p in encoder_products(batch)] == ["conv1", "conv2", "conv3", "dense"]
+
+
+def test_efficiency_is_the_gemm_bound_over_the_measured_time():
+    bound = {"gflop_fwd": 1.0, "gflop_fwd_bwd": 3.0, "bound_fwd_ms": 5.0, "bound_fwd_bwd_ms": 20.0}
+    row = with_efficiency({"fwd_ms": 10.0, "fwd_bwd_ms": 40.0}, bound)
+    assert row["fwd_gflop_s"] == pytest.approx(100.0) and row["fwd_efficiency"] == pytest.approx(0.5)
+    assert row["fwd_bwd_gflop_s"] == pytest.approx(75.0) and row["fwd_bwd_efficiency"] == pytest.approx(0.5)
+    assert "fwd_efficiency" not in with_efficiency({"fwd_ms": None}, bound)
