@@ -39,3 +39,10 @@ if "XLA_FLAGS" not in os.environ:
     os.environ["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
 
 from carla_protocol_fixtures import server  # noqa: E402,F401 (a fixture, offered to every test file)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` run first (a stable sort; otherwise the order is pytest's). The suite runs on two
+    workers (``pytest -n 2 --dist worksteal``): started early, the long tests (training runs, Ray clusters) overlap
+    the short ones, instead of one of them running alone at the end while the other worker idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
