@@ -36,3 +36,25 @@ def test_efficiency_is_the_gemm_bound_over_the_measured_time():
     assert row["fwd_gflop_s"] == pytest.approx(100.0) and row["fwd_efficiency"] == pytest.approx(0.5)
     assert row["fwd_bwd_gflop_s"] == pytest.approx(75.0) and row["fwd_bwd_efficiency"] == pytest.approx(0.5)
     assert "fwd_efficiency" not in with_efficiency({"fwd_ms": None}, bound)
+
+
+def test_profile_update_sums_the_traced_ops_per_step():
+    import json
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "benchmarks/profile_update.py", "--batch", "4", "--k", "2", "--calls", "1",
+                          "--top", "3", "--encoder", "shared", "--norm", "none"],
+                         cwd=repo, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    meta, update, summary = rows[:3]
+    assert meta["meta"] == "profile_update" and "cpu" in meta
+    assert update["batch"] == 4 and update["steps_per_s"] > 0
+    assert summary["leaf_ms_per_step"] > 0 and summary["wall_ms_per_step"] > 0
+    categories = [r for r in rows if "category" in r]
+    ops = [r for r in rows if "op" in r]
+    assert categories and sum(r["share"] for r in categories) == pytest.approx(1.0, abs=0.01)
+    assert not any(r["category"].startswith(("while", "cond", "ThunkExecutor")) or "::" in r["category"] for r in categories)
+    assert len(ops) == 3 and all(r["ms_per_step"] > 0 for r in ops)
+    assert any(r["output"] for r in ops), ops  # the op names are found in the compiled HLO

@@ -1,0 +1,118 @@
+"""Where the time of one TD3 update goes: a JAX profiler trace of ``update_many``, summed per XLA op.
+
+    flock /tmp/jtd3_heavy.lock python benchmarks/profile_update.py --batch 64 --encoder separate --norm layernorm
+
+Prints JSON lines: a ``meta`` line, one ``update`` line (gradient steps/s outside the trace), one ``category``
+line per kind of op (the op name without its ``.N`` suffix: ``ynn_fusion`` = products run by YNNPACK,
+``copy_bitcast_fusion`` = layout copies, ``concatenate_bitcast_fusion`` = im2col stacks, ``multiply_add_fusion``
+and the like = normalisation and activation arithmetic) and ``--top`` ``op`` lines with each op's output shape
+from the compiled HLO. Times are per gradient step and summed over the ops' own intervals: XLA runs
+independent ops on both cores at once, so the sum exceeds the wall time (``leaf_ms_per_step`` vs
+``wall_ms_per_step``). Control-flow ops (``while``, ``cond``) and the executor's own events are left out:
+their time is the time of the ops inside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from bench_agent import random_batch, spaces_for  # benchmarks/, the script's directory
+from machine_info import cpu_info
+
+_NOT_LEAF = ("ThunkExecutor", "$", "while", "cond", "call", "PjitFunction", "ParseArguments", "AllocateOutputBuffers", "end: ")
+
+
+def op_times(trace_dir: str) -> tuple[collections.Counter, collections.Counter]:
+    """Total microseconds and call counts per event name in the trace written under ``trace_dir``."""
+    files = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
+    if not files:
+        raise SystemExit(f"profile_update: the profiler wrote no trace under {trace_dir}")
+    with gzip.open(files[0]) as fh:
+        events = json.load(fh)["traceEvents"]
+    us, calls = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and "dur" in e:
+            us[e["name"]] += e["dur"]
+            calls[e["name"]] += 1
+    return us, calls
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--encoder", default="separate")
+    p.add_argument("--norm", default="layernorm")
+    p.add_argument("--compute-dtype", default="float32")
+    p.add_argument("--k", type=int, default=4, help="gradient steps per update_many call")
+    p.add_argument("--calls", type=int, default=3, help="update_many calls inside the trace")
+    p.add_argument("--top", type=int, default=15, help="how many single ops to list")
+    args = p.parse_args(argv)
+
+    import jax
+
+    from jtd3 import agent
+
+    print(json.dumps({"meta": "profile_update", **cpu_info(), "argv": sys.argv[1:] if argv is None else argv,
+                      "backend": jax.default_backend()}), flush=True)
+    obs_space, act_space = spaces_for(9)
+    cfg = agent.AgentConfig(norm=args.norm, encoder=args.encoder, compute_dtype=args.compute_dtype)
+    state = agent.create(cfg, obs_space, act_space, seed=0)
+    batches = jax.device_put(random_batch(np.random.default_rng(0), (args.k, args.batch), 9))
+    for _ in range(3):  # compile and warm up
+        state, metrics = agent.update_many(state, batches)
+        jax.block_until_ready(metrics)
+    walls = []
+    for _ in range(5):
+        t = time.perf_counter()
+        state, metrics = agent.update_many(state, batches)
+        jax.block_until_ready(metrics)
+        walls.append(time.perf_counter() - t)
+    wall_ms = 1e3 * float(np.median(walls)) / args.k
+    print(json.dumps({"update": "update_many", "batch": args.batch, "encoder": args.encoder, "norm": args.norm,
+                      "conv_impl": state.spec.conv_impl, "steps_per_s": round(1e3 / wall_ms, 2)}), flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="jtd3-profile-") as trace_dir:
+        jax.profiler.start_trace(trace_dir)
+        for _ in range(args.calls):
+            state, metrics = agent.update_many(state, batches)
+            jax.block_until_ready(metrics)
+        jax.profiler.stop_trace()
+        us, calls = op_times(trace_dir)
+    steps = args.calls * args.k
+    # XLA's ops; the runtime's own events have spaces or "::" in their names
+    leaf = {n: t for n, t in us.items() if not n.startswith(_NOT_LEAF) and " " not in n and "::" not in n}
+    total = sum(leaf.values())
+    by_kind: collections.Counter = collections.Counter()
+    for name, t in leaf.items():
+        by_kind[re.sub(r"\.\d+$", "", name)] += t
+    print(json.dumps({"summary": "ops", "leaf_ms_per_step": round(total / 1e3 / steps, 2),
+                      "wall_ms_per_step": round(wall_ms, 2)}), flush=True)
+    rest = 0.0
+    for kind, t in by_kind.most_common():
+        if t < 0.002 * total:  # the long tail of tiny fusions: one line
+            rest += t
+            continue
+        print(json.dumps({"category": kind, "ms_per_step": round(t / 1e3 / steps, 2), "share": round(t / total, 3)}))
+    print(json.dumps({"category": "(others under 0.2 % each)", "ms_per_step": round(rest / 1e3 / steps, 2),
+                      "share": round(rest / total, 3)}))
+    hlo = agent.update_many.lower(state, batches).compile().as_text()
+    for name, t in sorted(leaf.items(), key=lambda kv: -kv[1])[: args.top]:
+        m = re.search(rf"^\s*%?{re.escape(name)} = (\S+)", hlo, re.M)
+        print(json.dumps({"op": name, "ms_per_step": round(t / 1e3 / steps, 2), "share": round(t / total, 3),
+                          "calls_per_step": round(calls[name] / steps, 2), "output": m.group(1) if m else None}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
