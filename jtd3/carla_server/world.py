@@ -252,4 +252,3 @@ def rehearse(sim: SimConfig, map_name: str) -> None:
     ego.control = VehicleControl(throttle=1.0)
     for _ in range(3):
         w.tick()
-
