@@ -5,11 +5,13 @@
 Prints JSON lines: a ``meta`` line, one ``update`` line (gradient steps/s outside the trace), one ``category``
 line per kind of op (the op name without its ``.N`` suffix: ``ynn_fusion`` = products run by YNNPACK,
 ``copy_bitcast_fusion`` = layout copies, ``concatenate_bitcast_fusion`` = im2col stacks, ``multiply_add_fusion``
-and the like = normalisation and activation arithmetic) and ``--top`` ``op`` lines with each op's output shape
-from the compiled HLO. Times are per gradient step and summed over the ops' own intervals: XLA runs
-independent ops on both cores at once, so the sum exceeds the wall time (``leaf_ms_per_step`` vs
-``wall_ms_per_step``). Control-flow ops (``while``, ``cond``) and the executor's own events are left out:
-their time is the time of the ops inside them.
+and the like = normalisation and activation arithmetic), one ``stage`` line per stage of the update (the named
+scopes of ``jtd3.agent.learn.train_step``, read from each op's metadata in the compiled HLO: ``td_target``,
+``critic_grad``, ``critic_adam``, ``actor_grad``, ``actor_adam``, ``target_update``; ``other`` = metrics and the
+loop) and ``--top`` ``op`` lines with each op's output shape and stage from the compiled HLO. Times are per
+gradient step and summed over the ops' own intervals: XLA runs independent ops on both cores at once, so the
+sum exceeds the wall time (``leaf_ms_per_step`` vs ``wall_ms_per_step``). Control-flow ops (``while``,
+``cond``) and the executor's own events are left out: their time is the time of the ops inside them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ import numpy as np
 from bench_agent import random_batch, spaces_for  # benchmarks/, the script's directory
 from machine_info import cpu_info
 
+STAGES = ("td_target", "critic_grad", "critic_adam", "actor_grad", "actor_adam", "target_update")
+"""The named scopes of ``jtd3.agent.learn.train_step``, in the order they run."""
+
 _NOT_LEAF = ("ThunkExecutor", "$", "while", "cond", "call", "PjitFunction", "ParseArguments", "AllocateOutputBuffers", "end: ")
 
 
@@ -46,6 +51,26 @@ def op_times(trace_dir: str) -> tuple[collections.Counter, collections.Counter]:
             us[e["name"]] += e["dur"]
             calls[e["name"]] += 1
     return us, calls
+
+
+def stage_of(op_name: str | None) -> str:
+    """The :data:`STAGES` scope an op's ``op_name`` metadata (its JAX name stack) lies in; ops outside them:
+    ``skipped_policy_step`` (the ``lax.cond`` branch of a step without an actor update), ``other``."""
+    for stage in STAGES:
+        if op_name and f"/{stage}/" in f"/{op_name}/":
+            return stage
+    if op_name and "/branch_0_fun/" in op_name:
+        return "skipped_policy_step"
+    return "other"
+
+
+def op_meta(hlo: str, name: str) -> tuple[str | None, str | None]:
+    """``(output shape, op_name metadata)`` of the instruction ``name`` in the compiled HLO text."""
+    m = re.search(rf"^\s*%?{re.escape(name)} = (\S+) .*$", hlo, re.M)
+    if not m:
+        return None, None
+    op_name = re.search(r'op_name="([^"]*)"', m.group(0))
+    return m.group(1), op_name.group(1) if op_name else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,10 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"category": "(others under 0.2 % each)", "ms_per_step": round(rest / 1e3 / steps, 2),
                       "share": round(rest / total, 3)}))
     hlo = update_many.as_text()
+    meta = {name: op_meta(hlo, name) for name in leaf}
+    by_stage: collections.Counter = collections.Counter()
+    for name, t in leaf.items():
+        by_stage[stage_of(meta[name][1])] += t
+    for stage, t in by_stage.most_common():
+        print(json.dumps({"stage": stage, "ms_per_step": round(t / 1e3 / steps, 2), "share": round(t / total, 3)}))
     for name, t in sorted(leaf.items(), key=lambda kv: -kv[1])[: args.top]:
-        m = re.search(rf"^\s*%?{re.escape(name)} = (\S+)", hlo, re.M)
         print(json.dumps({"op": name, "ms_per_step": round(t / 1e3 / steps, 2), "share": round(t / total, 3),
-                          "calls_per_step": round(calls[name] / steps, 2), "output": m.group(1) if m else None}))
+                          "calls_per_step": round(calls[name] / steps, 2), "output": meta[name][0],
+                          "stage": stage_of(meta[name][1])}))
     return 0
 
 

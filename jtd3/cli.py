@@ -332,6 +332,36 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
             ValueError, ImportError)
 
 
+def use_compilation_cache(path: str | None) -> str | None:
+    """Point JAX's persistent compilation cache at ``path`` (``train.jax_compilation_cache``; ``~`` expanded,
+    created if missing) and return the directory in use; None: off. A cache the caller chose
+    (``$JAX_COMPILATION_CACHE_DIR``) is used as it is. Set through the environment, so that worker processes
+    and Ray actors started from here use it too, and in JAX's config when JAX is already imported. Every
+    compilation is cached (``min_compile_time 0``): most of the start-up is many small ones (the networks'
+    initialisation runs op by op)."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    if path is None:
+        return None
+    directory = Path(path).expanduser()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"train.jax_compilation_cache: cannot create the directory {directory} ({e}); set it to a writable "
+            "directory, or to null to compile without the cache"
+        ) from e
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(directory)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    if "jax" in sys.modules:  # JAX read the environment when it was imported
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", str(directory))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                          float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+    return str(directory)
+
+
 def train_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``jtd3-train``; returns the exit code (0, 2 expected failure, 3 alarm, 128+N signal)."""
     args = build_parser().parse_args(argv)
@@ -351,6 +381,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
     # Before JAX creates a GPU client: leave GPU memory for a CARLA server on the same card.
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", str(config.train.jax_memory_fraction))
+    try:
+        use_compilation_cache(config.train.jax_compilation_cache)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
     handler = _SignalHandler()
     handler.install()

@@ -58,3 +58,22 @@ def test_profile_update_sums_the_traced_ops_per_step():
     assert not any(r["category"].startswith(("while", "cond", "ThunkExecutor")) or "::" in r["category"] for r in categories)
     assert len(ops) == 3 and all(r["ms_per_step"] > 0 for r in ops)
     assert any(r["output"] for r in ops), ops  # the op names are found in the compiled HLO
+    # Per stage: the named scopes of train_step are found in the ops' metadata (a renamed scope would leave
+    # them all in "other")
+    stages = {r["stage"]: r["share"] for r in rows if "stage" in r and "op" not in r}
+    assert sum(stages.values()) == pytest.approx(1.0, abs=0.01)
+    assert {"td_target", "critic_grad", "critic_adam", "actor_grad"} <= set(stages), stages
+    assert stages["critic_grad"] > stages.get("other", 0.0), stages
+    assert all(r["stage"] in stages for r in ops)
+
+
+def test_stage_of_reads_the_named_scope_from_an_ops_name_stack():
+    from profile_update import stage_of
+
+    critic_conv1 = "jit(update_many)/while/body/closed_call/critic_grad/jvp(NatureCNN)/conv1/dot_general"
+    assert stage_of(critic_conv1) == "critic_grad"
+    assert stage_of("jit(update_many)/while/body/closed_call/cond/branch_1_fun/actor_adam/add") == "actor_adam"
+    # a scope name inside another word is not that scope
+    assert stage_of("jit(update_many)/while/body/my_td_target_thing/add") == "other"
+    assert stage_of("jit(update_many)/while/body/closed_call/cond/branch_0_fun/copy") == "skipped_policy_step"
+    assert stage_of(None) == "other"

@@ -119,3 +119,70 @@ def test_split_passthrough_keeps_everything_after_the_first_double_dash_for_trai
     assert split_passthrough(["--stage", "smoke", "--", "--seed", "3", "--", "x"]) == (
         ["--stage", "smoke"], ["--seed", "3", "--", "x"])
     assert split_passthrough(("--stage", "smoke")) == (["--stage", "smoke"], [])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# train.jax_compilation_cache
+
+
+def test_compilation_cache_setting_creates_the_directory_and_sets_it_for_jax_and_child_processes(
+    tmp_path, monkeypatch
+):
+    import jax
+
+    from jtd3.cli import use_compilation_cache
+
+    updates = {}
+    monkeypatch.setattr(jax.config, "update", lambda name, value: updates.__setitem__(name, value))
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    expected = str(tmp_path / "cache" / "jax")
+    assert use_compilation_cache("~/cache/jax") == expected
+    assert Path(expected).is_dir()
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == expected  # inherited by workers and Ray actors
+    # JAX is imported in this process: its config is set as well, every compilation cached
+    assert updates == {"jax_compilation_cache_dir": expected, "jax_persistent_cache_min_compile_time_secs": 0.0}
+
+
+def test_compilation_cache_the_callers_directory_wins_and_null_is_off(tmp_path, monkeypatch):
+    from jtd3.cli import use_compilation_cache
+
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "callers"))
+    assert use_compilation_cache(str(tmp_path / "configured")) == str(tmp_path / "callers")
+    assert not (tmp_path / "configured").exists()
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    assert use_compilation_cache(None) is None
+    assert "JAX_COMPILATION_CACHE_DIR" not in os.environ
+
+
+def test_compilation_cache_bad_values_are_errors_naming_the_key(tmp_path, monkeypatch):
+    from jtd3.cli import use_compilation_cache
+    from jtd3.config import ConfigError, from_dict
+    from jtd3.run_config import Config
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match="train.jax_compilation_cache"):
+        use_compilation_cache(str(blocker / "jax"))
+    with pytest.raises(ConfigError, match="train.jax_compilation_cache"):
+        from_dict(Config, {"train": {"jax_compilation_cache": ""}})
+    assert from_dict(Config, {"train": {"jax_compilation_cache": None}}).train.jax_compilation_cache is None
+
+
+def test_compilation_cache_is_filled_when_set_before_jax_is_imported(tmp_path):
+    """The CLI's own path: JAX not imported yet, so the environment alone must reach it."""
+    code = (
+        "import os, sys\n"
+        "from jtd3.cli import use_compilation_cache\n"
+        "assert 'jax' not in sys.modules\n"
+        f"use_compilation_cache({str(tmp_path / 'jaxcache')!r})\n"
+        "import jax, jax.numpy as jnp\n"
+        "jax.block_until_ready(jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_PERSISTENT_CACHE")}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert any((tmp_path / "jaxcache").iterdir()), "nothing was written to the compilation cache"

@@ -187,31 +187,35 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
     key = jax.random.wrap_key_data(state.key)
     key, k_noise = jax.random.split(key)
 
+    # Each stage runs in a named scope (td_target, critic_grad, critic_adam, actor_grad, actor_adam,
+    # target_update): the labels benchmarks/profile_update.py sums the XLA ops' time by.
     # 1. TD target: target networks, running averages, no gradients. In `shared` mode one target-encoder
     #    pass over next_obs feeds both the target actor and the target critic. `original`: there are no
     #    target encoders; the online critic encoder (pre-update, running averages) feeds both target heads.
     actor, critic = state.actor, state.critic
-    if spec.original:
-        critic_next, _, _ = encode(
-            spec, critic.params["encoder"], critic.batch_stats.get("encoder"), next_obs["camera"], False
-        )
-        critic_next = lax.stop_gradient(critic_next)
-        actor_next = critic_next
-    else:
-        critic_next, _, _ = encode(
-            spec, critic.target_params["encoder"], critic.target_batch_stats.get("encoder"), next_obs["camera"], False
-        )
-        if spec.separate:
-            actor_next, _, _ = encode(
-                spec, actor.target_params["encoder"], actor.target_batch_stats.get("encoder"), next_obs["camera"],
+    with jax.named_scope("td_target"):
+        if spec.original:
+            critic_next, _, _ = encode(
+                spec, critic.params["encoder"], critic.batch_stats.get("encoder"), next_obs["camera"], False
+            )
+            critic_next = lax.stop_gradient(critic_next)
+            actor_next = critic_next
+        else:
+            critic_next, _, _ = encode(
+                spec, critic.target_params["encoder"], critic.target_batch_stats.get("encoder"), next_obs["camera"],
                 False,
             )
-        else:
-            actor_next = critic_next
-    next_action = mods.actor_head.apply({"params": actor.target_params["head"]}, actor_next, next_kin)
-    next_action = smoothed_target_action(next_action, k_noise, cfg.policy_noise, cfg.noise_clip)
-    next_q = mods.critic_head.apply({"params": critic.target_params["head"]}, critic_next, next_kin, next_action)
-    target_q = lax.stop_gradient(td_target(reward, terminated, next_q, discount))
+            if spec.separate:
+                actor_next, _, _ = encode(
+                    spec, actor.target_params["encoder"], actor.target_batch_stats.get("encoder"), next_obs["camera"],
+                    False,
+                )
+            else:
+                actor_next = critic_next
+        next_action = mods.actor_head.apply({"params": actor.target_params["head"]}, actor_next, next_kin)
+        next_action = smoothed_target_action(next_action, k_noise, cfg.policy_noise, cfg.noise_clip)
+        next_q = mods.critic_head.apply({"params": critic.target_params["head"]}, critic_next, next_kin, next_action)
+        target_q = lax.stop_gradient(td_target(reward, terminated, next_q, discount))
 
     # 2. Critic step (gradients w.r.t. critic parameters only).
     def critic_loss_fn(params):
@@ -222,10 +226,12 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
         loss = jnp.sum(jnp.mean(jnp.square(q - target_q[None]), axis=1))
         return loss, (q, feats, new_stats, layers)
 
-    (critic_loss, (q, critic_feats, critic_stats, critic_layers)), critic_grads = jax.value_and_grad(
-        critic_loss_fn, has_aux=True
-    )(critic.params)
-    critic = critic.apply_gradients(grads=critic_grads, batch_stats=_with_encoder(critic.batch_stats, critic_stats))
+    with jax.named_scope("critic_grad"):
+        (critic_loss, (q, critic_feats, critic_stats, critic_layers)), critic_grads = jax.value_and_grad(
+            critic_loss_fn, has_aux=True
+        )(critic.params)
+    with jax.named_scope("critic_adam"):
+        critic = critic.apply_gradients(grads=critic_grads, batch_stats=_with_encoder(critic.batch_stats, critic_stats))
     critic_feats_fixed = lax.stop_gradient(critic_feats)  # what the actor step reads: no gradient to the critic
 
     metrics = {
@@ -259,14 +265,19 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
                 q1 = q1_critic
             return -jnp.mean(q1), (q1, lax.stop_gradient(q1_critic), actor_feats, actor_stats, actor_layers)
 
-        (actor_loss, (q1, q1_critic, actor_feats, actor_stats, actor_layers)), actor_grads = jax.value_and_grad(
-            actor_loss_fn, has_aux=True
-        )(actor.params)
-        new_actor = actor.apply_gradients(grads=actor_grads, batch_stats=_with_encoder(actor.batch_stats, actor_stats))
-        sides = (
-            new_actor.soft_update(cfg.tau, cfg.target_bn_stats),
-            critic.soft_update(cfg.tau, cfg.target_bn_stats),
-        )
+        with jax.named_scope("actor_grad"):
+            (actor_loss, (q1, q1_critic, actor_feats, actor_stats, actor_layers)), actor_grads = jax.value_and_grad(
+                actor_loss_fn, has_aux=True
+            )(actor.params)
+        with jax.named_scope("actor_adam"):
+            new_actor = actor.apply_gradients(
+                grads=actor_grads, batch_stats=_with_encoder(actor.batch_stats, actor_stats)
+            )
+        with jax.named_scope("target_update"):
+            sides = (
+                new_actor.soft_update(cfg.tau, cfg.target_bn_stats),
+                critic.soft_update(cfg.tau, cfg.target_bn_stats),
+            )
         m = {
             "losses/actor_loss": actor_loss,
             "losses/actor_q": jnp.mean(q1),

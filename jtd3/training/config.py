@@ -87,6 +87,11 @@ class TrainConfig(ConfigNode):
     jax_memory_fraction: float = param(
         0.5, "fraction of GPU memory JAX may take (XLA_PYTHON_CLIENT_MEM_FRACTION), leaving room for CARLA"
     )
+    jax_compilation_cache: str | None = param(
+        "~/.cache/jtd3/jax", "JAX's persistent compilation cache: later runs load the compiled update, act and "
+        "initialisation instead of compiling them (about 20 s less start-up on a 2-core CPU); "
+        "$JAX_COMPILATION_CACHE_DIR, when set, is used instead; null = off"
+    )
     progress_bar: bool = param(True, "show a tqdm progress bar on the console")
     exploration: ExplorationConfig = nested(ExplorationConfig)
     actors: ActorsConfig = nested(ActorsConfig)
@@ -107,6 +112,8 @@ class TrainConfig(ConfigNode):
         check(0.0 < self.jax_memory_fraction <= 1.0, "train.jax_memory_fraction", self.jax_memory_fraction,
               "in (0, 1]")
         check(bool(self.logdir), "train.logdir", self.logdir, "a non-empty path")
+        check(self.jax_compilation_cache is None or bool(self.jax_compilation_cache), "train.jax_compilation_cache",
+              self.jax_compilation_cache, "a non-empty path or null (off)")
         check(self.run_name is None or _is_plain_name(self.run_name), "train.run_name", self.run_name,
               "one directory name inside train.logdir (no '/', not '.' or '..', not empty)")
 
