@@ -336,7 +336,8 @@ def use_compilation_cache(path: str | None) -> str | None:
     """Point JAX's persistent compilation cache at ``path`` (``train.jax_compilation_cache``; ``~`` expanded,
     created if missing) and return the directory in use; None: off. A cache the caller chose
     (``$JAX_COMPILATION_CACHE_DIR``) is used as it is. Set through the environment, so that worker processes
-    and Ray actors started from here use it too, and in JAX's config when JAX is already imported. Every
+    and Ray actors started from here use it too, and in JAX's config when JAX is already imported (JAX reads
+    that setting at its first compilation, so it applies when nothing was compiled in the process yet). Every
     compilation is cached (``min_compile_time 0``): most of the start-up is many small ones (the networks'
     initialisation runs op by op)."""
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
