@@ -332,9 +332,25 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
             ValueError, ImportError)
 
 
+def _cpu_kind() -> str:
+    """A short name for this machine's CPU model and instruction-set flags: XLA compiles for the CPU it runs on,
+    so machines that share a home directory keep their compiled programs apart."""
+    import hashlib
+    import platform
+
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        lines = []
+    wanted = [line for line in lines if line.startswith(("model name", "flags"))][:2]
+    ident = "\n".join(wanted) or f"{platform.machine()} {platform.processor()}"
+    return f"{platform.machine() or 'cpu'}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+
+
 def use_compilation_cache(path: str | None) -> str | None:
-    """Point JAX's persistent compilation cache at ``path`` (``train.jax_compilation_cache``; ``~`` expanded,
-    created if missing) and return the directory in use; None: off. A cache the caller chose
+    """Point JAX's persistent compilation cache at ``path`` (``train.jax_compilation_cache``; ``~`` expanded),
+    in a subdirectory per CPU kind (:func:`_cpu_kind`), created if missing, and return the directory in use;
+    None: off. A cache the caller chose
     (``$JAX_COMPILATION_CACHE_DIR``) is used as it is. Set through the environment, so that worker processes
     and Ray actors started from here use it too, and in JAX's config when JAX is already imported (JAX reads
     that setting at its first compilation, so it applies when nothing was compiled in the process yet). Every
@@ -344,7 +360,7 @@ def use_compilation_cache(path: str | None) -> str | None:
         return os.environ["JAX_COMPILATION_CACHE_DIR"]
     if path is None:
         return None
-    directory = Path(path).expanduser()
+    directory = Path(path).expanduser() / _cpu_kind()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -130,15 +130,17 @@ def test_compilation_cache_setting_creates_the_directory_and_sets_it_for_jax_and
 ):
     import jax
 
-    from jtd3.cli import use_compilation_cache
+    from jtd3.cli import _cpu_kind, use_compilation_cache
 
     updates = {}
     monkeypatch.setattr(jax.config, "update", lambda name, value: updates.__setitem__(name, value))
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
     monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    expected = str(tmp_path / "cache" / "jax")
-    assert use_compilation_cache("~/cache/jax") == expected
+    directory = use_compilation_cache("~/cache/jax")
+    # one subdirectory per CPU kind: a compiled program uses the instruction set of the CPU it was compiled on
+    expected = str(tmp_path / "cache" / "jax" / _cpu_kind())
+    assert directory == expected and _cpu_kind() == _cpu_kind()
     assert Path(expected).is_dir()
     assert os.environ["JAX_COMPILATION_CACHE_DIR"] == expected  # inherited by workers and Ray actors
     # JAX is imported in this process: its config is set as well, every compilation cached

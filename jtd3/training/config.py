@@ -89,8 +89,8 @@ class TrainConfig(ConfigNode):
     )
     jax_compilation_cache: str | None = param(
         "~/.cache/jtd3/jax", "JAX's persistent compilation cache: later runs load the compiled update, act and "
-        "initialisation instead of compiling them (about 20 s less start-up on a 2-core CPU); "
-        "$JAX_COMPILATION_CACHE_DIR, when set, is used instead; null = off"
+        "initialisation instead of compiling them (about 20 s less start-up on a 2-core CPU); one subdirectory per "
+        "CPU kind; $JAX_COMPILATION_CACHE_DIR, when set, is used instead; null = off"
     )
     progress_bar: bool = param(True, "show a tqdm progress bar on the console")
     exploration: ExplorationConfig = nested(ExplorationConfig)
