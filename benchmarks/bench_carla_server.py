@@ -32,22 +32,13 @@ import numpy as np  # noqa: E402
 from jtd3.carla_server.process import ServerProcess, shutdown_traffic_manager  # noqa: E402
 from jtd3.config import from_dict  # noqa: E402
 from jtd3.envs import DrivingEnv, EnvConfig  # noqa: E402
+from jtd3.machine import cpu_model  # noqa: E402
 
 ACTION = np.array([0.0, 0.35], np.float32)
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def emit(**kw) -> None:
-    kw.update(cpu=cpu_model(), loadavg=os.getloadavg()[0])
+    kw.update(cpu=cpu_model() or platform.processor(), loadavg=os.getloadavg()[0])
     print(json.dumps(kw), flush=True)
 
 

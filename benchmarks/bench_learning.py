@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from jtd3.envs import make_env  # noqa: E402
 from jtd3.envs.reward import route_curvature  # noqa: E402
 from jtd3.evaluate import AgentPolicy, evaluate, load_agent  # noqa: E402
+from jtd3.machine import cpu_model  # noqa: E402
 from jtd3.stats import bootstrap_iqm_interval, iqm, wilson_interval  # noqa: E402
 from jtd3.training.bookkeeping import episode_seed, eval_seed  # noqa: E402
 
@@ -153,16 +154,6 @@ def learning_curve(run_dir: Path) -> dict[str, list[float]]:
     with open(run_dir / "eval.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     return {k: [float(r[k]) for r in rows] for k in ("env_steps", "success_rate", "route_completion")}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def summarise_seeds(per_seed: list[dict], which: str) -> dict:
@@ -347,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {
         "command": " ".join(["python benchmarks/bench_learning.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
+        "machine": {"cpu": cpu_model() or platform.processor() or "unknown", "cores": os.cpu_count()},
         "train_args": train_args,
         "seeds": per_seed,
         "aggregate": {w: summarise_seeds(per_seed, w) for w in ("final", "selected")},

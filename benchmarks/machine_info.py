@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import platform
 
+from jtd3.machine import cpu_flags, cpu_model
+
 __all__ = ["cpu_info"]
+
+_SIMD = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+"""The instruction-set flags that matter for the benchmarks' products."""
 
 
 def cpu_info() -> dict[str, str]:
-    """Model name and the SIMD flags that matter here, from /proc/cpuinfo (Linux)."""
-    model, flags = "", ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and not model:
-                    model = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in have)
-                    break
-    except OSError:
-        pass
-    return {"cpu": model or platform.processor(), "cpu_flags": flags}
+    """Model name and the SIMD flags that matter here (:data:`_SIMD`), from /proc/cpuinfo (Linux)."""
+    have = cpu_flags()
+    return {"cpu": cpu_model() or platform.processor(), "cpu_flags": " ".join(f for f in _SIMD if f in have)}

@@ -33,6 +33,7 @@ import yaml
 from jtd3.choices import ACTOR_KINDS, BACKENDS, ENCODERS, NORMS
 from jtd3.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict, yaml_value
 from jtd3.files import write_text_atomic
+from jtd3.machine import cpu_kind
 
 EXIT_USAGE = 2
 # Memory the process needs besides the replay buffer (JAX and XLA, the jitted update's buffers, the
@@ -332,35 +333,19 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
             ValueError, ImportError)
 
 
-def _cpu_kind() -> str:
-    """A short name for this machine's CPU model and instruction-set flags: XLA compiles for the CPU it runs on,
-    so machines that share a home directory keep their compiled programs apart."""
-    import hashlib
-    import platform
-
-    try:
-        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        lines = []
-    wanted = [line for line in lines if line.startswith(("model name", "flags"))][:2]
-    ident = "\n".join(wanted) or f"{platform.machine()} {platform.processor()}"
-    return f"{platform.machine() or 'cpu'}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
-
-
 def use_compilation_cache(path: str | None) -> str | None:
     """Point JAX's persistent compilation cache at ``path`` (``train.jax_compilation_cache``; ``~`` expanded),
-    in a subdirectory per CPU kind (:func:`_cpu_kind`), created if missing, and return the directory in use;
-    None: off. A cache the caller chose
-    (``$JAX_COMPILATION_CACHE_DIR``) is used as it is. Set through the environment, so that worker processes
-    and Ray actors started from here use it too, and in JAX's config when JAX is already imported (JAX reads
-    that setting at its first compilation, so it applies when nothing was compiled in the process yet). Every
-    compilation is cached (``min_compile_time 0``): most of the start-up is many small ones (the networks'
-    initialisation runs op by op)."""
+    in a subdirectory per CPU kind (:func:`jtd3.machine.cpu_kind`), created if missing, and return the directory
+    in use; None: off. A cache the caller chose (``$JAX_COMPILATION_CACHE_DIR``) is used as it is. Set through
+    the environment, so that worker processes and Ray actors started from here use it too, and in JAX's config
+    when JAX is already imported (JAX reads that setting at its first compilation, so it applies when nothing was
+    compiled in the process yet). Every compilation is cached (``min_compile_time 0``): most of the start-up is
+    many small ones (the networks' initialisation runs op by op)."""
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return os.environ["JAX_COMPILATION_CACHE_DIR"]
     if path is None:
         return None
-    directory = Path(path).expanduser() / _cpu_kind()
+    directory = Path(path).expanduser() / cpu_kind()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:

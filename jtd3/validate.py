@@ -42,6 +42,7 @@ from jtd3.cli import train_main
 from jtd3.compare import NORMS, read_eval_csv, save_figure
 from jtd3.config import from_dict, load_yaml
 from jtd3.logging import read_scalars
+from jtd3.machine import cpu_model
 
 __all__ = [
     "CRITERIA",
@@ -116,17 +117,10 @@ STAGES = {
 
 def machine() -> dict[str, Any]:
     """The machine the stage runs on: JAX backend and devices, CPU model and count."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
     return {
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
-        "cpu": cpu,
+        "cpu": cpu_model() or platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "jax": jax.__version__,

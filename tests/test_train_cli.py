@@ -130,7 +130,8 @@ def test_compilation_cache_setting_creates_the_directory_and_sets_it_for_jax_and
 ):
     import jax
 
-    from jtd3.cli import _cpu_kind, use_compilation_cache
+    from jtd3.cli import use_compilation_cache
+    from jtd3.machine import cpu_kind
 
     updates = {}
     monkeypatch.setattr(jax.config, "update", lambda name, value: updates.__setitem__(name, value))
@@ -139,8 +140,8 @@ def test_compilation_cache_setting_creates_the_directory_and_sets_it_for_jax_and
     monkeypatch.setenv("HOME", str(tmp_path))
     directory = use_compilation_cache("~/cache/jax")
     # one subdirectory per CPU kind: a compiled program uses the instruction set of the CPU it was compiled on
-    expected = str(tmp_path / "cache" / "jax" / _cpu_kind())
-    assert directory == expected and _cpu_kind() == _cpu_kind()
+    expected = str(tmp_path / "cache" / "jax" / cpu_kind())
+    assert directory == expected
     assert Path(expected).is_dir()
     assert os.environ["JAX_COMPILATION_CACHE_DIR"] == expected  # inherited by workers and Ray actors
     # JAX is imported in this process: its config is set as well, every compilation cached
