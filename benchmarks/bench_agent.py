@@ -26,6 +26,14 @@ OpenMP threads collapse (measured 0.6 steps/s instead of 18 with one core busy) 
 contended pairs say nothing about the implementations. Without SB3/torch installed, a ``{"impl": "sb3", "skipped": ...}``
 line says so and no ratios are printed. Targets from the issue (ratio jtd3/SB3): B=64 separate >= 1.3,
 shared >= 2.5; B=256 separate >= 1.1.
+
+Work and rate: each batch size starts with a ``gemm-bound`` row (the encoder's products as single float32
+matmuls, see :func:`gemm_bound`); every jtd3 and SB3 row carries its matmul FLOPs per gradient step
+(``gflop_per_step``: jtd3's counted on the update's jaxpr by ``benchmarks/matmul_flops.py``, averaged over a
+policy period; SB3's by PyTorch's ``FlopCounterMode`` over one policy period of ``model.train``), the rate it
+achieved (``gflop_s``) and that rate over the products' own rate (``efficiency_vs_gemm``). The ratio lines
+split the speed ratio into ``work_ratio`` (SB3's FLOPs per step over jtd3's) times ``rate_ratio`` (jtd3's
+GFLOP/s over SB3's), and give the ``rate_ratio_needed`` for the target.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ import time
 import numpy as np
 
 from machine_info import cpu_info  # benchmarks/, the script's directory
+from matmul_flops import matmul_flops
 
 TARGETS = {(64, "separate"): 1.3, (64, "shared"): 2.5, (256, "separate"): 1.1}
 CLEAN_CORES = 0.15
@@ -234,6 +243,13 @@ def _sb3_worker(conn, kin_dim: int, buffer_size: int, k: int) -> None:
                 torch.mm(a, b)
                 out.append(median_call_ms(lambda a=a, b=b: torch.mm(a, b), cmd[2])[0])
             conn.send(out)
+        elif cmd[0] == "flops":  # matmul/conv FLOPs per gradient step, counted by torch over one policy period
+            from torch.utils.flop_counter import FlopCounterMode
+
+            counter = FlopCounterMode(display=False)
+            with counter:
+                model.train(gradient_steps=model.policy_delay, batch_size=batch)
+            conn.send(counter.get_total_flops() / model.policy_delay)
         elif cmd[0] == "sample":
             times = []
             for _ in range(20):
@@ -269,6 +285,18 @@ class SB3:
 
 # ----------------------------------------------------------------------------------------------------------
 # jtd3
+
+
+def jtd3_flops_per_step(state, batch: dict) -> float:
+    """Matmul FLOPs of one jtd3 gradient step, averaged over a policy period: the critic step every time, the
+    actor step (the costlier branch of the update's ``lax.cond``) once per ``policy_delay`` steps."""
+    from jtd3.agent import learn
+
+    count = matmul_flops(learn.train_step, state, batch)
+    branches = count["cond_branches"] or [0.0]
+    delay = state.spec.config.policy_delay
+    critic_step = count["flops"] - max(branches)
+    return critic_step + (max(branches) + (delay - 1) * min(branches)) / delay
 
 
 def bench_jtd3(args, batch: int, norm: str, encoder: str, conv_impl: str, dtype: str, sb3: SB3 | None) -> dict:
@@ -322,6 +350,9 @@ def bench_jtd3(args, batch: int, norm: str, encoder: str, conv_impl: str, dtype:
         "finite": bool(all(np.isfinite(float(v)) for v in metrics.values())),
         "loadavg_1m": round(os.getloadavg()[0], 2),  # > ~2.2 on 2 cores: something else was running
     }
+    one_batch = jax.tree.map(lambda x: x[0], batches)
+    row["gflop_per_step"] = round(jtd3_flops_per_step(holder[0], one_batch) / 1e9, 3)
+    row["gflop_s"] = round(row["gflop_per_step"] * (row["steps_per_s_clean"] or row["steps_per_s"]), 1)
     if sb3_rates:
         row["sb3_steps_per_s_interleaved"] = [round(r, 2) for r in sb3_rates]
         row["sb3_other_cpu_cores_windows"] = _rounded(sb3_others)
@@ -485,12 +516,21 @@ def main(argv: list[str] | None = None) -> int:
                 for row in bench_cnn(args, batch, sb3):
                     emit(row)
                 continue
+            bound = gemm_bound(batch, max(5, args.repeats * 3), sb3)
+            emit(bound)
+            sb3_gflop = None
             if sb3 is not None:
                 sb3.ask("setup", batch)
                 alone = [sb3.ask("window", args.seconds) for _ in range(args.repeats)]
+                sb3_gflop = sb3.ask("flops") / 1e9
+                sb3_rate = _clean_median([r for r, _ in alone], [o for _, o in alone]) or statistics.median(
+                    r for r, _ in alone)
                 emit(
                     {
                         "impl": "sb3",
+                        "gflop_per_step": round(sb3_gflop, 3),
+                        "gflop_s": round(sb3_gflop * sb3_rate, 1),
+                        "efficiency_vs_gemm": round(sb3_gflop * sb3_rate / bound["gemm_gflop_s_fwd_bwd"], 2),
                         "batch": batch,
                         "encoder": "separate",
                         "steps_per_s": round(statistics.median(r for r, _ in alone), 2),
@@ -505,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
                 for norm in args.norms.split(","):
                     for conv_impl, dtype in itertools.product(args.conv_impls.split(","), args.compute_dtypes.split(",")):
                         row = bench_jtd3(args, batch, norm, encoder, conv_impl, dtype, sb3)
+                        row["efficiency_vs_gemm"] = round(row["gflop_s"] / bound["gemm_gflop_s_fwd_bwd"], 2)
                         emit(row)
                         if "ratio_vs_sb3" in row:
                             target = TARGETS.get((batch, encoder))
@@ -519,7 +560,14 @@ def main(argv: list[str] | None = None) -> int:
                                     "value_clean_windows": row.get("ratio_vs_sb3_clean"),
                                     "clean_pairs": row["clean_pairs"],
                                     "value_all_windows": row["ratio_vs_sb3"],
+                                    # ratio = work_ratio x rate_ratio: SB3's matmul FLOPs per step over jtd3's,
+                                    # times jtd3's achieved GFLOP/s over SB3's
+                                    "work_ratio": round(sb3_gflop / row["gflop_per_step"], 3),
+                                    "rate_ratio": round((row.get("ratio_vs_sb3_clean") or row["ratio_vs_sb3"])
+                                                        * row["gflop_per_step"] / sb3_gflop, 2),
                                     "target": target,
+                                    "rate_ratio_needed": None if target is None
+                                    else round(target * row["gflop_per_step"] / sb3_gflop, 2),
                                     # judged on clean windows only (SB3's OpenMP collapses under other load)
                                     "met": None
                                     if target is None or "ratio_vs_sb3_clean" not in row

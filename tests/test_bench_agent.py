@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from bench_agent import encoder_products, with_efficiency  # noqa: E402
+from matmul_flops import matmul_flops  # noqa: E402
 
 from jtd3.agent.networks import NatureCNN  # noqa: E402
 
@@ -77,3 +78,41 @@ def test_stage_of_reads_the_named_scope_from_an_ops_name_stack():
     assert stage_of("jit(update_many)/while/body/my_td_target_thing/add") == "other"
     assert stage_of("jit(update_many)/while/body/closed_call/cond/branch_0_fun/copy") == "skipped_policy_step"
     assert stage_of(None) == "other"
+
+
+def test_matmul_flops_counts_the_nature_cnns_products_forward_and_backward():
+    """The same FLOPs as the encoder's products as matmuls (what PyTorch's FlopCounterMode counts for the same
+    network): forward; forward + backward w.r.t. the weights = weight gradients of every layer and input
+    gradients of all but the first (XLA's convolutions transpose into dilated and padded convolutions whose
+    zeros must not count)."""
+    batch = 2
+    cam = jnp.zeros((batch, 4, 84, 84), jnp.uint8)
+    fwd = 2 * sum(m * k * n for _, m, k, n in encoder_products(batch))
+    bwd = sum(2 * m * k * n * (1 if layer == "conv1" else 2) for layer, m, k, n in encoder_products(batch))
+    counts = {}
+    for impl in ("xla", "im2col"):
+        net = NatureCNN(norm="layernorm", conv_impl=impl)
+        params = net.init(jax.random.key(0), cam, train=False)["params"]
+        f = matmul_flops(lambda p, net=net: net.apply({"params": p}, cam, train=False), params)
+        g = matmul_flops(jax.grad(lambda p, net=net: jnp.sum(net.apply({"params": p}, cam, train=True))), params)
+        counts[impl] = (f["flops"], g["flops"])
+    assert counts["xla"] == (fwd, fwd + bwd)
+    # im2col's first layer multiplies on the output side: 21x21 instead of 20x20 positions (its forward and
+    # weight gradient); its input gradient, computed by the custom VJP and dropped by autodiff, is not counted
+    extra = 2 * 2 * batch * (21 * 21 - 20 * 20) * 256 * 32
+    assert counts["im2col"] == (fwd + extra // 2, fwd + bwd + extra)
+
+
+def test_matmul_flops_skips_dead_products_and_weighs_loops_and_branches():
+    a, b = jnp.ones((4, 5)), jnp.ones((5, 6))
+
+    def fn(a, b, flag):
+        unused = a @ a.T  # noqa: F841 (dead: must not count)
+        loop = jax.lax.scan(lambda c, _: (c @ jnp.ones((6, 6)), None), a @ b, None, length=3)[0]
+        return jax.lax.cond(flag, lambda x: x @ jnp.ones((6, 2)), lambda x: x[:, :2], loop)
+
+    count = matmul_flops(fn, a, b, True)
+    first, per_iter, branch = 2 * 4 * 5 * 6, 2 * 4 * 6 * 6, 2 * 4 * 6 * 2
+    assert count["flops"] == first + 3 * per_iter + branch
+    assert count["cond_branches"] == [0, branch]
+    assert count["while_bodies"] == 0
