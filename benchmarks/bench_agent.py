@@ -155,7 +155,7 @@ def timed_window(fn, steps_per_call: int, seconds: float) -> tuple[float, float 
 # SB3 in a worker process
 
 
-def _sb3_worker(conn, kin_dim: int, buffer_size: int, k: int) -> None:
+def _sb3_worker(conn, kin_dim: int, buffer_size: int, k: int, device: str = "cpu") -> None:
     """Serve ("setup", B) / ("window", seconds) / ("sample",) / ("exit",) requests over ``conn``."""
     try:
         import gymnasium as gym
@@ -165,9 +165,14 @@ def _sb3_worker(conn, kin_dim: int, buffer_size: int, k: int) -> None:
     except ImportError as e:  # torch / SB3 are optional (the `bench` extra)
         conn.send({"skipped": f"stable-baselines3/torch not installed ({e})"})
         return
+    if device == "cuda" and not torch.cuda.is_available():
+        conn.send({"skipped": "--sb3-device cuda: torch sees no CUDA device"})
+        return
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)  # timings must wait for the GPU
     conn.send(
         {
             "torch_threads": torch.get_num_threads(),
+            "sb3_device": device,
             "versions": {"torch": torch.__version__, "stable_baselines3": __import__("stable_baselines3").__version__},
         }
     )
@@ -198,7 +203,7 @@ def _sb3_worker(conn, kin_dim: int, buffer_size: int, k: int) -> None:
                 batch_size=batch,
                 learning_starts=0,
                 policy_kwargs={"net_arch": [256, 256], "features_extractor_kwargs": {"cnn_output_dim": 512}},
-                device="cpu",
+                device=device,
                 seed=0,
                 verbose=0,
             )
@@ -212,7 +217,7 @@ def _sb3_worker(conn, kin_dim: int, buffer_size: int, k: int) -> None:
             model.train(gradient_steps=2, batch_size=batch)  # warm-up
             conn.send("ready")
         elif cmd[0] == "window":
-            conn.send(timed_window(lambda: model.train(gradient_steps=k, batch_size=batch), k, cmd[1]))
+            conn.send(timed_window(lambda: (model.train(gradient_steps=k, batch_size=batch), sync()), k, cmd[1]))
         elif cmd[0] == "cnn":  # one NatureCNN (no norm) fwd+bwd w.r.t. its weights, median ms over cmd[2] calls
             cnn_batch, calls = cmd[1], cmd[2]
             nn = torch.nn
@@ -220,15 +225,19 @@ def _sb3_worker(conn, kin_dim: int, buffer_size: int, k: int) -> None:
                 nn.Conv2d(4, 32, 8, 4), nn.LeakyReLU(), nn.Conv2d(32, 64, 4, 2), nn.LeakyReLU(),
                 nn.Conv2d(64, 64, 3, 1), nn.LeakyReLU(), nn.Flatten(), nn.Linear(3136, 512), nn.LeakyReLU(),
             )  # fmt: skip
+            net = net.to(device)
             cam = torch.as_tensor(np.random.default_rng(0).integers(0, 256, (cnn_batch, 4, 84, 84), dtype=np.uint8))
+            cam = cam.to(device)
 
             def fwd_bwd():
                 net.zero_grad()
                 (net(cam.float() / 127.5 - 1.0) ** 2).mean().backward()
+                sync()
 
             def fwd():
                 with torch.no_grad():
                     net(cam.float() / 127.5 - 1.0)
+                sync()
 
             out = {}
             for name, fn in (("fwd_bwd_ms", fwd_bwd), ("fwd_ms", fwd)):
@@ -238,10 +247,11 @@ def _sb3_worker(conn, kin_dim: int, buffer_size: int, k: int) -> None:
         elif cmd[0] == "gemm":  # median ms of torch.mm on contiguous float32 operands, per (shape_a, shape_b)
             rng, out = np.random.default_rng(0), []
             for sa, sb in cmd[1]:
-                a = torch.as_tensor(rng.standard_normal(sa, dtype=np.float32))
-                b = torch.as_tensor(rng.standard_normal(sb, dtype=np.float32))
+                a = torch.as_tensor(rng.standard_normal(sa, dtype=np.float32)).to(device)
+                b = torch.as_tensor(rng.standard_normal(sb, dtype=np.float32)).to(device)
                 torch.mm(a, b)
-                out.append(median_call_ms(lambda a=a, b=b: torch.mm(a, b), cmd[2])[0])
+                sync()
+                out.append(median_call_ms(lambda a=a, b=b: (torch.mm(a, b), sync()), cmd[2])[0])
             conn.send(out)
         elif cmd[0] == "flops":  # matmul/conv FLOPs per gradient step, counted by torch over one policy period
             from torch.utils.flop_counter import FlopCounterMode
@@ -265,7 +275,9 @@ class SB3:
     def __init__(self, args):
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_sb3_worker, args=(child, args.kin_dim, args.sb3_buffer, args.k), daemon=True)
+        self.proc = ctx.Process(
+            target=_sb3_worker, args=(child, args.kin_dim, args.sb3_buffer, args.k, args.sb3_device), daemon=True
+        )
         self.proc.start()
         self.info = self.conn.recv()
 
@@ -490,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kin-dim", type=int, default=9)
     p.add_argument("--sb3-buffer", type=int, default=1000)
     p.add_argument("--no-sb3", action="store_true")
+    p.add_argument("--sb3-device", choices=("cpu", "cuda"), default="cpu", help="where SB3 (torch) runs")
     p.add_argument("--single", action="store_true", help="also time plain `update` calls (one step per call)")
     p.add_argument("--cnn", action="store_true", help="time one NatureCNN (im2col vs xla vs torch) instead")
     p.add_argument("--conv-chunk", type=int, default=16, help="im2col batch chunk for --cnn")

@@ -1,5 +1,6 @@
-"""The CPU this process runs on, from /proc/cpuinfo (Linux; empty answers elsewhere): what run reports and
-benchmark meta lines record, and what keeps compiled programs of different CPUs apart."""
+"""The machine this process runs on: the CPU from /proc/cpuinfo (Linux; empty answers elsewhere), which run
+reports and benchmark meta lines record and which keeps compiled programs of different CPUs apart, and the
+memory an accelerator reports in use."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import functools
 import hashlib
 import platform
 
-__all__ = ["cpu_flags", "cpu_kind", "cpu_model"]
+__all__ = ["cpu_flags", "cpu_kind", "cpu_model", "device_memory_mb"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,3 +44,14 @@ def cpu_kind() -> str:
     if not ident.strip():
         ident = f"{platform.machine()} {platform.processor()}"
     return f"{platform.machine() or 'cpu'}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+
+
+def device_memory_mb() -> dict[str, float]:
+    """``{"in_use": MiB, "peak": MiB}`` of the first JAX device's allocator (GPUs), ``{}`` where the backend
+    reports none (XLA:CPU). With JAX's preallocation the pool is ``XLA_PYTHON_CLIENT_MEM_FRACTION`` of the card
+    (``train.jax_memory_fraction``); these are the bytes the program actually holds inside it."""
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    names = {"in_use": "bytes_in_use", "peak": "peak_bytes_in_use"}
+    return {key: stats[name] / 2**20 for key, name in names.items() if name in stats}

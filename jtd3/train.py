@@ -45,6 +45,7 @@ from jtd3.checkpoint import CheckpointDamagedError, CheckpointStore, committed_s
 from jtd3.config import ConfigError, to_dict
 from jtd3.evaluate import AgentPolicy, evaluate
 from jtd3.logging import RunLogger, append_csv_row
+from jtd3.machine import device_memory_mb
 from jtd3.replay import ReplayBuffer
 from jtd3.run_config import Config
 from jtd3.training.bookkeeping import (
@@ -460,6 +461,8 @@ class Trainer:
             sps = (now - self._steps_last) / max(t - self._t_last, 1e-9)
             self._t_last, self._steps_last = t, now
             scalars = {"charts/steps_per_second": sps, "charts/updates": self.updates}
+            for key, mib in device_memory_mb().items():  # GPUs only: XLA:CPU reports no allocator statistics
+                scalars[f"charts/device_memory_{key}_mb"] = mib
             if now > train_cfg.learning_starts:
                 scalars["charts/exploration_noise"] = noise_scale(
                     train_cfg.exploration, now - train_cfg.learning_starts

@@ -44,3 +44,18 @@ def test_the_real_cpuinfo_is_read_up_to_the_first_processor():
     fields = machine._first_cpu()
     if fields:  # Linux
         assert "processor" in fields and fields["processor"] == "0"
+
+
+def test_device_memory_is_read_from_the_allocator_where_the_backend_reports_it(monkeypatch):
+    import jax
+
+    from jtd3.machine import device_memory_mb
+
+    class FakeGpu:
+        def memory_stats(self):
+            return {"bytes_in_use": 3 * 2**20, "peak_bytes_in_use": 5 * 2**20, "bytes_limit": 2**30}
+
+    if jax.default_backend() == "cpu":
+        assert device_memory_mb() == {}  # XLA:CPU has no allocator statistics
+    monkeypatch.setattr(jax, "local_devices", lambda: [FakeGpu()])
+    assert device_memory_mb() == {"in_use": 3.0, "peak": 5.0}
