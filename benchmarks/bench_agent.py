@@ -156,7 +156,8 @@ def timed_window(fn, steps_per_call: int, seconds: float) -> tuple[float, float 
 
 
 def _sb3_worker(conn, kin_dim: int, buffer_size: int, k: int, device: str = "cpu") -> None:
-    """Serve ("setup", B) / ("window", seconds) / ("sample",) / ("exit",) requests over ``conn``."""
+    """Serve ("setup", B) / ("window", seconds) / ("flops",) / ("cnn", B, calls) / ("gemm", shapes, calls) /
+    ("sample",) / ("exit",) requests over ``conn``; SB3 and the torch timings run on ``device``."""
     try:
         import gymnasium as gym
         import torch
