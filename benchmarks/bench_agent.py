@@ -364,8 +364,7 @@ def bench_jtd3(args, batch: int, norm: str, encoder: str, conv_impl: str, dtype:
         "loadavg_1m": round(os.getloadavg()[0], 2),  # > ~2.2 on 2 cores: something else was running
     }
     one_batch = jax.tree.map(lambda x: x[0], batches)
-    row["gflop_per_step"] = round(jtd3_flops_per_step(holder[0], one_batch) / 1e9, 3)
-    row["gflop_s"] = round(row["gflop_per_step"] * (row["steps_per_s_clean"] or row["steps_per_s"]), 1)
+    row["gflop_per_step"] = jtd3_flops_per_step(holder[0], one_batch) / 1e9
     if sb3_rates:
         row["sb3_steps_per_s_interleaved"] = [round(r, 2) for r in sb3_rates]
         row["sb3_other_cpu_cores_windows"] = _rounded(sb3_others)
@@ -458,6 +457,15 @@ def with_efficiency(row: dict, bound: dict) -> dict:
     return row
 
 
+def with_rate(row: dict, gflop_per_step: float, bound: dict) -> dict:
+    """``row`` (a jtd3 or SB3 update timing) plus its matmul FLOPs per gradient step, the GFLOP/s it reached
+    (at its clean median rate where it has one) and that rate over :func:`gemm_bound`'s forward+backward rate."""
+    gflop_s = gflop_per_step * (row["steps_per_s_clean"] or row["steps_per_s"])
+    row.update(gflop_per_step=round(gflop_per_step, 3), gflop_s=round(gflop_s, 1),
+               efficiency_vs_gemm=round(gflop_s / bound["gemm_gflop_s_fwd_bwd"], 2))
+    return row
+
+
 def bench_cnn(args, batch: int, sb3: SB3 | None) -> list[dict]:
     """One NatureCNN (norm none and layernorm) fwd and fwd+bwd (grads w.r.t. its params), im2col vs XLA."""
     import jax
@@ -537,14 +545,9 @@ def main(argv: list[str] | None = None) -> int:
                 sb3.ask("setup", batch)
                 alone = [sb3.ask("window", args.seconds) for _ in range(args.repeats)]
                 sb3_gflop = sb3.ask("flops") / 1e9
-                sb3_rate = _clean_median([r for r, _ in alone], [o for _, o in alone]) or statistics.median(
-                    r for r, _ in alone)
-                emit(
+                emit(with_rate(
                     {
                         "impl": "sb3",
-                        "gflop_per_step": round(sb3_gflop, 3),
-                        "gflop_s": round(sb3_gflop * sb3_rate, 1),
-                        "efficiency_vs_gemm": round(sb3_gflop * sb3_rate / bound["gemm_gflop_s_fwd_bwd"], 2),
                         "batch": batch,
                         "encoder": "separate",
                         "steps_per_s": round(statistics.median(r for r, _ in alone), 2),
@@ -553,13 +556,13 @@ def main(argv: list[str] | None = None) -> int:
                         "other_cpu_cores_windows": _rounded([o for _, o in alone]),
                         "sample_ms": round(1e3 * sb3.ask("sample"), 2),
                         **sb3.info,
-                    }
-                )
+                    },
+                    sb3_gflop, bound))
             for encoder in args.encoders.split(","):
                 for norm in args.norms.split(","):
                     for conv_impl, dtype in itertools.product(args.conv_impls.split(","), args.compute_dtypes.split(",")):
                         row = bench_jtd3(args, batch, norm, encoder, conv_impl, dtype, sb3)
-                        row["efficiency_vs_gemm"] = round(row["gflop_s"] / bound["gemm_gflop_s_fwd_bwd"], 2)
+                        with_rate(row, row["gflop_per_step"], bound)
                         emit(row)
                         if "ratio_vs_sb3" in row:
                             target = TARGETS.get((batch, encoder))

@@ -3,7 +3,8 @@
     python benchmarks/gpu_checks.py --out DIR          # on the GPU machine (jax with CUDA, torch, SB3)
     python benchmarks/gpu_checks.py --out DIR --smoke  # anywhere: tiny sizes, checks that the pipeline runs
 
-1. ``meta.json``: JAX's backend and devices, torch's CUDA device, ``nvidia-smi -L``.
+1. ``meta.json``: JAX's backend and devices and the CPU (``jtd3.validate.machine``), torch's CUDA device,
+   ``nvidia-smi -L``.
 2. ``bench_agent.jsonl``: ``benchmarks/bench_agent.py`` on the GPU, layernorm, B = 64 and 256, separate and
    shared, float32 and bfloat16 (``agent.compute_dtype``), ``conv_impl=auto`` (XLA's convolutions, i.e.
    cuDNN, on a GPU), interleaved with SB3 TD3 on CUDA (``--sb3-device cuda``); each row has its compile time.
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -61,9 +63,11 @@ def _run(cmd: list[str], timeout_s: float, stdout_path: Path | None = None) -> d
 
 
 def meta() -> dict:
-    import jax
+    """:func:`jtd3.validate.machine` (JAX's backend and devices, the CPU) plus torch's CUDA device and the GPUs
+    ``nvidia-smi -L`` lists."""
+    from jtd3.validate import machine
 
-    out = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
+    out = machine()
     try:
         import torch
 
@@ -113,7 +117,7 @@ def table(bench_rows: list[dict], train: dict) -> str:
         if r.get("impl") != "jtd3":
             continue
         sb3 = r.get("sb3_steps_per_s_interleaved")
-        sb3_text = f"{sorted(sb3)[len(sb3) // 2]:.2f}" if sb3 else "-"
+        sb3_text = f"{statistics.median(sb3):.2f}" if sb3 else "-"
         lines.append(f"| {r['batch']} | {r['encoder']} | {r['compute_dtype']} | {r['conv_impl']} | "
                      f"{r['steps_per_s']:.2f} | {sb3_text} | {r.get('ratio_vs_sb3', '-')} | {r['compile_s']} |")
     lines += ["", "| training run | env steps/s after warm-up | wall s | peak device memory MiB |", "|---|---|---|---|",

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from bench_agent import encoder_products, with_efficiency  # noqa: E402
+from bench_agent import encoder_products, with_efficiency, with_rate  # noqa: E402
 from matmul_flops import matmul_flops  # noqa: E402
 
 from jtd3.agent.networks import NatureCNN  # noqa: E402
@@ -37,6 +37,13 @@ def test_efficiency_is_the_gemm_bound_over_the_measured_time():
     assert row["fwd_gflop_s"] == pytest.approx(100.0) and row["fwd_efficiency"] == pytest.approx(0.5)
     assert row["fwd_bwd_gflop_s"] == pytest.approx(75.0) and row["fwd_bwd_efficiency"] == pytest.approx(0.5)
     assert "fwd_efficiency" not in with_efficiency({"fwd_ms": None}, bound)
+
+
+def test_rate_is_the_flops_per_step_at_the_clean_rate_when_there_is_one():
+    bound = {"gemm_gflop_s_fwd_bwd": 100.0}
+    row = with_rate({"steps_per_s": 9.0, "steps_per_s_clean": 8.0}, 7.5, bound)
+    assert (row["gflop_per_step"], row["gflop_s"], row["efficiency_vs_gemm"]) == (7.5, 60.0, 0.6)
+    assert with_rate({"steps_per_s": 9.0, "steps_per_s_clean": None}, 7.5, bound)["gflop_s"] == 67.5
 
 
 def test_profile_update_sums_the_traced_ops_per_step():
