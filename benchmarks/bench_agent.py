@@ -53,6 +53,8 @@ import numpy as np
 from machine_info import cpu_info  # benchmarks/, the script's directory
 from matmul_flops import matmul_flops
 
+from jtd3.machine import reexec_with_huge_pages
+
 TARGETS = {(64, "separate"): 1.3, (64, "shared"): 2.5, (256, "separate"): 1.1}
 CLEAN_CORES = 0.15
 """A window is clean when other processes used less than this many CPU cores during it."""
@@ -598,4 +600,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()  # as training runs (jtd3.machine); the SB3 worker inherits the environment
     raise SystemExit(main())

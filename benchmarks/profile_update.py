@@ -32,6 +32,8 @@ import numpy as np
 from bench_agent import random_batch, spaces_for  # benchmarks/, the script's directory
 from machine_info import cpu_info
 
+from jtd3.machine import reexec_with_huge_pages
+
 STAGES = ("td_target", "critic_grad", "critic_adam", "actor_grad", "actor_adam", "target_update")
 """The named scopes of ``jtd3.agent.learn.train_step``, in the order they run."""
 
@@ -148,4 +150,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()  # as training runs (jtd3.machine)
     sys.exit(main())

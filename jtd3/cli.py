@@ -33,7 +33,7 @@ import yaml
 from jtd3.choices import ACTOR_KINDS, BACKENDS, ENCODERS, NORMS
 from jtd3.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict, yaml_value
 from jtd3.files import write_text_atomic
-from jtd3.machine import cpu_kind
+from jtd3.machine import cpu_kind, reexec_with_huge_pages
 
 EXIT_USAGE = 2
 # Memory the process needs besides the replay buffer (JAX and XLA, the jitted update's buffers, the
@@ -437,4 +437,5 @@ def _one_line(error: BaseException) -> str:
 
 def main() -> None:
     """Console script ``jtd3-train``."""
+    reexec_with_huge_pages()
     sys.exit(train_main())

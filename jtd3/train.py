@@ -696,5 +696,7 @@ class Trainer:
 
 if __name__ == "__main__":  # python -m jtd3.train
     from jtd3.cli import train_main
+    from jtd3.machine import reexec_with_huge_pages
 
+    reexec_with_huge_pages()
     sys.exit(train_main())

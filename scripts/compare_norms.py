@@ -22,6 +22,7 @@ import yaml
 
 from jtd3 import compare
 from jtd3.cli import split_passthrough
+from jtd3.machine import reexec_with_huge_pages
 
 NORMS = compare.NORMS
 
@@ -76,4 +77,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()  # the training runs happen in this process (jtd3.machine)
     sys.exit(main())

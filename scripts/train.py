@@ -11,7 +11,10 @@
 
 import sys
 
-from jtd3.cli import train_main
+from jtd3.machine import reexec_with_huge_pages
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()  # before JAX starts: huge pages for XLA's buffers (JTD3_HUGE_PAGES=0: off)
+    from jtd3.cli import train_main
+
     sys.exit(train_main())

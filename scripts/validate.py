@@ -24,6 +24,7 @@ from pathlib import Path
 
 from jtd3 import validate
 from jtd3.cli import split_passthrough
+from jtd3.machine import reexec_with_huge_pages
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,4 +99,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()  # the training runs happen in this process (jtd3.machine)
     sys.exit(main())
