@@ -21,6 +21,7 @@ __all__ = [
     "huge_pages_env",
     "malloc_huge_pages",
     "reexec_with_huge_pages",
+    "running_libc",
     "transparent_huge_pages_mode",
 ]
 
@@ -102,7 +103,7 @@ def huge_pages_env(
     """The environment :func:`reexec_with_huge_pages` restarts the process with, or None when it should not:
     the user opted out (``JTD3_HUGE_PAGES=0``), ``GLIBC_TUNABLES`` already sets ``glibc.malloc.hugetlb`` (which
     also ends the re-execution), the system is not Linux, the C library is not glibc >= 2.35 (``libc`` as
-    :func:`platform.libc_ver` gives it), or the kernel's THP mode is not ``madvise`` (``always`` gives huge
+    :func:`running_libc` gives it), or the kernel's THP mode is not ``madvise`` (``always`` gives huge
     pages without asking, ``never`` refuses them). Other tunables in ``GLIBC_TUNABLES`` are kept."""
     if environ.get(HUGE_PAGES_OPT_OUT, "1") == "0" or system != "Linux" or thp_mode != "madvise":
         return None
@@ -121,6 +122,17 @@ def huge_pages_env(
     return env
 
 
+def running_libc() -> tuple[str, str]:
+    """``("glibc", "2.36")`` for the C library this process runs on, ``("", "")`` where it does not say (musl,
+    not Linux). Read from ``confstr``: :func:`platform.libc_ver` reads the interpreter's file and reports the
+    oldest glibc the binary was linked for, not the one it runs on."""
+    try:
+        name, _, version = (os.confstr("CS_GNU_LIBC_VERSION") or "").partition(" ")
+    except (AttributeError, ValueError, OSError):
+        return "", ""
+    return name, version
+
+
 def reexec_with_huge_pages() -> None:
     """Restart this program once with :data:`HUGE_PAGES_TUNABLE` set, where :func:`huge_pages_env` says it applies.
 
@@ -132,7 +144,7 @@ def reexec_with_huge_pages() -> None:
     first: it replaces the process (same PID, same arguments, ``sys.orig_argv``) and returns only when nothing
     is to be done. ``JTD3_HUGE_PAGES=0`` turns it off.
     """
-    env = huge_pages_env(os.environ, platform.libc_ver(), transparent_huge_pages_mode(), platform.system())
+    env = huge_pages_env(os.environ, running_libc(), transparent_huge_pages_mode(), platform.system())
     if env is None:
         return
     sys.stdout.flush()

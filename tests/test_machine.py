@@ -76,6 +76,15 @@ def test_thp_mode_is_the_bracketed_word(tmp_path):
     assert machine.transparent_huge_pages_mode(str(tmp_path / "missing")) == ""
 
 
+def test_running_libc_names_the_c_library_and_its_version():
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    name, version = machine.running_libc()
+    assert name == "glibc" and tuple(map(int, version.split(".")[:2])) >= (2, 17)
+
+
 def test_huge_pages_env_adds_the_tunable_and_keeps_the_others():
     env = machine.huge_pages_env({"PATH": "/bin"}, GLIBC, "madvise", "Linux")
     assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
@@ -107,7 +116,7 @@ def test_reexec_restarts_the_program_once_with_the_tunable(tmp_path):
     import subprocess
     import sys
 
-    plan = machine.huge_pages_env({}, platform.libc_ver(), machine.transparent_huge_pages_mode(), platform.system())
+    plan = machine.huge_pages_env({}, machine.running_libc(), machine.transparent_huge_pages_mode(), platform.system())
     script = tmp_path / "prog.py"
     script.write_text(
         "import os, sys\n"
