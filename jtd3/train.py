@@ -694,9 +694,7 @@ class Trainer:
         self.env.close()
 
 
-if __name__ == "__main__":  # python -m jtd3.train
-    from jtd3.cli import train_main
-    from jtd3.machine import reexec_with_huge_pages
+if __name__ == "__main__":  # python -m jtd3.train: the same as jtd3-train
+    from jtd3.cli import main
 
-    reexec_with_huge_pages()
-    sys.exit(train_main())
+    main()

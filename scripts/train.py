@@ -9,12 +9,7 @@
     python scripts/train.py --help                          # every flag; --set key.sub=value for any config key
 """
 
-import sys
-
-from jtd3.machine import reexec_with_huge_pages
+from jtd3.cli import main
 
 if __name__ == "__main__":
-    reexec_with_huge_pages()  # before JAX starts: huge pages for XLA's buffers (JTD3_HUGE_PAGES=0: off)
-    from jtd3.cli import train_main
-
-    sys.exit(train_main())
+    main()  # jtd3-train's console entry: re-executes once for huge pages (jtd3.machine), then trains
