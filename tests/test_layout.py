@@ -22,7 +22,6 @@ LONG_MODULES = {
     "jtd3.backends.carla.session": "one class, CarlaSession; its parts (config, errors, probe, sensors, client "
     "helpers, server process) are separate modules",
     "jtd3.replay": "one class, the replay buffer, and its save / load format",
-    "jtd3.validate": "the validation plan: stages, presets and the report, read top to bottom as one procedure",
 }
 
 
