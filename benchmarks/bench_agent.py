@@ -314,13 +314,15 @@ def jtd3_flops_per_step(state, batch: dict) -> float:
     return critic_step + (max(branches) + (delay - 1) * min(branches)) / delay
 
 
-def bench_jtd3(args, batch: int, norm: str, encoder: str, conv_impl: str, dtype: str, sb3: SB3 | None) -> dict:
+def bench_jtd3(args, batch: int, norm: str, encoder: str, conv_impl: str, dtype: str, sb3: SB3 | None,
+               conv_chunk: int | None = None) -> dict:
     import jax
 
     from jtd3 import agent
 
     obs_space, act_space = spaces_for(args.kin_dim)
-    cfg = agent.AgentConfig(norm=norm, encoder=encoder, conv_impl=conv_impl, compute_dtype=dtype)
+    chunk = {} if conv_chunk is None else {"conv_chunk": conv_chunk}
+    cfg = agent.AgentConfig(norm=norm, encoder=encoder, conv_impl=conv_impl, compute_dtype=dtype, **chunk)
     state = agent.create(cfg, obs_space, act_space, seed=0)
     batches = jax.device_put(random_batch(np.random.default_rng(0), (args.k, batch), args.kin_dim))
     t0 = time.perf_counter()
@@ -355,6 +357,7 @@ def bench_jtd3(args, batch: int, norm: str, encoder: str, conv_impl: str, dtype:
         "encoder": encoder,
         "conv_impl": state.spec.conv_impl,
         "compute_dtype": dtype,
+        "conv_chunk": cfg.conv_chunk,
         "k_per_call": args.k,
         "compile_s": round(compile_s, 2),
         "steps_per_s": round(statistics.median(rates), 2),
@@ -473,6 +476,7 @@ def bench_cnn(args, batch: int, sb3: SB3 | None) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
+    from jtd3.agent import AgentConfig
     from jtd3.agent.networks import NatureCNN
 
     cam = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch, 4, 84, 84), dtype=np.uint8))
@@ -481,7 +485,8 @@ def bench_cnn(args, batch: int, sb3: SB3 | None) -> list[dict]:
     rows = [bound]
     for norm in ("none", "layernorm"):
         for impl, dtype in itertools.product(("im2col", "xla"), args.compute_dtypes.split(",")):
-            net = NatureCNN(norm=norm, conv_impl=impl, conv_chunk=args.conv_chunk, compute_dtype=dtype)
+            net = NatureCNN(norm=norm, conv_impl=impl, conv_chunk=_chunks(args)[0] or AgentConfig().conv_chunk,
+                            compute_dtype=dtype)
             params = net.init(jax.random.key(0), cam[:1], train=False)["params"]
             fwd = jax.jit(lambda p, net=net: net.apply({"params": p}, cam, train=False))
             fwd_bwd = jax.jit(jax.grad(lambda p, net=net: jnp.mean(net.apply({"params": p}, cam, train=True) ** 2)))
@@ -500,6 +505,11 @@ def bench_cnn(args, batch: int, sb3: SB3 | None) -> list[dict]:
     return rows
 
 
+def _chunks(args) -> list[int | None]:
+    """``--conv-chunks`` as a list; ``[None]`` (the agent's default) when empty."""
+    return [int(c) for c in args.conv_chunks.split(",")] if args.conv_chunks else [None]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch-sizes", default="64,256")
@@ -516,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sb3-device", choices=("cpu", "cuda"), default="cpu", help="where SB3 (torch) runs")
     p.add_argument("--single", action="store_true", help="also time plain `update` calls (one step per call)")
     p.add_argument("--cnn", action="store_true", help="time one NatureCNN (im2col vs xla vs torch) instead")
-    p.add_argument("--conv-chunk", type=int, default=16, help="im2col batch chunk for --cnn")
+    p.add_argument("--conv-chunks", default="", help="comma list of agent.conv_chunk values (im2col batch "
+                   "chunk; default: the agent's default; --cnn uses the first)")
     args = p.parse_args(argv)
 
     emit(
@@ -562,8 +573,10 @@ def main(argv: list[str] | None = None) -> int:
                     sb3_gflop, bound))
             for encoder in args.encoders.split(","):
                 for norm in args.norms.split(","):
-                    for conv_impl, dtype in itertools.product(args.conv_impls.split(","), args.compute_dtypes.split(",")):
-                        row = bench_jtd3(args, batch, norm, encoder, conv_impl, dtype, sb3)
+                    for conv_impl, dtype, chunk in itertools.product(
+                        args.conv_impls.split(","), args.compute_dtypes.split(","), _chunks(args)
+                    ):
+                        row = bench_jtd3(args, batch, norm, encoder, conv_impl, dtype, sb3, chunk)
                         with_rate(row, row["gflop_per_step"], bound)
                         emit(row)
                         if "ratio_vs_sb3" in row:
@@ -575,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "norm": norm,
                                     "encoder": encoder,
                                     "conv_impl": row["conv_impl"],
+                                    "conv_chunk": row["conv_chunk"],
                                     "compute_dtype": dtype,
                                     "value_clean_windows": row.get("ratio_vs_sb3_clean"),
                                     "clean_pairs": row["clean_pairs"],

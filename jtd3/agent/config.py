@@ -99,7 +99,9 @@ class AgentConfig(ConfigNode):
         "im2col: custom-VJP matmul convolution (fast on CPU); xla: lax.conv (use on GPU, cuDNN); "
         "auto: xla on GPU/TPU, im2col on CPU",
     )
-    conv_chunk: int = param(16, "batch chunk of the im2col convolution (working set per loop step)")
+    conv_chunk: int = param(
+        64, "batch chunk of the im2col convolution (working set per loop step; B <= chunk: no loop)"
+    )
     compute_dtype: str = choice(
         "float32",
         COMPUTE_DTYPES,

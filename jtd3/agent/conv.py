@@ -245,7 +245,7 @@ conv2d_s1_shifts.defvjp(_conv2d_s1_shifts_fwd, _conv2d_s1_shifts_bwd)
 
 
 def conv2d(
-    x: jax.Array, w: jax.Array, stride: int, impl: str = "im2col", chunk: int = 16, compute_dtype: str = "float32"
+    x: jax.Array, w: jax.Array, stride: int, impl: str = "im2col", chunk: int = 64, compute_dtype: str = "float32"
 ) -> jax.Array:
     """VALID 2-D convolution of ``x`` (B, H, W, C) with kernel ``w`` (kh, kw, C, O) at ``stride``.
 

@@ -74,7 +74,7 @@ class Conv(nn.Module):
     kernel: int
     stride: int
     impl: str = "im2col"
-    chunk: int = 16
+    chunk: int = 64
     input_s2d: bool = False
     compute_dtype: str = "float32"  # dtype of the matmul operands; float32 parameters and results either way
 
@@ -118,7 +118,7 @@ class NatureCNN(nn.Module):
     activation: str = "leaky_relu"
     features: int = 512
     conv_impl: str = "im2col"
-    conv_chunk: int = 16
+    conv_chunk: int = 64
     bn_momentum: float = 0.99
     compute_dtype: str = "float32"
 
