@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jtd3.agent.conv import COMPUTE_DTYPES
+from jtd3.agent.conv import COMPUTE_DTYPES, DEFAULT_CHUNK
 from jtd3.agent.networks import ACTIVATIONS
 from jtd3.choices import ENCODERS, NORMS
 from jtd3.config import ConfigNode, check, choice, param
@@ -100,7 +100,7 @@ class AgentConfig(ConfigNode):
         "auto: xla on GPU/TPU, im2col on CPU",
     )
     conv_chunk: int = param(
-        64, "batch chunk of the im2col convolution (working set per loop step; B <= chunk: no loop)"
+        DEFAULT_CHUNK, "batch chunk of the im2col convolution (working set per loop step; B <= chunk: no loop)"
     )
     compute_dtype: str = choice(
         "float32",

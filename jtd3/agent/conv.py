@@ -38,6 +38,7 @@ from jax import lax
 __all__ = [
     "COMPUTE_DTYPES",
     "CONV_IMPLS",
+    "DEFAULT_CHUNK",
     "camera_to_space_to_depth",
     "conv2d",
     "conv2d_on_space_to_depth",
@@ -53,6 +54,11 @@ CONV_IMPLS = ("im2col", "xla")
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 """Valid ``compute_dtype`` values: the dtype of the matmul operands (results are float32 either way)."""
+
+DEFAULT_CHUNK = 64
+"""Default batch chunk of the im2col form (``agent.conv_chunk``): a batch of up to 64 samples runs as one block,
+larger ones in chunks of 64. Measured on the Intel Xeon VM against 16, 32 and one block (docs/agent.md,
+"``conv_chunk`` 64")."""
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -245,7 +251,12 @@ conv2d_s1_shifts.defvjp(_conv2d_s1_shifts_fwd, _conv2d_s1_shifts_bwd)
 
 
 def conv2d(
-    x: jax.Array, w: jax.Array, stride: int, impl: str = "im2col", chunk: int = 64, compute_dtype: str = "float32"
+    x: jax.Array,
+    w: jax.Array,
+    stride: int,
+    impl: str = "im2col",
+    chunk: int = DEFAULT_CHUNK,
+    compute_dtype: str = "float32",
 ) -> jax.Array:
     """VALID 2-D convolution of ``x`` (B, H, W, C) with kernel ``w`` (kh, kw, C, O) at ``stride``.
 

@@ -21,7 +21,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtd3.agent.conv import COMPUTE_DTYPES, CONV_IMPLS, camera_to_space_to_depth, conv2d, conv2d_on_space_to_depth
+from jtd3.agent.conv import (
+    COMPUTE_DTYPES,
+    CONV_IMPLS,
+    DEFAULT_CHUNK,
+    camera_to_space_to_depth,
+    conv2d,
+    conv2d_on_space_to_depth,
+)
 from jtd3.choices import NORMS
 
 __all__ = [
@@ -74,7 +81,7 @@ class Conv(nn.Module):
     kernel: int
     stride: int
     impl: str = "im2col"
-    chunk: int = 64
+    chunk: int = DEFAULT_CHUNK
     input_s2d: bool = False
     compute_dtype: str = "float32"  # dtype of the matmul operands; float32 parameters and results either way
 
@@ -118,7 +125,7 @@ class NatureCNN(nn.Module):
     activation: str = "leaky_relu"
     features: int = 512
     conv_impl: str = "im2col"
-    conv_chunk: int = 64
+    conv_chunk: int = DEFAULT_CHUNK
     bn_momentum: float = 0.99
     compute_dtype: str = "float32"
 
