@@ -34,4 +34,22 @@ def test_table_has_one_row_per_jtd3_row_with_its_sb3_rate_and_the_training_run()
     text = table(rows, train)
     assert "| 64 | shared | bfloat16 | xla | 123.46 | 50.00 | 2.47 | 7.5 |" in text
     assert text.count("| 64 |") == 1  # the sb3, gemm-bound and ratio lines are not jtd3 rows
-    assert "| --norm layernorm --max-timesteps 4000 | 210.5 | 61.0 | 812.3 |" in text
+    assert "| --norm layernorm --max-timesteps 4000 | 210.5 | 61.0 | 812.3 | - |" in text
+    main_job = {"run": "main job", "env_steps_per_s_after_warmup": 190.0, "wall_s": 161.0,
+                "device_memory_peak_mb": 136.1, "eval_success_rates": [[2500, 0.0], [5000, 0.8], [7500, 1.0]]}
+    assert "| main job | 190.0 | 161.0 | 136.1 | 0, 0.8, 1 |" in table(rows, train, main_job)
+
+
+@pytest.mark.slow
+def test_smoke_main_job_reports_its_evaluations_and_speed(tmp_path):
+    """The pipeline of ``--main-job`` at a tiny size: a real training run whose evaluations and env steps/s are
+    read back from its TensorBoard events (a renamed scalar would leave them empty)."""
+    from gpu_checks import SMOKE_MAIN_JOB, train_check
+
+    result = train_check(tmp_path / "runs", SMOKE_MAIN_JOB, 300, "main job (smoke size)")
+    assert result["exit_code"] == 0, result["tail"]
+    steps = [step for step, _ in result["eval_success_rates"]]
+    assert steps == [200, 400], result  # eval_freq 200 over 400 env steps
+    assert all(0.0 <= v <= 1.0 for _, v in result["eval_success_rates"])
+    assert result["env_steps_per_s_after_warmup"] > 0
+    assert result["run"] == "main job (smoke size)"
