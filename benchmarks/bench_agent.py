@@ -476,7 +476,7 @@ def bench_cnn(args, batch: int, sb3: SB3 | None) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
-    from jtd3.agent import AgentConfig
+    from jtd3.agent.conv import DEFAULT_CHUNK
     from jtd3.agent.networks import NatureCNN
 
     cam = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch, 4, 84, 84), dtype=np.uint8))
@@ -485,7 +485,7 @@ def bench_cnn(args, batch: int, sb3: SB3 | None) -> list[dict]:
     rows = [bound]
     for norm in ("none", "layernorm"):
         for impl, dtype in itertools.product(("im2col", "xla"), args.compute_dtypes.split(",")):
-            net = NatureCNN(norm=norm, conv_impl=impl, conv_chunk=_chunks(args)[0] or AgentConfig().conv_chunk,
+            net = NatureCNN(norm=norm, conv_impl=impl, conv_chunk=_chunks(args)[0] or DEFAULT_CHUNK,
                             compute_dtype=dtype)
             params = net.init(jax.random.key(0), cam[:1], train=False)["params"]
             fwd = jax.jit(lambda p, net=net: net.apply({"params": p}, cam, train=False))

@@ -171,15 +171,18 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"step": "bench_agent", **bench}), flush=True)
     rows = [json.loads(line) for line in bench_path.read_text().splitlines() if line.startswith("{")]
 
+    def record(step: str, result: dict) -> dict:
+        (out / f"{step}.json").write_text(json.dumps(result, indent=1))
+        print(json.dumps({"step": step, **{k: v for k, v in result.items() if k != "tail"}}), flush=True)
+        return result
+
     sizes = SMOKE_TRAIN if args.smoke else FULL_TRAIN
-    trains = [train_check(runs_dir, sizes, args.train_timeout, f"short run ({sizes['max_timesteps']} env steps)")]
-    (out / "train.json").write_text(json.dumps(trains[0], indent=1))
-    print(json.dumps({"step": "train", **{k: v for k, v in trains[0].items() if k != "tail"}}), flush=True)
+    trains = [record("train", train_check(runs_dir, sizes, args.train_timeout,
+                                          f"short run ({sizes['max_timesteps']} env steps)"))]
     if args.main_job:
         run = "main job (smoke size)" if args.smoke else "main job (scripts/train.py --norm layernorm)"
-        trains.append(train_check(runs_dir, SMOKE_MAIN_JOB if args.smoke else None, args.main_job_timeout, run))
-        (out / "main_job.json").write_text(json.dumps(trains[-1], indent=1))
-        print(json.dumps({"step": "main_job", **{k: v for k, v in trains[-1].items() if k != "tail"}}), flush=True)
+        trains.append(record("main_job", train_check(runs_dir, SMOKE_MAIN_JOB if args.smoke else None,
+                                                     args.main_job_timeout, run)))
 
     text = table(rows, *trains)
     (out / "table.md").write_text(text)
