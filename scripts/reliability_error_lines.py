@@ -7,11 +7,20 @@ RUN_DIR: a finished run with checkpoints (it is copied once per case into WORK_D
 cases with a truncated file run with --max-timesteps 1 (they load a checkpoint and stop). The new-run cases
 only resolve and check their arguments (nothing is trained).
 """
-import contextlib, io, shutil, socket, sys, threading, yaml
+import argparse, contextlib, io, shutil, socket, sys, threading, yaml
 from pathlib import Path
 from jtd3.cli import train_main
 
-src = Path(sys.argv[1]); work = Path(sys.argv[2]); shutil.rmtree(work, ignore_errors=True); work.mkdir()
+ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+ap.add_argument("run_dir", type=Path, help="a finished run with checkpoints (copied, never modified)")
+ap.add_argument("work_dir", type=Path, help="scratch directory: DELETED and recreated")
+args = ap.parse_args()
+src, work = args.run_dir, args.work_dir
+if not (src / "config.yaml").is_file():
+    sys.exit(f"error: {src} is not a run directory (no config.yaml)")
+if work.resolve() == src.resolve() or src.resolve().is_relative_to(work.resolve()):
+    sys.exit(f"error: work_dir {work} would delete the run {src}")
+shutil.rmtree(work, ignore_errors=True); work.mkdir()
 def case(name, argv, prep=None):
     run = work / name
     shutil.copytree(src, run)

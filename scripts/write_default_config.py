@@ -5,7 +5,7 @@ The dataclasses are the single source of the defaults; tests/test_train_config.p
 file is exactly what this script writes. Run it after changing a default or a doc string.
 """
 
-import sys
+import argparse
 from pathlib import Path
 
 from jtd3.config import commented_yaml
@@ -24,7 +24,15 @@ def render() -> str:
     return HEADER + commented_yaml(Config()) + "\n"
 
 
-if __name__ == "__main__":
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", nargs="?", type=Path, default=Path(__file__).resolve().parent.parent / "configs" / "default.yaml",
+                    help="where to write (default: configs/default.yaml)")
+    out = ap.parse_args(argv).out
     out.write_text(render())
     print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
