@@ -174,11 +174,24 @@ def goal_met(ev: dict) -> dict[str, bool]:
     }
 
 
+def failure_positions(per_seed: list[dict]) -> dict[str, list[float]]:
+    """Route positions (m) of the failed episodes by termination reason: each seed's selected checkpoint, and its
+    final one where that is another checkpoint (when they are the same, its episodes count once)."""
+    out: dict[str, list[float]] = {}
+    for s in per_seed:
+        evals = [s["selected"]] + ([s["final"]] if s["final"]["step"] != s["selected"]["step"] else [])
+        for ev in evals:
+            for f in ev["failures"]:
+                out.setdefault(f["reason"], []).append(f["route_s"])
+    return dict(sorted(out.items()))
+
+
 def plots(out: Path, per_seed: list[dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, label in ((axes[0], "success_rate", "success rate"), (axes[1], "route_completion", "route completion")):
@@ -199,14 +212,13 @@ def plots(out: Path, per_seed: list[dict]) -> None:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
-    reasons = sorted({f["reason"] for s in per_seed for w in ("final", "selected") for f in s[w]["failures"]})
-    data = [[f["route_s"] for s in per_seed for w in ("final", "selected") for f in s[w]["failures"] if f["reason"] == r]
-            for r in reasons]
-    if reasons:
-        ax.hist(data, bins=np.arange(0, 280, 10), stacked=True, label=reasons)
+    by_reason = failure_positions(per_seed)
+    if by_reason:
+        ax.hist(list(by_reason.values()), bins=np.arange(0, 280, 10), stacked=True, label=list(by_reason))
         ax.legend()
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("route arc length where the failed episode ended (m)")
-    ax.set_ylabel("episodes (final + selected, all seeds)")
+    ax.set_ylabel("failed episodes (all seeds)")
     ax.set_title("Where failures happen (scenario 0)")
     fig.tight_layout()
     fig.savefig(out / "failures.png", dpi=110)

@@ -65,3 +65,22 @@ def test_benchmark_smoke_trains_evaluates_and_reports(tmp_path):
     assert (out / "runs" / "seed0" / "final_report.json").stat().st_mtime == mtime
     assert math.isclose(json.loads((out / "results.json").read_text())["seeds"][0]["training"]["wall_s"],
                         seed["training"]["wall_s"])
+
+
+def test_failure_positions_count_a_checkpoint_once():
+    """When the selected checkpoint is the final one, its failed episodes are one set, not two."""
+    spec = importlib.util.spec_from_file_location("bench_learning", ROOT / "benchmarks" / "bench_learning.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def ev(step, *failures):
+        return {"step": step, "failures": [{"reason": r, "route_s": x} for r, x in failures]}
+
+    same = ev(20000, ("off_route", 223.0), ("time_limit", 235.0))
+    per_seed = [
+        {"seed": 0, "final": same, "selected": same},
+        {"seed": 1, "final": ev(20000, ("collision", 205.0)), "selected": ev(15000, ("off_route", 224.0))},
+    ]
+    assert bench.failure_positions(per_seed) == {
+        "collision": [205.0], "off_route": [223.0, 224.0], "time_limit": [235.0]
+    }
