@@ -20,9 +20,11 @@ runs only a tiny smoke of it (tests/test_bench_learning.py).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import dataclasses
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -276,7 +278,9 @@ def report_md(res: dict) -> str:
         a = agg[which]
         lines.append(f"| {which} | {a['iqm_success']:.3f} | [{a['iqm_success_ci95'][0]:.3f}, "
                      f"{a['iqm_success_ci95'][1]:.3f}] | {', '.join(f'{r:.2f}' for r in a['per_seed'])} |")
-    lines += ["", "## Training runs", "", "| seed | env steps | wall clock (min) | env steps/s | best step |",
+    jobs = res.get("jobs", 1)
+    title = "## Training runs" + (f" ({jobs} seeds at once)" if jobs > 1 else "")
+    lines += ["", title, "", "| seed | env steps | wall clock (min) | env steps/s | best step |",
               "|---|---|---|---|---|"]
     for s in res["seeds"]:
         t = s["training"]
@@ -294,6 +298,49 @@ def report_md(res: dict) -> str:
     return "\n".join(lines)
 
 
+def bench_seed(seed: int, out: Path, train_args: list[str], episodes: int, other_scenarios: list[int],
+               other_episodes: int) -> dict:
+    """Train (or reuse) one seed's run in ``out/runs/seed<k>``, evaluate its final and selected checkpoints on
+    ``episodes`` episodes of scenario 0 and the selected one on ``other_episodes`` of each other scenario;
+    returns the seed's entry of ``results.json``."""
+    run_dir = out / "runs" / f"seed{seed}"
+    timing_file = run_dir / "bench_timing.json"
+    wall = train(seed, run_dir, train_args, out / f"train_seed{seed}.log")
+    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {"wall_s": 0.0}
+    timing["wall_s"] += wall
+    timing_file.write_text(json.dumps(timing))
+    final = json.loads((run_dir / "final_report.json").read_text())
+    counts = {0: episodes, **{sc: other_episodes for sc in other_scenarios}}
+    check_disjoint(run_dir, seed, [0, *other_scenarios], counts)
+    best = final["best_checkpoint_step"] or final["env_steps"]
+    # Evaluations are kept beside the run, keyed by what they evaluated: a rerun reports without redoing them.
+    cache_file = run_dir / "bench_eval.json"
+    key = json.dumps([final["env_steps"], best, episodes, other_scenarios, other_episodes])
+    cached = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    if cached.get("key") == key:
+        evals = cached["evals"]
+    else:
+        print(f"[seed {seed}] evaluating the final ({final['env_steps']}) and selected ({best}) checkpoints",
+              flush=True)
+        evals = {
+            "final": evaluate_checkpoint(run_dir, final["env_steps"], 0, episodes),
+            "selected": evaluate_checkpoint(run_dir, best, 0, episodes),
+            "other_scenarios": [evaluate_checkpoint(run_dir, best, sc, other_episodes) for sc in other_scenarios],
+        }
+        cache_file.write_text(json.dumps({"key": key, "evals": evals}))
+    entry = {
+        "seed": seed,
+        "training": {"env_steps": final["env_steps"], "wall_s": timing["wall_s"]},
+        "curve": learning_curve(run_dir),
+        **evals,
+    }
+    for name in ("final", "selected"):
+        e = entry[name]
+        print(f"[seed {seed}] {name} step {e['step']}: {e['successes']}/{e['episodes']} "
+              f"{e['report']['termination_reasons']}", flush=True)
+    return entry
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
@@ -302,55 +349,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--other-scenarios", type=int, nargs="*", default=[1, 2], help="also evaluate the selected "
                     "checkpoint on these scenarios")
     ap.add_argument("--other-episodes", type=int, default=20, help="episodes per other scenario")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds trained and evaluated at once, each in its own "
+                    "process: the same results; each run is slower, since every training uses all cores (docs/learning.md)")
     ap.add_argument("train_args", nargs=argparse.REMAINDER, help="after '--': flags for scripts/train.py "
                     "(e.g. -- --max-timesteps 20000 --set env.action_repeat=2)")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    per_seed = []
-    for seed in args.seeds:
-        run_dir = out / "runs" / f"seed{seed}"
-        timing_file = run_dir / "bench_timing.json"
-        wall = train(seed, run_dir, train_args, out / f"train_seed{seed}.log")
-        timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {"wall_s": 0.0}
-        timing["wall_s"] += wall
-        timing_file.write_text(json.dumps(timing))
-        final = json.loads((run_dir / "final_report.json").read_text())
-        episodes = {0: args.episodes, **{sc: args.other_episodes for sc in args.other_scenarios}}
-        check_disjoint(run_dir, seed, [0, *args.other_scenarios], episodes)
-        best = final["best_checkpoint_step"] or final["env_steps"]
-        # Evaluations are kept beside the run, keyed by what they evaluated: a rerun reports without redoing them.
-        cache_file = run_dir / "bench_eval.json"
-        key = json.dumps([final["env_steps"], best, args.episodes, args.other_scenarios, args.other_episodes])
-        cached = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-        if cached.get("key") == key:
-            evals = cached["evals"]
-        else:
-            print(f"[seed {seed}] evaluating the final ({final['env_steps']}) and selected ({best}) checkpoints",
-                  flush=True)
-            evals = {
-                "final": evaluate_checkpoint(run_dir, final["env_steps"], 0, args.episodes),
-                "selected": evaluate_checkpoint(run_dir, best, 0, args.episodes),
-                "other_scenarios": [evaluate_checkpoint(run_dir, best, sc, args.other_episodes)
-                                    for sc in args.other_scenarios],
-            }
-            cache_file.write_text(json.dumps({"key": key, "evals": evals}))
-        entry = {
-            "seed": seed,
-            "training": {"env_steps": final["env_steps"], "wall_s": timing["wall_s"]},
-            "curve": learning_curve(run_dir),
-            **evals,
-        }
-        for name in ("final", "selected"):
-            e = entry[name]
-            print(f"[seed {seed}] {name} step {e['step']}: {e['successes']}/{e['episodes']} "
-                  f"{e['report']['termination_reasons']}", flush=True)
-        per_seed.append(entry)
+    work = [(seed, out, train_args, args.episodes, args.other_scenarios, args.other_episodes) for seed in args.seeds]
+    if args.jobs == 1:
+        per_seed = [bench_seed(*w) for w in work]
+    else:
+        # Each seed (training subprocess, then its evaluations) in its own worker process, `jobs` at a time; the
+        # results are those of a sequential run (every run and evaluation is seeded), only sooner.
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
+            per_seed = list(pool.map(bench_seed, *zip(*work)))
     res = {
         "command": " ".join(["python benchmarks/bench_learning.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": {"cpu": cpu_model() or platform.processor() or "unknown", "cores": os.cpu_count()},
+        "jobs": args.jobs,
         "train_args": train_args,
         "seeds": per_seed,
         "aggregate": {w: summarise_seeds(per_seed, w) for w in ("final", "selected")},

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +37,11 @@ def test_iqm_trims_a_quarter_on_each_side_and_the_bootstrap_brackets_it():
 
 
 @pytest.mark.slow
-def test_benchmark_smoke_trains_evaluates_and_reports(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_learning", ROOT / "benchmarks" / "bench_learning.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_benchmark_smoke_trains_evaluates_and_reports(tmp_path, monkeypatch):
+    # imported by name, as the --jobs workers (spawned processes) import it to unpickle their task
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.delitem(sys.modules, "bench_learning", raising=False)
+    bench = importlib.import_module("bench_learning")
     out = tmp_path / "bench"
     args = ["--seeds", "0", "--episodes", "2", "--other-scenarios", "--out", str(out),
             "--", *TINY_RUN, "--max-timesteps", "120"]
@@ -65,6 +67,14 @@ def test_benchmark_smoke_trains_evaluates_and_reports(tmp_path):
     assert (out / "runs" / "seed0" / "final_report.json").stat().st_mtime == mtime
     assert math.isclose(json.loads((out / "results.json").read_text())["seeds"][0]["training"]["wall_s"],
                         seed["training"]["wall_s"])
+    # --jobs 2: seed 1 trains and is evaluated in a worker process beside seed 0 (reused); seeds keep their order
+    jobs_args = ["--seeds", "1", "0", "--jobs", "2", *args[2:]]
+    assert bench.main(jobs_args) == 0
+    res2 = json.loads((out / "results.json").read_text())
+    assert [s["seed"] for s in res2["seeds"]] == [1, 0] and res2["jobs"] == 2
+    assert res2["seeds"][1]["final"] == seed["final"] and res2["seeds"][1]["selected"] == seed["selected"]
+    assert res2["seeds"][0]["final"]["step"] == 120 and (out / "runs" / "seed1" / "bench_eval.json").is_file()
+    assert "## Training runs (2 seeds at once)" in (out / "report.md").read_text()
 
 
 def test_failure_positions_count_a_checkpoint_once():
