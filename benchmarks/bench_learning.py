@@ -3,6 +3,7 @@ fresh episodes, and report success with 95 % intervals, driving quality, failure
 
     python benchmarks/bench_learning.py --seeds 0 1 2                       # the defaults, 3 seeds
     python benchmarks/bench_learning.py --seeds 0 1 --out runs/bench_ar4 --set env.action_repeat=4
+    python benchmarks/bench_learning.py --seeds 0 1 2 --jobs 2               # two seeds at a time
     python benchmarks/bench_learning.py --seeds 0 1 2 --out DIR              # again: reuses finished runs,
                                                                               # resumes unfinished ones
 
@@ -356,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error(f"--jobs must be >= 1, got {args.jobs}")
+    if len(set(args.seeds)) != len(args.seeds):
+        ap.error(f"--seeds must be distinct (each seed has one run directory), got {args.seeds}")
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
