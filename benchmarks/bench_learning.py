@@ -2,7 +2,7 @@
 fresh episodes, and report success with 95 % intervals, driving quality, failures and learning curves.
 
     python benchmarks/bench_learning.py --seeds 0 1 2                       # the defaults, 3 seeds
-    python benchmarks/bench_learning.py --seeds 0 1 --out runs/bench_ar4 --set env.action_repeat=4
+    python benchmarks/bench_learning.py --seeds 0 1 --out runs/bench_ar4 -- --set env.action_repeat=4
     python benchmarks/bench_learning.py --seeds 0 1 2 --jobs 2               # two seeds at a time
     python benchmarks/bench_learning.py --seeds 0 1 2 --out DIR              # again: reuses finished runs,
                                                                               # resumes unfinished ones
