@@ -199,8 +199,9 @@ def plots(out: Path, per_seed: list[dict]) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, label in ((axes[0], "success_rate", "success rate"), (axes[1], "route_completion", "route completion")):
         curves = [s["curve"] for s in per_seed]
-        for s in per_seed:
-            ax.plot(s["curve"]["env_steps"], s["curve"][key], marker="o", ms=3, label=f"seed {s['seed']}")
+        for i, s in enumerate(per_seed):  # line styles and markers differ, so that equal curves stay visible
+            ax.plot(s["curve"]["env_steps"], s["curve"][key], marker="osD^v"[i % 5], ms=4, fillstyle="none",
+                    linestyle=("-", "--", ":", "-.")[i % 4], label=f"seed {s['seed']}")
         n = min(len(c["env_steps"]) for c in curves)
         if n:
             ys = np.array([c[key][:n] for c in curves])
