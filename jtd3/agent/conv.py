@@ -57,9 +57,8 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 
 DEFAULT_CHUNK = 64
 """Default batch chunk of the im2col form (``agent.conv_chunk``): a batch of 64 runs as one block, 256 as four
-chunks. 3-9 % faster than 16 on the Intel Xeon VM, and no worse in the learning benchmark there (3 seeds each:
-147 vs 142 of 150 fresh episodes completed; each chunk had one seed miss the goal), docs/agent.md
-"``conv_chunk`` 64"."""
+chunks. 3-9 % faster than 16 on the Intel Xeon VM, and no worse in the learning benchmark there (5 seeds each:
+247 vs 236 of 250 fresh episodes completed, 4 vs 3 seeds meeting the goal), docs/agent.md "``conv_chunk`` 64"."""
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
