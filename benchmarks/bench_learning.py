@@ -280,8 +280,10 @@ def report_md(res: dict) -> str:
         a = agg[which]
         lines.append(f"| {which} | {a['iqm_success']:.3f} | [{a['iqm_success_ci95'][0]:.3f}, "
                      f"{a['iqm_success_ci95'][1]:.3f}] | {', '.join(f'{r:.2f}' for r in a['per_seed'])} |")
+    # --jobs describes this command; a reused run's wall clock is that of the call that trained it
     jobs = res.get("jobs", 1)
-    title = "## Training runs" + (f" ({jobs} seeds at once)" if jobs > 1 else "")
+    title = "## Training runs" + (f" (this command: --jobs {jobs}; reused runs keep their own wall clock)"
+                                  if jobs > 1 else "")
     lines += ["", title, "", "| seed | env steps | wall clock (min) | env steps/s | best step |",
               "|---|---|---|---|---|"]
     for s in res["seeds"]:

@@ -74,7 +74,7 @@ def test_benchmark_smoke_trains_evaluates_and_reports(tmp_path, monkeypatch):
     assert [s["seed"] for s in res2["seeds"]] == [1, 0] and res2["jobs"] == 2
     assert res2["seeds"][1]["final"] == seed["final"] and res2["seeds"][1]["selected"] == seed["selected"]
     assert res2["seeds"][0]["final"]["step"] == 120 and (out / "runs" / "seed1" / "bench_eval.json").is_file()
-    assert "## Training runs (2 seeds at once)" in (out / "report.md").read_text()
+    assert "## Training runs (this command: --jobs 2; reused runs keep their own wall clock)" in (out / "report.md").read_text()
 
 
 def test_failure_positions_count_a_checkpoint_once():
