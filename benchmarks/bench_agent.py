@@ -484,7 +484,8 @@ def bench_cnn(args, batch: int, sb3: SB3 | None) -> list[dict]:
     bound = gemm_bound(batch, calls, sb3)
     rows = [bound]
     for norm in ("none", "layernorm"):
-        for impl, dtype in itertools.product(("im2col", "xla"), args.compute_dtypes.split(",")):
+        impls = ("im2col", "xla") if args.conv_impls == "auto" else args.conv_impls.split(",")
+        for impl, dtype in itertools.product(impls, args.compute_dtypes.split(",")):
             net = NatureCNN(norm=norm, conv_impl=impl, conv_chunk=_chunks(args)[0] or DEFAULT_CHUNK,
                             compute_dtype=dtype)
             params = net.init(jax.random.key(0), cam[:1], train=False)["params"]
@@ -515,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", default="64,256")
     p.add_argument("--norms", default="none,layernorm,batchnorm,hybrid")
     p.add_argument("--encoders", default="separate,shared")
-    p.add_argument("--conv-impls", default="auto", help="comma list of auto|im2col|xla (auto: im2col on CPU)")
+    p.add_argument("--conv-impls", default="auto", help="comma list of auto|im2col|xla|onednn (auto: im2col on CPU; with --cnn: im2col,xla)")
     p.add_argument("--compute-dtypes", default="float32", help="comma list of float32|bfloat16 (agent.compute_dtype)")
     p.add_argument("--k", type=int, default=8, help="gradient steps per update_many call / SB3 train call")
     p.add_argument("--seconds", type=float, default=2.0, help="length of one timing window")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 
+from jtd3.agent.onednn import library_version
 from jtd3.machine import cpu_flags, cpu_model, malloc_huge_pages
 
 __all__ = ["cpu_info"]
@@ -14,7 +15,8 @@ _SIMD = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 def cpu_info() -> dict[str, str | bool]:
     """Model name and the SIMD flags that matter here (:data:`_SIMD`), from /proc/cpuinfo (Linux), and whether
-    malloc asks for huge pages (``malloc_huge_pages``; see :func:`jtd3.machine.reexec_with_huge_pages`)."""
+    malloc asks for huge pages (``malloc_huge_pages``; see :func:`jtd3.machine.reexec_with_huge_pages`), and the
+    installed oneDNN's version (``onednn``, None without one; ``agent.conv_impl: onednn``)."""
     have = cpu_flags()
     return {"cpu": cpu_model() or platform.processor(), "cpu_flags": " ".join(f for f in _SIMD if f in have),
-            "malloc_huge_pages": malloc_huge_pages()}
+            "malloc_huge_pages": malloc_huge_pages(), "onednn": library_version()}

@@ -1,7 +1,7 @@
 """Matmul FLOPs of a JAX function, counted on its jaxpr the way PyTorch's ``FlopCounterMode`` counts a step.
 
 ``matmul_flops(fn, *args)`` traces ``fn`` and sums ``2 * M * N * K`` over every ``dot_general`` (and the
-equivalent over every ``conv_general_dilated``) that contributes to an output: equations whose results are
+equivalent over every ``conv_general_dilated`` and every oneDNN convolution of ``jtd3.agent.onednn``) that contributes to an output: equations whose results are
 never used are skipped (XLA removes them too, e.g. the input gradient of a network's first layer, which the
 custom VJP of ``jtd3.agent.conv`` computes and autodiff then drops). Calls (``pjit``, ``custom_vjp_call``,
 ...) are followed with the liveness of their outputs; a ``scan`` body counts ``length`` times, a ``while``
@@ -42,6 +42,18 @@ def _eqn_flops(eqn: Any) -> int:
         per_output = math.prod(out.shape) * taps * rhs.shape[in_spec]
         per_input = math.prod(lhs.shape) * taps * rhs.shape[out_spec]
         return 2 * min(per_output, per_input)
+    if name == "ffi_call" and str(eqn.params.get("target_name", "")).startswith("jtd3_onednn_conv_"):
+        # jtd3.agent.onednn: forward, input and weight gradient of one convolution all cost
+        # 2 * (output elements) * kh * kw * C; the output side (B, Ho, Wo, O) is the forward's result or the
+        # cotangent (its first operand, or the second for the weight gradient).
+        target = eqn.params["target_name"]
+        if target.endswith("_fwd"):
+            out, kernel = eqn.outvars[0].aval, eqn.invars[1].aval
+        elif target.endswith("_bwd_data"):
+            out, kernel = eqn.invars[0].aval, eqn.invars[1].aval
+        else:
+            out, kernel = eqn.invars[1].aval, eqn.outvars[0].aval
+        return 2 * math.prod(out.shape) * math.prod(kernel.shape[:3])
     return 0
 
 

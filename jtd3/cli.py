@@ -325,6 +325,15 @@ class _SignalHandler:
               "to exit at once)", file=sys.stderr, flush=True)
 
 
+def _conv_line(conv_impl: str) -> str:
+    """The resolved ``agent.conv_impl``, with oneDNN's version when it is the one."""
+    if conv_impl != "onednn":
+        return conv_impl
+    from jtd3.agent.onednn import library_version
+
+    return f"onednn (oneDNN {library_version()})"
+
+
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from jtd3.backends.carla.errors import CarlaError
     from jtd3.checkpoint import CheckpointDamagedError
@@ -405,6 +414,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
         print(f"jtd3: run directory {run_dir}  (JAX devices: {', '.join(str(d) for d in jax.devices())})")
         trainer = make_trainer(config, run_dir, resume=resume, resume_candidates=candidates)
+        print(f"jtd3: convolutions: {_conv_line(trainer.state.spec.conv_impl)}")
     except BaseException as e:
         handler.uninstall()
         if created and run_dir.exists():

@@ -3,6 +3,7 @@ must be the NatureCNN's own, or every reported efficiency is off."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -89,6 +90,18 @@ def test_stage_of_reads_the_named_scope_from_an_ops_name_stack():
     assert stage_of(None) == "other"
 
 
+def _onednn_available() -> bool:
+    from jtd3.agent import onednn
+
+    try:
+        onednn.ensure_loaded()
+    except onednn.OneDNNUnavailable:
+        if os.environ.get("CI"):  # the README's test command installs oneDNN
+            raise
+        return False
+    return True
+
+
 def test_matmul_flops_counts_the_nature_cnns_products_forward_and_backward():
     """The same FLOPs as the encoder's products as matmuls (what PyTorch's FlopCounterMode counts for the same
     network): forward; forward + backward w.r.t. the weights = weight gradients of every layer and input
@@ -99,13 +112,16 @@ def test_matmul_flops_counts_the_nature_cnns_products_forward_and_backward():
     fwd = 2 * sum(m * k * n for _, m, k, n in encoder_products(batch))
     bwd = sum(2 * m * k * n * (1 if layer == "conv1" else 2) for layer, m, k, n in encoder_products(batch))
     counts = {}
-    for impl in ("xla", "im2col"):
+    for impl in ("xla", "im2col", "onednn"):
+        if impl == "onednn" and not _onednn_available():
+            continue
         net = NatureCNN(norm="layernorm", conv_impl=impl)
         params = net.init(jax.random.key(0), cam, train=False)["params"]
         f = matmul_flops(lambda p, net=net: net.apply({"params": p}, cam, train=False), params)
         g = matmul_flops(jax.grad(lambda p, net=net: jnp.sum(net.apply({"params": p}, cam, train=True))), params)
         counts[impl] = (f["flops"], g["flops"])
     assert counts["xla"] == (fwd, fwd + bwd)
+    assert counts.get("onednn", (fwd, fwd + bwd)) == (fwd, fwd + bwd)  # one FFI call per convolution pass
     # im2col's first layer multiplies on the output side: 21x21 instead of 20x20 positions (its forward and
     # weight gradient); its input gradient, computed by the custom VJP and dropped by autodiff, is not counted
     extra = 2 * 2 * batch * (21 * 21 - 20 * 20) * 256 * 32

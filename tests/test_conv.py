@@ -90,7 +90,7 @@ def test_bad_arguments_are_named():
     x, w = _inputs(11, 3, 3, 5, 2)
     with pytest.raises(ValueError, match=r"multiples of the stride.*\(3, 3\).*stride 2"):
         conv2d(x, w, 2, impl="im2col")
-    with pytest.raises(ValueError, match=r"'fft' is not one of \('im2col', 'xla'\)"):
+    with pytest.raises(ValueError, match=r"'fft' is not one of \('im2col', 'xla', 'onednn'\)"):
         conv2d(x, w, 1, impl="fft")
     with pytest.raises(ValueError, match="chunk must be >= 1"):
         conv2d(x, w, 1, chunk=0)

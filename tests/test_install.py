@@ -91,5 +91,6 @@ def test_wheel_in_a_fresh_venv_trains_from_another_directory(tmp_path):
                   *TINY_RUN, "--set", "train.progress_bar=false")
     assert trained.returncode == 0, trained.stdout + trained.stderr
     assert (elsewhere / "runs" / "t" / "checkpoints" / "80").is_dir()
+    assert "jtd3: convolutions: im2col" in trained.stdout, trained.stdout  # `auto` on the CPU
     helped = run(str(venv / "bin" / "jtd3-evaluate"), "--help")
     assert helped.returncode == 0 and "usage: jtd3-evaluate" in helped.stdout, helped.stderr

@@ -18,7 +18,7 @@ __all__ = ["AgentConfig", "CONV_IMPL_CHOICES", "ENCODERS", "TARGET_BN_STATS", "W
 
 TARGET_BN_STATS = ("polyak", "copy")
 WEIGHT_DECAY_MODES = ("decoupled", "coupled")
-CONV_IMPL_CHOICES = ("auto", "im2col", "xla")
+CONV_IMPL_CHOICES = ("auto", "im2col", "xla", "onednn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +97,8 @@ class AgentConfig(ConfigNode):
         "auto",
         CONV_IMPL_CHOICES,
         "im2col: custom-VJP matmul convolution (fast on CPU); xla: lax.conv (use on GPU, cuDNN); "
-        "auto: xla on GPU/TPU, im2col on CPU",
+        "onednn: oneDNN's convolutions through the XLA FFI (CPU only; needs g++ and libdnnl-dev; faster, not yet "
+        "the default: docs/agent.md); auto: xla on GPU/TPU, im2col on CPU",
     )
     conv_chunk: int = param(
         DEFAULT_CHUNK, "batch chunk of the im2col convolution (working set per loop step; B <= chunk: no loop)"

@@ -23,7 +23,8 @@ function from matmuls and re-layouts:
 ``compute_dtype`` (:data:`COMPUTE_DTYPES`) is the dtype of the matmul operands; results and accumulation
 are float32, and gradients come back in the parameters' dtype (mixed precision).
 :func:`conv2d` is the entry point; ``impl="xla"`` is plain ``lax.conv_general_dilated`` (use it on GPU,
-where XLA calls cuDNN). ``tests/test_conv.py`` checks every form's forward pass and both gradients against
+where XLA calls cuDNN); ``impl="onednn"`` calls oneDNN's convolutions through the XLA FFI
+(:mod:`jtd3.agent.onednn`; CPU only, the fastest there where oneDNN is installed). ``tests/test_conv.py`` checks every form's forward pass and both gradients against
 ``lax.conv_general_dilated``.
 """
 
@@ -49,7 +50,7 @@ __all__ = [
     "space_to_depth_kernel",
 ]
 
-CONV_IMPLS = ("im2col", "xla")
+CONV_IMPLS = ("im2col", "xla", "onednn")
 """Valid ``impl`` values of :func:`conv2d`."""
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -260,8 +261,9 @@ def conv2d(
 ) -> jax.Array:
     """VALID 2-D convolution of ``x`` (B, H, W, C) with kernel ``w`` (kh, kw, C, O) at ``stride``.
 
-    ``impl="xla"``: ``lax.conv_general_dilated``. ``impl="im2col"``: space-to-depth (for stride > 1; the
-    kernel size must be a multiple of the stride) + :func:`conv2d_s1` over batch chunks of ``chunk``.
+    ``impl="xla"``: ``lax.conv_general_dilated``. ``impl="onednn"``: :func:`jtd3.agent.onednn.conv2d_onednn`
+    (``chunk`` unused). ``impl="im2col"``: space-to-depth (for stride > 1; the kernel size must be a multiple of
+    the stride) + :func:`conv2d_s1` over batch chunks of ``chunk``.
     ``compute_dtype`` (one of :data:`COMPUTE_DTYPES`): the dtype the products' operands are cast to.
     Returns float32 (B, Ho, Wo, O) with ``Ho = (H - kh) // stride + 1``.
     """
@@ -275,6 +277,10 @@ def conv2d(
         raise ValueError(f"conv2d: chunk must be >= 1, got {chunk}")
     if impl == "xla":
         return _xla_conv(x, w, stride, compute_dtype)
+    if impl == "onednn":
+        from jtd3.agent.onednn import conv2d_onednn  # builds the C++ kernel on first use
+
+        return conv2d_onednn(x, w, stride, compute_dtype)
     kh, kw = w.shape[:2]
     if stride > 1:
         if kh % stride or kw % stride:

@@ -62,7 +62,7 @@ class AgentSpec:
     kinematics_dim: int
     action_dim: int
     conv_impl: str
-    """Resolved convolution implementation ('im2col' or 'xla'; config 'auto' resolved at create time)."""
+    """Resolved convolution implementation ('im2col', 'xla' or 'onednn'; config 'auto' resolved at create time)."""
 
     @property
     def uses_batchnorm(self) -> bool:
@@ -154,10 +154,14 @@ def modules(spec: AgentSpec) -> Modules:
 
 
 def resolve_conv_impl(conv_impl: str, backend: str | None = None) -> str:
-    """'auto' -> 'xla' on GPU/TPU (cuDNN convolutions), 'im2col' on CPU; other values pass through."""
+    """'auto' -> 'xla' on GPU/TPU (cuDNN convolutions), 'im2col' on CPU; other values pass through, and 'onednn'
+    (CPU only) is refused on another backend."""
+    backend = jax.default_backend() if backend is None else backend
+    if conv_impl == "onednn" and backend != "cpu":
+        raise ValueError(f"agent.conv_impl 'onednn' runs on the CPU only; this process's JAX backend is {backend!r} "
+                         "(use 'auto' or 'xla')")
     if conv_impl != "auto":
         return conv_impl
-    backend = jax.default_backend() if backend is None else backend
     return "im2col" if backend == "cpu" else "xla"
 
 

@@ -1,0 +1,254 @@
+// VALID 2-D convolutions for XLA:CPU through oneDNN, called with the XLA FFI (jtd3/agent/onednn.py).
+//
+// Three handlers, all on row-major XLA buffers (no copies of the activations):
+//   jtd3_onednn_conv_fwd      x (B,H,W,C), w (kh,kw,C,O)            -> y  (B,Ho,Wo,O) float32
+//   jtd3_onednn_conv_bwd_data g (B,Ho,Wo,O), w (kh,kw,C,O)          -> dx (B,H,W,C)   float32
+//   jtd3_onednn_conv_bwd_w    x (B,H,W,C), g (B,Ho,Wo,O)            -> dw (kh,kw,C,O) float32
+// The operands are float32 or bfloat16 (both of one call in the same dtype); oneDNN accumulates in float32
+// and, in bfloat16, runs the products on the AMX units where the CPU has them. Activations stay NHWC; the
+// kernel is reordered into oneDNN's blocked layout on every call (at most 37K values for the NatureCNN).
+// Primitives are created once per shape and dtype and cached: creating one JIT-compiles its kernel. Each
+// calling thread brings its own scratchpad: oneDNN's library-managed one is shared between primitives, and XLA
+// runs independent convolutions (an input gradient beside its weight gradient) at once on different threads,
+// which then overwrote each other's temporaries (tests/test_onednn.py, the reproducibility test).
+#include <dnnl.hpp>
+
+#include <cstdint>
+#include <cstdlib>
+#include <exception>
+#include <memory>
+#include <new>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// One stream per calling thread: XLA may run two convolutions at once on different threads.
+dnnl::stream& Stream() {
+  thread_local dnnl::stream stream(Engine());
+  return stream;
+}
+
+struct Shape {
+  int64_t b, h, w, c, o, kh, kw, stride, ho, wo;
+  memory::data_type dt;
+  std::string Key(const char* kind) const {
+    std::ostringstream s;
+    s << kind << ':' << b << ',' << h << ',' << w << ',' << c << ',' << o << ',' << kh << ',' << kw << ','
+      << stride << ',' << static_cast<int>(dt);
+    return s.str();
+  }
+  memory::desc Src(memory::data_type t) const { return memory::desc({b, c, h, w}, t, tag::nhwc); }
+  memory::desc Dst(memory::data_type t) const { return memory::desc({b, o, ho, wo}, t, tag::nhwc); }
+  memory::desc WeiUser(memory::data_type t) const { return memory::desc({o, c, kh, kw}, t, tag::hwio); }
+  memory::desc WeiAny(memory::data_type t) const { return memory::desc({o, c, kh, kw}, t, tag::any); }
+  memory::dims Strides() const { return {stride, stride}; }
+};
+
+// Every primitive takes its scratchpad from the caller (Scratchpad below).
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+// The forward primitive descriptor of a shape: the primitive itself and the hint of both backward ones.
+dnnl::convolution_forward::primitive_desc FwdPd(const Shape& s) {
+  dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+                                    s.Src(s.dt), s.WeiAny(s.dt), s.Dst(memory::data_type::f32), s.Strides(),
+                                    {0, 0}, {0, 0});
+  return dnnl::convolution_forward::primitive_desc(d, UserScratchpad(), Engine());
+}
+
+struct Cached {
+  dnnl::primitive prim;
+  memory::desc wei;      // the blocked weights (forward, backward data) or weight gradient (backward weights)
+  memory::desc scratch;  // the scratchpad one execution needs
+};
+
+// This thread's scratchpad, grown to the largest size asked for so far (kept: no page faults per call).
+memory Scratchpad(const memory::desc& desc) {
+  struct Free {
+    void operator()(void* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<void, Free> buffer;
+  thread_local size_t capacity = 0;
+  size_t size = desc.get_size();
+  if (size > capacity) {
+    size_t rounded = (size + 4095) / 4096 * 4096;
+    buffer.reset(std::aligned_alloc(4096, rounded));
+    if (!buffer) throw std::bad_alloc();
+    capacity = rounded;
+  }
+  return memory(desc, Engine(), size ? buffer.get() : nullptr);
+}
+
+// Runs a cached primitive with this thread's scratchpad.
+void Execute(const Cached& c, std::unordered_map<int, memory> args) {
+  args.insert({DNNL_ARG_SCRATCHPAD, Scratchpad(c.scratch)});
+  c.prim.execute(Stream(), args);
+}
+
+template <typename Make>
+const Cached& Lookup(const std::string& key, Make make) {
+  static std::mutex mu;
+  static std::unordered_map<std::string, std::unique_ptr<Cached>> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it == cache.end()) it = cache.emplace(key, std::make_unique<Cached>(make())).first;
+  return *it->second;
+}
+
+ffi::Error DnnlType(ffi::DataType t, memory::data_type* out) {
+  if (t == ffi::DataType::F32) {
+    *out = memory::data_type::f32;
+  } else if (t == ffi::DataType::BF16) {
+    *out = memory::data_type::bf16;
+  } else {
+    return ffi::Error::InvalidArgument("onednn conv: operands must be float32 or bfloat16");
+  }
+  return ffi::Error::Success();
+}
+
+// The shape of a convolution from its input's dimensions (B, H, W, C) and its kernel's (kh, kw, C, O).
+ffi::Error MakeShape(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, int64_t stride, ffi::DataType t,
+                     Shape* s) {
+  if (x.size() != 4 || w.size() != 4 || x[3] != w[2])
+    return ffi::Error::InvalidArgument("onednn conv: expected x (B, H, W, C) and a kernel (kh, kw, C, O)");
+  if (stride < 1 || x[1] < w[0] || x[2] < w[1])
+    return ffi::Error::InvalidArgument("onednn conv: stride below 1 or kernel larger than the input");
+  *s = Shape{x[0], x[1], x[2], x[3], w[3], w[0], w[1], stride, (x[1] - w[0]) / stride + 1,
+             (x[2] - w[1]) / stride + 1, memory::data_type::f32};
+  return DnnlType(t, &s->dt);
+}
+
+// The cotangent (B, Ho, Wo, O) must match the output of the shape.
+ffi::Error CheckOutput(ffi::Span<const int64_t> g, const Shape& s) {
+  if (g.size() != 4 || g[0] != s.b || g[1] != s.ho || g[2] != s.wo || g[3] != s.o)
+    return ffi::Error::InvalidArgument("onednn conv: the cotangent's shape is not the convolution's output");
+  return ffi::Error::Success();
+}
+
+// oneDNN's errors and allocation failures become XLA errors (an exception must not cross the C interface).
+ffi::Error Fail(const std::exception& e) { return ffi::Error::Internal(std::string("oneDNN conv: ") + e.what()); }
+
+void Reorder(memory& from, memory& to) {
+  dnnl::reorder::primitive_desc pd(from, to, UserScratchpad());
+  dnnl::reorder(pd).execute(
+      Stream(), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}, {DNNL_ARG_SCRATCHPAD, Scratchpad(pd.scratchpad_desc())}});
+}
+
+ffi::Error ConvFwd(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::Buffer<ffi::F32>> y, int64_t stride) {
+  if (w.element_type() != x.element_type())
+    return ffi::Error::InvalidArgument("onednn conv fwd: the input and the kernel must have one dtype");
+  Shape s;
+  if (auto e = MakeShape(x.dimensions(), w.dimensions(), stride, x.element_type(), &s); !e.success()) return e;
+  try {
+    const Cached& c = Lookup(s.Key("fwd"), [&] {
+      auto pd = FwdPd(s);
+      return Cached{dnnl::convolution_forward(pd), pd.weights_desc(), pd.scratchpad_desc()};
+    });
+    memory src(s.Src(s.dt), Engine(), x.untyped_data());
+    memory wu(s.WeiUser(s.dt), Engine(), w.untyped_data());
+    memory wb(c.wei, Engine());
+    Reorder(wu, wb);
+    memory dst(s.Dst(memory::data_type::f32), Engine(), y->untyped_data());
+    Execute(c, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wb}, {DNNL_ARG_DST, dst}});
+    Stream().wait();
+  } catch (const std::exception& e) {
+    return Fail(e);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvBwdData(ffi::AnyBuffer g, ffi::AnyBuffer w, ffi::Result<ffi::Buffer<ffi::F32>> dx, int64_t stride) {
+  if (w.element_type() != g.element_type())
+    return ffi::Error::InvalidArgument("onednn conv bwd data: the cotangent and the kernel must have one dtype");
+  // The shape comes from the input side (dx): the output's size alone does not determine the input's.
+  Shape s;
+  if (auto e = MakeShape(dx->dimensions(), w.dimensions(), stride, g.element_type(), &s); !e.success()) return e;
+  if (auto e = CheckOutput(g.dimensions(), s); !e.success()) return e;
+  try {
+    const Cached& c = Lookup(s.Key("bwd_data"), [&] {
+      dnnl::convolution_backward_data::desc d(dnnl::algorithm::convolution_direct,
+                                              s.Src(memory::data_type::f32), s.WeiAny(s.dt), s.Dst(s.dt),
+                                              s.Strides(), {0, 0}, {0, 0});
+      dnnl::convolution_backward_data::primitive_desc pd(d, UserScratchpad(), Engine(), FwdPd(s));
+      return Cached{dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc()};
+    });
+    memory diff_dst(s.Dst(s.dt), Engine(), g.untyped_data());
+    memory wu(s.WeiUser(s.dt), Engine(), w.untyped_data());
+    memory wb(c.wei, Engine());
+    Reorder(wu, wb);
+    memory diff_src(s.Src(memory::data_type::f32), Engine(), dx->untyped_data());
+    Execute(c, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, wb}, {DNNL_ARG_DIFF_SRC, diff_src}});
+    Stream().wait();
+  } catch (const std::exception& e) {
+    return Fail(e);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::Result<ffi::Buffer<ffi::F32>> dw,
+                          int64_t stride) {
+  if (g.element_type() != x.element_type())
+    return ffi::Error::InvalidArgument("onednn conv bwd weights: the input and the cotangent must have one dtype");
+  Shape s;
+  if (auto e = MakeShape(x.dimensions(), dw->dimensions(), stride, x.element_type(), &s); !e.success()) return e;
+  if (auto e = CheckOutput(g.dimensions(), s); !e.success()) return e;
+  try {
+    const Cached& c = Lookup(s.Key("bwd_weights"), [&] {
+      dnnl::convolution_backward_weights::desc d(dnnl::algorithm::convolution_direct, s.Src(s.dt),
+                                                 s.WeiAny(memory::data_type::f32), s.Dst(s.dt), s.Strides(),
+                                                 {0, 0}, {0, 0});
+      dnnl::convolution_backward_weights::primitive_desc pd(d, UserScratchpad(), Engine(), FwdPd(s));
+      return Cached{dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(), pd.scratchpad_desc()};
+    });
+    memory src(s.Src(s.dt), Engine(), x.untyped_data());
+    memory diff_dst(s.Dst(s.dt), Engine(), g.untyped_data());
+    memory wb(c.wei, Engine());
+    Execute(c, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, wb}});
+    memory wu(s.WeiUser(memory::data_type::f32), Engine(), dw->untyped_data());
+    Reorder(wb, wu);
+    Stream().wait();
+  } catch (const std::exception& e) {
+    return Fail(e);
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_fwd, ConvFwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_bwd_data, ConvBwdData,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_bwd_w, ConvBwdWeights,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride"));

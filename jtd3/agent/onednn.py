@@ -1,0 +1,162 @@
+"""Convolutions through oneDNN on the CPU (``agent.conv_impl: onednn``), called with the XLA FFI.
+
+oneDNN runs the convolutions directly on the NHWC activations (no patch matrix, no re-layout by XLA) and, with
+``compute_dtype: bfloat16``, on the AMX units of the CPUs that have them. The kernel is C++
+(``native/onednn_conv.cc``); it is compiled on first use with the system C++ compiler against oneDNN's
+headers and library and jaxlib's FFI headers, and cached under ``$XDG_CACHE_HOME/jtd3/native`` (default
+``~/.cache``) by a hash of the source, the jaxlib version, the compiler and its command line (the compiler
+also reads ``CPATH`` and ``LIBRARY_PATH`` for a oneDNN outside the system paths). It needs ``g++`` and oneDNN 2.x
+(Debian/Ubuntu: ``apt-get install g++ libdnnl-dev``); without them asking for ``onednn`` fails with a message
+that says so: there is no silent fallback, and ``im2col`` (the default) needs nothing of this.
+
+:func:`conv2d_onednn` is a VALID convolution with a custom VJP: forward, input gradient and weight gradient
+are one oneDNN primitive each; all three return float32 (float32 accumulation in bfloat16 too).
+``tests/test_onednn.py`` checks them against ``lax.conv_general_dilated``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+__all__ = ["OneDNNUnavailable", "conv2d_onednn", "ensure_loaded", "library_version", "unavailable_reason"]
+
+_SOURCE = Path(__file__).with_name("native") / "onednn_conv.cc"
+_TARGETS = ("jtd3_onednn_conv_fwd", "jtd3_onednn_conv_bwd_data", "jtd3_onednn_conv_bwd_w")
+SETUP_HINT = "install a C++ compiler and oneDNN 2.x (Debian/Ubuntu: apt-get install g++ libdnnl-dev)"
+
+
+class OneDNNUnavailable(RuntimeError):
+    """``conv_impl: onednn`` was asked for but its kernel cannot be built or loaded on this machine."""
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jtd3" / "native"
+
+
+def _compiler() -> str:
+    """``$CXX`` if set, else ``g++``, resolved on ``PATH``."""
+    name = os.environ.get("CXX") or "g++"
+    cxx = shutil.which(name)
+    if not cxx:
+        raise OneDNNUnavailable(f"conv_impl 'onednn': C++ compiler {name!r} not found; {SETUP_HINT}")
+    return cxx
+
+
+def _build() -> Path:
+    """Compile the kernel once per (source, jaxlib, compiler, command) and return the shared library's path."""
+    cxx = _compiler()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
+    # -w: jaxlib's FFI headers warn under g++ 12; a failure's own message is what the user needs to see.
+    cmd = [cxx, "-O2", "-w", "-std=c++17", "-shared", "-fPIC", f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-ldnnl"]
+    key = _SOURCE.read_bytes() + f"{jaxlib.__version__}\n{version}\n{cmd}".encode()
+    out = _cache_dir() / f"onednn_conv-{hashlib.sha256(key).hexdigest()[:16]}.so"
+    if out.exists():
+        return out
+    # Compile to a temporary name and rename: concurrent first uses (test workers) never see half a file.
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".so", delete=False) as tmp:
+            tmp_path = Path(tmp.name)
+    except OSError as e:
+        raise OneDNNUnavailable(f"conv_impl 'onednn': cannot write the kernel's cache {out.parent}: {e} "
+                                "(set XDG_CACHE_HOME to a writable directory)") from e
+    try:
+        done = subprocess.run([*cmd, "-o", str(tmp_path)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise OneDNNUnavailable(
+                f"conv_impl 'onednn': compiling {_SOURCE.name} failed ({' '.join(cmd)}); {SETUP_HINT}.\n"
+                + done.stderr[-2000:]
+            )
+        os.replace(tmp_path, out)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    return out
+
+
+@functools.cache
+def ensure_loaded() -> Path:
+    """Build (if needed) and load the kernel, and register its three FFI targets with XLA:CPU.
+
+    Raises :class:`OneDNNUnavailable` naming what is missing. Returns the library's path."""
+    path = _build()
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:  # e.g. libdnnl.so removed after the build
+        raise OneDNNUnavailable(f"conv_impl 'onednn': loading {path} failed: {e}; {SETUP_HINT}") from e
+    for name in _TARGETS:
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+    return path
+
+
+def unavailable_reason() -> str | None:
+    """``None`` when the kernel is built and loaded (building it if needed), else why it cannot be."""
+    try:
+        ensure_loaded()
+    except OneDNNUnavailable as e:
+        return str(e)
+    return None
+
+
+class _Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int), ("hash", ctypes.c_char_p)]
+
+
+@functools.cache
+def library_version() -> str | None:
+    """The installed oneDNN's version (``"2.6.3"``), ``None`` where no ``libdnnl`` is found. Builds nothing."""
+    name = ctypes.util.find_library("dnnl")
+    if name is None:
+        return None
+    try:
+        fn = ctypes.CDLL(name).dnnl_version
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.POINTER(_Version)
+    v = fn().contents
+    return f"{v.major}.{v.minor}.{v.patch}"
+
+
+def _call(target: str, out_shape: tuple[int, ...], a: jax.Array, b: jax.Array, stride: int) -> jax.Array:
+    result = jax.ShapeDtypeStruct(out_shape, jnp.float32)
+    return jax.ffi.ffi_call(target, result, vmap_method="sequential")(a, b, stride=np.int64(stride))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d_onednn(x: jax.Array, w: jax.Array, stride: int, compute_dtype: str = "float32") -> jax.Array:
+    """VALID convolution of ``x`` (B, H, W, C) with ``w`` (kh, kw, C, O) at ``stride``, by oneDNN.
+
+    The operands are cast to ``compute_dtype`` (float32 or bfloat16); the result is float32
+    ``(B, Ho, Wo, O)``; the gradients come back in the dtypes of ``x`` and ``w``."""
+    ensure_loaded()
+    b, h, wd, _ = x.shape
+    kh, kw, _, o = w.shape
+    out = (b, (h - kh) // stride + 1, (wd - kw) // stride + 1, o)
+    return _call(_TARGETS[0], out, x.astype(compute_dtype), w.astype(compute_dtype), stride)
+
+
+def _fwd(x, w, stride, compute_dtype):
+    return conv2d_onednn(x, w, stride, compute_dtype), (x, w)
+
+
+def _bwd(stride, compute_dtype, res, g):
+    x, w = res
+    g = g.astype(compute_dtype)
+    dx = _call(_TARGETS[1], x.shape, g, w.astype(compute_dtype), stride)
+    dw = _call(_TARGETS[2], w.shape, x.astype(compute_dtype), g, stride)
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+conv2d_onednn.defvjp(_fwd, _bwd)

@@ -1,0 +1,237 @@
+"""``conv_impl: onednn``: the C++ kernel computes what ``lax.conv`` computes, in every place the update uses it.
+
+The kernel needs g++ and oneDNN (``apt-get install g++ libdnnl-dev``). Without them these tests are skipped,
+except under CI (``$CI`` set), where a missing oneDNN is a failure: the README's test command installs it.
+"""
+
+import os
+import stat
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from gymnasium import spaces
+from jax import lax
+
+from jtd3 import agent
+from jtd3.agent import AgentConfig, onednn
+from jtd3.agent.conv import conv2d
+from jtd3.agent.networks import NatureCNN
+from jtd3.agent.state import resolve_conv_impl
+
+DN = ("NHWC", "HWIO", "NHWC")
+# (H, C_in, kernel, stride, C_out): the NatureCNN layers and an odd case (stride 2 with a 3x3 kernel, which
+# im2col cannot take, and an input size the stride does not divide).
+LAYERS = [(84, 4, 8, 4, 32), (20, 32, 4, 2, 64), (9, 64, 3, 1, 64), (11, 5, 3, 2, 7)]
+
+
+def _available() -> str | None:
+    try:
+        onednn.ensure_loaded()
+    except onednn.OneDNNUnavailable as e:
+        return str(e)
+    return None
+
+
+_MISSING = _available()
+if _MISSING and not os.environ.get("CI"):
+    pytest.skip(f"oneDNN kernel unavailable here: {_MISSING.splitlines()[0]}", allow_module_level=True)
+
+
+def _reference(x, w, stride):
+    return lax.conv_general_dilated(x, w, (stride, stride), "VALID", dimension_numbers=DN, precision="highest")
+
+
+def _inputs(h, cin, k, cout, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((batch, h, h, cin)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, k, cin, cout)) / np.sqrt(k * k * cin), jnp.float32)
+    return x, w
+
+
+def _forward_and_grads(fn, x, w, cot):
+    y = jax.jit(fn)(x, w)
+    return y, jax.jit(jax.grad(lambda x, w: jnp.sum(fn(x, w) * cot), argnums=(0, 1)))(x, w)
+
+
+def _assert_trees_close(got, ref):
+    """Leaf by leaf, to float32 summation order: relative 1e-3, absolute 1e-4 of the leaf's largest value."""
+    chex.assert_trees_all_equal_shapes(got, ref)
+    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(r))) + 1e-12)
+
+
+def test_kernel_builds_here():
+    assert _MISSING is None, _MISSING
+
+
+@pytest.mark.parametrize("h,cin,k,stride,cout", LAYERS)
+def test_float32_forward_and_gradients_match_lax_conv(h, cin, k, stride, cout):
+    x, w = _inputs(h, cin, k, cout, 3)
+    ho = (h - k) // stride + 1
+    cot = jnp.asarray(np.random.default_rng(1).standard_normal((3, ho, ho, cout)), jnp.float32)
+    y, (dx, dw) = _forward_and_grads(lambda x, w: conv2d(x, w, stride, impl="onednn"), x, w, cot)
+    y_ref, (dx_ref, dw_ref) = _forward_and_grads(lambda x, w: _reference(x, w, stride), x, w, cot)
+    chex.assert_shape(y, (3, ho, ho, cout))
+    chex.assert_type([y, dx, dw], jnp.float32)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=2e-5 * float(jnp.max(jnp.abs(dw_ref))))
+
+
+@pytest.mark.parametrize("h,cin,k,stride,cout", LAYERS[:3])
+def test_bfloat16_stays_within_bfloat16_rounding_and_returns_float32(h, cin, k, stride, cout):
+    x, w = _inputs(h, cin, k, cout, 3)
+    ho = (h - k) // stride + 1
+    cot = jnp.asarray(np.random.default_rng(1).standard_normal((3, ho, ho, cout)), jnp.float32)
+    y, (dx, dw) = _forward_and_grads(lambda x, w: conv2d(x, w, stride, "onednn", compute_dtype="bfloat16"), x, w, cot)
+    y32, (dx32, dw32) = _forward_and_grads(lambda x, w: _reference(x, w, stride), x, w, cot)
+    for got, ref in ((y, y32), (dx, dx32), (dw, dw32)):
+        assert got.dtype == jnp.float32
+        rel = float(jnp.linalg.norm(got - ref) / jnp.linalg.norm(ref))
+        assert 0.0 < rel < 2e-2, rel  # > 0: the products really ran in bfloat16
+
+
+def test_bfloat16_input_gets_a_bfloat16_gradient():
+    x, w = _inputs(9, 8, 3, 4, 2)
+    dx = jax.grad(lambda x: jnp.sum(conv2d(x, w, 1, "onednn", compute_dtype="bfloat16")))(x.astype(jnp.bfloat16))
+    assert dx.dtype == jnp.bfloat16
+
+
+def test_gradients_inside_scan_and_cond_match():
+    """Nested in lax.scan and lax.cond, as in ``update_many`` (the actor step is a cond branch)."""
+    x, w = _inputs(9, 8, 3, 4, 3)
+
+    def make_body(conv):
+        def body(w, xs):
+            def step(w):
+                return jax.grad(lambda w: jnp.sum(jnp.tanh(conv(xs, w))))(w)
+
+            g = lax.cond(jnp.sum(xs) > -1e9, step, jnp.zeros_like, w)
+            return w - 0.1 * g, jnp.sum(g)
+
+        return body
+
+    stacked = jnp.stack([x, 2 * x])
+    w1, s1 = jax.jit(lambda w: lax.scan(make_body(lambda x, w: conv2d(x, w, 1, "onednn")), w, stacked))(w)
+    w2, s2 = jax.jit(lambda w: lax.scan(make_body(lambda x, w: _reference(x, w, 1)), w, stacked))(w)
+    np.testing.assert_allclose(w1, w2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s1, s2, rtol=1e-4)
+
+
+def test_vmap_runs_each_sample_through_the_kernel():
+    x, w = _inputs(9, 8, 3, 4, 2)
+    ws = jnp.stack([w, -w])
+    got = jax.vmap(lambda w: conv2d(x, w, 1, "onednn"))(ws)
+    np.testing.assert_allclose(got, jnp.stack([_reference(x, w, 1), _reference(x, -w, 1)]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["none", "layernorm"])
+def test_nature_cnn_is_the_same_network_as_with_im2col(norm):
+    """Same parameters, same features and parameter gradients (float32) as the default implementation."""
+    camera = jnp.asarray(np.random.default_rng(3).integers(0, 256, (4, 4, 84, 84), dtype=np.uint8))
+    a, b = NatureCNN(norm=norm, conv_impl="im2col"), NatureCNN(norm=norm, conv_impl="onednn")
+    params = a.init(jax.random.key(0), camera, train=False)["params"]
+    chex.assert_trees_all_equal_shapes(params, b.init(jax.random.key(0), camera, train=False)["params"])
+
+    def grads(net):
+        return jax.grad(lambda p: jnp.sum(net.apply({"params": p}, camera, train=True) ** 2))(params)
+
+    np.testing.assert_allclose(
+        b.apply({"params": params}, camera, train=False), a.apply({"params": params}, camera, train=False),
+        rtol=1e-4, atol=1e-5,
+    )
+    _assert_trees_close(grads(b), grads(a))
+
+
+def test_missing_compiler_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    with pytest.raises(onednn.OneDNNUnavailable, match=r"no-such-g\+\+.*not found.*libdnnl-dev"):
+        onednn._build()
+
+
+def test_failed_compilation_says_why_and_leaves_no_library(monkeypatch, tmp_path):
+    fake = tmp_path / "fake-g++"
+    fake.write_text("#!/bin/sh\necho 'fatal error: dnnl.hpp: No such file or directory' >&2\nexit 1\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", str(fake))
+    with pytest.raises(onednn.OneDNNUnavailable, match=r"(?s)compiling onednn_conv.cc failed.*libdnnl-dev.*dnnl.hpp"):
+        onednn._build()
+    assert not list((tmp_path / "cache").rglob("*.so"))
+
+
+def test_onednn_is_cpu_only_and_not_what_auto_picks():
+    assert resolve_conv_impl("onednn", "cpu") == "onednn"
+    assert resolve_conv_impl("auto", "cpu") == "im2col"  # until a learning benchmark justifies it (docs/agent.md)
+    with pytest.raises(ValueError, match=r"'onednn' runs on the CPU only.*'gpu'"):
+        resolve_conv_impl("onednn", "gpu")
+
+
+def test_agent_update_matches_the_im2col_update():
+    """Two TD3 updates (separate encoders, LayerNorm) from the same parameters: the same losses and new
+    parameters as with the im2col convolutions, to float32 summation order."""
+    obs_space = spaces.Dict({
+        "camera": spaces.Box(0, 255, (4, 84, 84), np.uint8),
+        "kinematics": spaces.Box(-np.inf, np.inf, (3,), np.float32),
+    })
+    act_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    rng = np.random.default_rng(0)
+
+    def obs():
+        return {"camera": rng.integers(0, 256, (4, 4, 84, 84), dtype=np.uint8),
+                "kinematics": rng.standard_normal((4, 3)).astype(np.float32)}
+
+    batch = {"obs": obs(), "next_obs": obs(), "action": rng.uniform(-1, 1, (4, 2)).astype(np.float32),
+             "reward": rng.standard_normal(4).astype(np.float32), "terminated": np.zeros(4, np.float32)}
+    small = dict(encoder="separate", norm="layernorm", features_dim=48, actor_hidden=(24,), critic_hidden=(24,), trunk_dim=0, policy_delay=1)
+    out = {}
+    for impl in ("im2col", "onednn"):
+        state = agent.create(AgentConfig(conv_impl=impl, **small), obs_space, act_space, seed=0)
+        assert state.spec.conv_impl == impl
+        state, _ = agent.update(state, batch)  # step 0: the critic only
+        out[impl] = agent.update(state, batch)  # step 1: critic, actor and targets
+    (s_ref, m_ref), (s, m) = out["im2col"], out["onednn"]
+    for key in ("losses/critic_loss", "losses/actor_loss", "grad_norm/critic_cnn", "grad_norm/actor_cnn"):
+        np.testing.assert_allclose(m[key], m_ref[key], rtol=1e-4, err_msg=key)
+    _assert_trees_close(s.critic.params, s_ref.critic.params)
+    _assert_trees_close(s.actor.params, s_ref.actor.params)
+
+
+def test_update_many_is_reproducible_bit_for_bit():
+    """The same state and batches give bit-identical parameters on every call. XLA runs independent
+    convolutions at once on different threads (an input gradient beside its weight gradient); with oneDNN's
+    shared library scratchpad they overwrote each other's temporaries: every repeat differed and training hit
+    NaN within 100 updates. Each call now brings its own scratchpad."""
+    obs_space = spaces.Dict({
+        "camera": spaces.Box(0, 255, (4, 84, 84), np.uint8),
+        "kinematics": spaces.Box(-np.inf, np.inf, (3,), np.float32),
+    })
+    act_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    rng = np.random.default_rng(0)
+    k, b = 4, 8
+
+    def obs():
+        return {"camera": rng.integers(0, 256, (k, b, 4, 84, 84), dtype=np.uint8),
+                "kinematics": rng.standard_normal((k, b, 3)).astype(np.float32)}
+
+    batches = {"obs": obs(), "next_obs": obs(), "action": rng.uniform(-1, 1, (k, b, 2)).astype(np.float32),
+               "reward": rng.standard_normal((k, b)).astype(np.float32), "terminated": np.zeros((k, b), np.float32)}
+    config = AgentConfig(conv_impl="onednn", encoder="separate", norm="layernorm", policy_delay=1)
+    state = agent.create(config, obs_space, act_space, seed=0)
+    update_many = jax.jit(agent.update_many)
+    first = jax.tree.leaves(update_many(state, batches)[0].critic.params)
+    for _ in range(5):
+        again = jax.tree.leaves(update_many(state, batches)[0].critic.params)
+        assert all(np.array_equal(a, b) for a, b in zip(again, first))
+
+
+def test_unwritable_cache_is_named(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the cache directory would go
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    with pytest.raises(onednn.OneDNNUnavailable, match=r"cannot write the kernel's cache.*XDG_CACHE_HOME"):
+        onednn._build()
