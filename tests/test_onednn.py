@@ -187,7 +187,8 @@ def test_agent_update_matches_the_im2col_update():
 
     batch = {"obs": obs(), "next_obs": obs(), "action": rng.uniform(-1, 1, (4, 2)).astype(np.float32),
              "reward": rng.standard_normal(4).astype(np.float32), "terminated": np.zeros(4, np.float32)}
-    small = dict(encoder="separate", norm="layernorm", features_dim=48, actor_hidden=(24,), critic_hidden=(24,), trunk_dim=0, policy_delay=1)
+    small = dict(encoder="separate", norm="layernorm", features_dim=48, actor_hidden=(24,), critic_hidden=(24,),
+                 trunk_dim=0, policy_delay=1)
     out = {}
     for impl in ("im2col", "onednn"):
         state = agent.create(AgentConfig(conv_impl=impl, **small), obs_space, act_space, seed=0)
@@ -235,3 +236,35 @@ def test_unwritable_cache_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
     with pytest.raises(onednn.OneDNNUnavailable, match=r"cannot write the kernel's cache.*XDG_CACHE_HOME"):
         onednn._build()
+
+
+def test_layer_norm_matches_flax_forward_and_gradients():
+    """The conv layers' LayerNorm (over H, W, C with per-element scale and bias) by oneDNN = Flax's."""
+    import flax.linen as nn
+
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((5, 20, 20, 32)) * 3 + 1, jnp.float32)
+    flax_ln = nn.LayerNorm(epsilon=1e-5, reduction_axes=(-3, -2, -1), feature_axes=(-3, -2, -1))
+    params = flax_ln.init(jax.random.key(0), x)["params"]
+    params = jax.tree.map(lambda a: a + jnp.asarray(rng.standard_normal(a.shape) * 0.1, jnp.float32), params)
+    cot = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+
+    def ours(p, x):
+        return onednn.layer_norm_onednn(x, p["scale"], p["bias"], 1e-5)
+
+    def ref(p, x):
+        return flax_ln.apply({"params": p}, x)
+
+    np.testing.assert_allclose(jax.jit(ours)(params, x), ref(params, x), rtol=1e-5, atol=1e-5)
+    got = jax.jit(jax.grad(lambda p, x: jnp.sum(ours(p, x) * cot), argnums=(0, 1)))(params, x)
+    want = jax.grad(lambda p, x: jnp.sum(ref(p, x) * cot), argnums=(0, 1))(params, x)
+    _assert_trees_close(got, want)
+
+
+def test_nature_cnn_with_onednn_uses_its_layer_norm_with_flax_parameters():
+    camera = jnp.zeros((2, 4, 84, 84), jnp.uint8)
+    net = NatureCNN(norm="layernorm", conv_impl="onednn")
+    params = net.init(jax.random.key(0), camera, train=False)["params"]
+    jaxpr = str(jax.make_jaxpr(lambda p: net.apply({"params": p}, camera, train=False))(params))
+    assert jaxpr.count("jtd3_onednn_ln_fwd") == 3  # conv1-3; the dense layer's LayerNorm stays Flax's
+    assert params["conv1_ln"]["scale"].shape == (20, 20, 32) and set(params["conv1_ln"]) == {"scale", "bias"}

@@ -111,6 +111,22 @@ class MixedDense(nn.Module):
         return jnp.dot(x.astype(dt), kernel.astype(dt), preferred_element_type=jnp.float32) + bias
 
 
+class OneDNNLayerNorm(nn.Module):
+    """``nn.LayerNorm`` over all axes but the batch (the conv layers' LayerNorm) computed by oneDNN
+    (:func:`jtd3.agent.onednn.layer_norm_onednn`): the same parameters (``scale`` ones, ``bias`` zeros, shaped
+    like one sample) and the same function, in one pass each way instead of XLA's several."""
+
+    epsilon: float = LAYERNORM_EPS
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        from jtd3.agent.onednn import layer_norm_onednn  # builds the C++ kernel on first use
+
+        scale = self.param("scale", nn.initializers.ones, x.shape[1:], jnp.float32)
+        bias = self.param("bias", _zeros, x.shape[1:], jnp.float32)
+        return layer_norm_onednn(x.astype(jnp.float32), scale, bias, self.epsilon)
+
+
 class NatureCNN(nn.Module):
     """Nature-DQN encoder: uint8 ``(B, C, H, W)`` -> features ``(B, features)``.
 
@@ -130,6 +146,8 @@ class NatureCNN(nn.Module):
     compute_dtype: str = "float32"
 
     def _conv_norm(self, x: jax.Array, train: bool, name: str) -> jax.Array:
+        if self.norm == "layernorm" and self.conv_impl == "onednn":
+            return OneDNNLayerNorm(epsilon=LAYERNORM_EPS, name=f"{name}_ln")(x)
         if self.norm == "layernorm":
             return nn.LayerNorm(
                 epsilon=LAYERNORM_EPS, reduction_axes=(-3, -2, -1), feature_axes=(-3, -2, -1), name=f"{name}_ln"

@@ -1,7 +1,8 @@
-"""Convolutions through oneDNN on the CPU (``agent.conv_impl: onednn``), called with the XLA FFI.
+"""Convolutions and LayerNorm through oneDNN on the CPU (``agent.conv_impl: onednn``), called with the XLA FFI.
 
 oneDNN runs the convolutions directly on the NHWC activations (no patch matrix, no re-layout by XLA) and, with
-``compute_dtype: bfloat16``, on the AMX units of the CPUs that have them. The kernel is C++
+``compute_dtype: bfloat16``, on the AMX units of the CPUs that have them; the conv layers' LayerNorm
+(:func:`layer_norm_onednn`, used by ``networks.OneDNNLayerNorm``) runs as one oneDNN pass each way. The kernel is C++
 (``native/onednn_conv.cc``); it is compiled on first use with the system C++ compiler against oneDNN's
 headers and library and jaxlib's FFI headers, and cached under ``$XDG_CACHE_HOME/jtd3/native`` (default
 ``~/.cache``) by a hash of the source, the jaxlib version, the compiler and its command line (the compiler
@@ -11,7 +12,8 @@ that says so: there is no silent fallback, and ``im2col`` (the default) needs no
 
 :func:`conv2d_onednn` is a VALID convolution with a custom VJP: forward, input gradient and weight gradient
 are one oneDNN primitive each; all three return float32 (float32 accumulation in bfloat16 too).
-``tests/test_onednn.py`` checks them against ``lax.conv_general_dilated``.
+:func:`layer_norm_onednn` has a custom VJP too (oneDNN's forward and backward; float32).
+``tests/test_onednn.py`` checks them against ``lax.conv_general_dilated`` and Flax's ``nn.LayerNorm``.
 """
 
 from __future__ import annotations
@@ -31,10 +33,14 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-__all__ = ["OneDNNUnavailable", "conv2d_onednn", "ensure_loaded", "library_version", "unavailable_reason"]
+__all__ = [
+    "OneDNNUnavailable", "conv2d_onednn", "ensure_loaded", "layer_norm_onednn", "library_version",
+    "unavailable_reason",
+]
 
 _SOURCE = Path(__file__).with_name("native") / "onednn_conv.cc"
 _TARGETS = ("jtd3_onednn_conv_fwd", "jtd3_onednn_conv_bwd_data", "jtd3_onednn_conv_bwd_w")
+_LN_TARGETS = ("jtd3_onednn_ln_fwd", "jtd3_onednn_ln_bwd")
 SETUP_HINT = "install a C++ compiler and oneDNN 2.x (Debian/Ubuntu: apt-get install g++ libdnnl-dev)"
 
 
@@ -96,7 +102,7 @@ def ensure_loaded() -> Path:
         lib = ctypes.CDLL(str(path))
     except OSError as e:  # e.g. libdnnl.so removed after the build
         raise OneDNNUnavailable(f"conv_impl 'onednn': loading {path} failed: {e}; {SETUP_HINT}") from e
-    for name in _TARGETS:
+    for name in (*_TARGETS, *_LN_TARGETS):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
     return path
 
@@ -160,3 +166,29 @@ def _bwd(stride, compute_dtype, res, g):
 
 
 conv2d_onednn.defvjp(_fwd, _bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm_onednn(x: jax.Array, scale: jax.Array, shift: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm over all axes of float32 ``x`` (B, ...) but the first, with per-element ``scale`` and ``shift``
+    of shape ``x.shape[1:]`` (Flax's ``nn.LayerNorm`` with those reduction and feature axes), by oneDNN."""
+    return _ln_fwd(x, scale, shift, eps)[0]
+
+
+def _ln_call(target, shapes, *args, eps):
+    results = [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes]
+    return jax.ffi.ffi_call(target, results, vmap_method="sequential")(*args, eps=np.float32(eps))
+
+
+def _ln_fwd(x, scale, shift, eps):
+    ensure_loaded()
+    y, mean, var = _ln_call(_LN_TARGETS[0], (x.shape, x.shape[:1], x.shape[:1]), x, scale, shift, eps=eps)
+    return y, (x, mean, var, scale, shift)
+
+
+def _ln_bwd(eps, res, g):
+    x, mean, var, scale, shift = res
+    return tuple(_ln_call(_LN_TARGETS[1], (x.shape, scale.shape, shift.shape), x, g, mean, var, scale, shift, eps=eps))
+
+
+layer_norm_onednn.defvjp(_ln_fwd, _ln_bwd)

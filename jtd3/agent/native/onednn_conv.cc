@@ -1,12 +1,16 @@
-// VALID 2-D convolutions for XLA:CPU through oneDNN, called with the XLA FFI (jtd3/agent/onednn.py).
+// VALID 2-D convolutions and LayerNorm for XLA:CPU through oneDNN, called with the XLA FFI
+// (jtd3/agent/onednn.py).
 //
-// Three handlers, all on row-major XLA buffers (no copies of the activations):
+// Convolutions, three handlers, all on row-major XLA buffers (no copies of the activations):
 //   jtd3_onednn_conv_fwd      x (B,H,W,C), w (kh,kw,C,O)            -> y  (B,Ho,Wo,O) float32
 //   jtd3_onednn_conv_bwd_data g (B,Ho,Wo,O), w (kh,kw,C,O)          -> dx (B,H,W,C)   float32
 //   jtd3_onednn_conv_bwd_w    x (B,H,W,C), g (B,Ho,Wo,O)            -> dw (kh,kw,C,O) float32
 // The operands are float32 or bfloat16 (both of one call in the same dtype); oneDNN accumulates in float32
 // and, in bfloat16, runs the products on the AMX units where the CPU has them. Activations stay NHWC; the
 // kernel is reordered into oneDNN's blocked layout on every call (at most 37K values for the NatureCNN).
+// LayerNorm over all but the first axis of x (N, ...) viewed as (N, D), with per-element scale and shift (D):
+//   jtd3_onednn_ln_fwd        x, scale, shift                       -> y, mean (N), variance (N)
+//   jtd3_onednn_ln_bwd        x, g, mean, variance, scale, shift    -> dx, dscale, dshift     (all float32)
 // Primitives are created once per shape and dtype and cached: creating one JIT-compiles its kernel. Each
 // calling thread brings its own scratchpad: oneDNN's library-managed one is shared between primitives, and XLA
 // runs independent convolutions (an input gradient beside its weight gradient) at once on different threads,
@@ -230,6 +234,87 @@ ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::Result<ffi::B
   return ffi::Error::Success();
 }
 
+// LayerNorm's (N, D) view of x and its statistics' (N) descriptors.
+struct LnShape {
+  int64_t n, d;
+  std::string Key(const char* kind) const {
+    return std::string(kind) + ':' + std::to_string(n) + ',' + std::to_string(d);
+  }
+  memory::desc Data() const { return memory::desc({n, d}, memory::data_type::f32, tag::ab); }
+  memory::desc Stat() const { return memory::desc({n}, memory::data_type::f32, tag::a); }
+  memory::desc Param() const { return memory::desc({d}, memory::data_type::f32, tag::a); }
+};
+
+ffi::Error MakeLnShape(ffi::Span<const int64_t> x, ffi::Span<const int64_t> scale, LnShape* s) {
+  if (x.size() < 2) return ffi::Error::InvalidArgument("onednn layer norm: x must be (N, ...)");
+  int64_t d = 1, p = 1;
+  for (size_t i = 1; i < x.size(); ++i) d *= x[i];
+  for (int64_t v : scale) p *= v;
+  if (p != d) return ffi::Error::InvalidArgument("onednn layer norm: scale and shift must have x's feature size");
+  *s = LnShape{x[0], d};
+  return ffi::Error::Success();
+}
+
+const auto kLnFlags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+
+dnnl::layer_normalization_forward::primitive_desc LnFwdPd(const LnShape& s, float eps) {
+  dnnl::layer_normalization_forward::desc d(dnnl::prop_kind::forward_training, s.Data(), s.Stat(), eps, kLnFlags);
+  return dnnl::layer_normalization_forward::primitive_desc(d, UserScratchpad(), Engine());
+}
+
+ffi::Error LnFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> shift,
+                 ffi::Result<ffi::Buffer<ffi::F32>> y, ffi::Result<ffi::Buffer<ffi::F32>> mean,
+                 ffi::Result<ffi::Buffer<ffi::F32>> var, float eps) {
+  LnShape s;
+  if (auto e = MakeLnShape(x.dimensions(), scale.dimensions(), &s); !e.success()) return e;
+  try {
+    const Cached& c = Lookup(s.Key("ln_fwd") + ',' + std::to_string(eps), [&] {
+      auto pd = LnFwdPd(s, eps);
+      return Cached{dnnl::layer_normalization_forward(pd), memory::desc(), pd.scratchpad_desc()};
+    });
+    auto m = [&](const memory::desc& d, void* p) { return memory(d, Engine(), p); };
+    Execute(c, {{DNNL_ARG_SRC, m(s.Data(), x.untyped_data())}, {DNNL_ARG_DST, m(s.Data(), y->untyped_data())},
+                {DNNL_ARG_MEAN, m(s.Stat(), mean->untyped_data())},
+                {DNNL_ARG_VARIANCE, m(s.Stat(), var->untyped_data())},
+                {DNNL_ARG_SCALE, m(s.Param(), scale.untyped_data())},
+                {DNNL_ARG_SHIFT, m(s.Param(), shift.untyped_data())}});
+    Stream().wait();
+  } catch (const std::exception& e) {
+    return Fail(e);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error LnBwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> mean,
+                 ffi::Buffer<ffi::F32> var, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> shift,
+                 ffi::Result<ffi::Buffer<ffi::F32>> dx, ffi::Result<ffi::Buffer<ffi::F32>> dscale,
+                 ffi::Result<ffi::Buffer<ffi::F32>> dshift, float eps) {
+  LnShape s;
+  if (auto e = MakeLnShape(x.dimensions(), scale.dimensions(), &s); !e.success()) return e;
+  try {
+    const Cached& c = Lookup(s.Key("ln_bwd") + ',' + std::to_string(eps), [&] {
+      dnnl::layer_normalization_backward::desc d(dnnl::prop_kind::backward, s.Data(), s.Data(), s.Stat(), eps,
+                                                 kLnFlags);
+      dnnl::layer_normalization_backward::primitive_desc pd(d, UserScratchpad(), Engine(), LnFwdPd(s, eps));
+      return Cached{dnnl::layer_normalization_backward(pd), memory::desc(), pd.scratchpad_desc()};
+    });
+    auto m = [&](const memory::desc& d, void* p) { return memory(d, Engine(), p); };
+    // oneDNN 2.6 checks that every argument its flags name is given, the shift too (unused by the gradient).
+    Execute(c, {{DNNL_ARG_SRC, m(s.Data(), x.untyped_data())}, {DNNL_ARG_DIFF_DST, m(s.Data(), g.untyped_data())},
+                {DNNL_ARG_MEAN, m(s.Stat(), mean.untyped_data())},
+                {DNNL_ARG_VARIANCE, m(s.Stat(), var.untyped_data())},
+                {DNNL_ARG_SCALE, m(s.Param(), scale.untyped_data())},
+                {DNNL_ARG_SHIFT, m(s.Param(), shift.untyped_data())},
+                {DNNL_ARG_DIFF_SRC, m(s.Data(), dx->untyped_data())},
+                {DNNL_ARG_DIFF_SCALE, m(s.Param(), dscale->untyped_data())},
+                {DNNL_ARG_DIFF_SHIFT, m(s.Param(), dshift->untyped_data())}});
+    Stream().wait();
+  } catch (const std::exception& e) {
+    return Fail(e);
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_fwd, ConvFwd,
@@ -252,3 +337,26 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_bwd_w, ConvBwdWeights,
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_ln_fwd, LnFwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("eps"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_ln_bwd, LnBwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("eps"));
