@@ -24,8 +24,8 @@ function from matmuls and re-layouts:
 are float32, and gradients come back in the parameters' dtype (mixed precision).
 :func:`conv2d` is the entry point; ``impl="xla"`` is plain ``lax.conv_general_dilated`` (use it on GPU,
 where XLA calls cuDNN); ``impl="onednn"`` calls oneDNN's convolutions through the XLA FFI
-(:mod:`jtd3.agent.onednn`; CPU only, the fastest there where oneDNN is installed). ``tests/test_conv.py`` checks every form's forward pass and both gradients against
-``lax.conv_general_dilated``.
+(:mod:`jtd3.agent.onednn`; CPU only, opt-in, the fastest there where oneDNN is installed).
+``tests/test_conv.py`` checks every form's forward pass and both gradients against ``lax.conv_general_dilated``.
 """
 
 from __future__ import annotations
