@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder", default="separate")
     p.add_argument("--norm", default="layernorm")
     p.add_argument("--compute-dtype", default="float32")
+    p.add_argument("--conv-impl", default="auto", help="agent.conv_impl (auto|im2col|xla|onednn)")
     p.add_argument("--k", type=int, default=4, help="gradient steps per update_many call")
     p.add_argument("--calls", type=int, default=3, help="update_many calls inside the trace")
     p.add_argument("--top", type=int, default=15, help="how many single ops to list")
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"meta": "profile_update", **cpu_info(), "argv": sys.argv[1:] if argv is None else argv,
                       "backend": jax.default_backend()}), flush=True)
     obs_space, act_space = spaces_for(9)
-    cfg = agent.AgentConfig(norm=args.norm, encoder=args.encoder, compute_dtype=args.compute_dtype)
+    cfg = agent.AgentConfig(norm=args.norm, encoder=args.encoder, compute_dtype=args.compute_dtype,
+                            conv_impl=args.conv_impl)
     state = agent.create(cfg, obs_space, act_space, seed=0)
     batches = jax.device_put(random_batch(np.random.default_rng(0), (args.k, args.batch), 9))
     # compiled once, ahead of time: the same executable is timed, traced and its HLO read for the op shapes
