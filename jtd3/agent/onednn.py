@@ -94,7 +94,7 @@ def _build() -> Path:
 
 @functools.cache
 def ensure_loaded() -> Path:
-    """Build (if needed) and load the kernel, and register its three FFI targets with XLA:CPU.
+    """Build (if needed) and load the kernel, and register its FFI targets (convolution, LayerNorm) with XLA:CPU.
 
     Raises :class:`OneDNNUnavailable` naming what is missing. Returns the library's path."""
     path = _build()
@@ -188,7 +188,8 @@ def _ln_fwd(x, scale, shift, eps):
 
 def _ln_bwd(eps, res, g):
     x, mean, var, scale, shift = res
-    return tuple(_ln_call(_LN_TARGETS[1], (x.shape, scale.shape, shift.shape), x, g, mean, var, scale, shift, eps=eps))
+    shapes = (x.shape, scale.shape, shift.shape)  # dx, dscale, dshift
+    return tuple(_ln_call(_LN_TARGETS[1], shapes, x, g, mean, var, scale, shift, eps=eps))
 
 
 layer_norm_onednn.defvjp(_ln_fwd, _ln_bwd)
