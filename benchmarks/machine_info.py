@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import platform
 
-from jtd3.agent.onednn import library_version
-from jtd3.machine import cpu_flags, cpu_model, malloc_huge_pages
+from jtd3.machine import cpu_flags, cpu_model, malloc_huge_pages, onednn_version
 
 __all__ = ["cpu_info"]
 
@@ -19,4 +18,4 @@ def cpu_info() -> dict[str, str | bool]:
     installed oneDNN's version (``onednn``, None without one; ``agent.conv_impl: onednn``)."""
     have = cpu_flags()
     return {"cpu": cpu_model() or platform.processor(), "cpu_flags": " ".join(f for f in _SIMD if f in have),
-            "malloc_huge_pages": malloc_huge_pages(), "onednn": library_version()}
+            "malloc_huge_pages": malloc_huge_pages(), "onednn": onednn_version()}

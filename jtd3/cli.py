@@ -33,7 +33,7 @@ import yaml
 from jtd3.choices import ACTOR_KINDS, BACKENDS, ENCODERS, NORMS
 from jtd3.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict, yaml_value
 from jtd3.files import write_text_atomic
-from jtd3.machine import cpu_kind, reexec_with_huge_pages
+from jtd3.machine import cpu_kind, onednn_version, reexec_with_huge_pages
 
 EXIT_USAGE = 2
 # Memory the process needs besides the replay buffer (JAX and XLA, the jitted update's buffers, the
@@ -329,9 +329,7 @@ def _conv_line(conv_impl: str) -> str:
     """The resolved ``agent.conv_impl``, with oneDNN's version when it is the one."""
     if conv_impl != "onednn":
         return conv_impl
-    from jtd3.agent.onednn import library_version
-
-    return f"onednn (oneDNN {library_version()})"
+    return f"onednn (oneDNN {onednn_version()})"
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:

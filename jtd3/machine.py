@@ -1,9 +1,12 @@
 """The machine this process runs on: the CPU from /proc/cpuinfo (Linux; empty answers elsewhere), which run
 reports and benchmark meta lines record and which keeps compiled programs of different CPUs apart; the memory
-an accelerator reports in use; and huge pages for XLA:CPU's buffers (:func:`reexec_with_huge_pages`)."""
+an accelerator reports in use; the installed oneDNN's version (:func:`onednn_version`); and huge pages for
+XLA:CPU's buffers (:func:`reexec_with_huge_pages`)."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import hashlib
 import os
@@ -20,6 +23,7 @@ __all__ = [
     "device_memory_mb",
     "huge_pages_env",
     "malloc_huge_pages",
+    "onednn_version",
     "reexec_with_huge_pages",
     "running_libc",
     "transparent_huge_pages_mode",
@@ -46,6 +50,26 @@ def _first_cpu() -> dict[str, str]:
     except OSError:
         pass
     return fields
+
+
+class _Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int), ("hash", ctypes.c_char_p)]
+
+
+@functools.cache
+def onednn_version() -> str | None:
+    """The installed oneDNN's version (``"2.6.3"``), ``None`` where no ``libdnnl`` is found (``agent.conv_impl:
+    onednn`` needs one)."""
+    name = ctypes.util.find_library("dnnl")
+    if name is None:
+        return None
+    try:
+        fn = ctypes.CDLL(name).dnnl_version
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.POINTER(_Version)
+    v = fn().contents
+    return f"{v.major}.{v.minor}.{v.patch}"
 
 
 def cpu_model() -> str:

@@ -27,15 +27,7 @@ DN = ("NHWC", "HWIO", "NHWC")
 LAYERS = [(84, 4, 8, 4, 32), (20, 32, 4, 2, 64), (9, 64, 3, 1, 64), (11, 5, 3, 2, 7)]
 
 
-def _available() -> str | None:
-    try:
-        onednn.ensure_loaded()
-    except onednn.OneDNNUnavailable as e:
-        return str(e)
-    return None
-
-
-_MISSING = _available()
+_MISSING = onednn.unavailable_reason()
 if _MISSING and not os.environ.get("CI"):
     pytest.skip(f"oneDNN kernel unavailable here: {_MISSING.splitlines()[0]}", allow_module_level=True)
 

@@ -19,7 +19,6 @@ are one oneDNN primitive each; all three return float32 (float32 accumulation in
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import hashlib
 import os
@@ -34,8 +33,7 @@ import jaxlib
 import numpy as np
 
 __all__ = [
-    "OneDNNUnavailable", "conv2d_onednn", "ensure_loaded", "layer_norm_onednn", "library_version",
-    "unavailable_reason",
+    "OneDNNUnavailable", "conv2d_onednn", "ensure_loaded", "layer_norm_onednn", "unavailable_reason",
 ]
 
 _SOURCE = Path(__file__).with_name("native") / "onednn_conv.cc"
@@ -116,28 +114,10 @@ def unavailable_reason() -> str | None:
     return None
 
 
-class _Version(ctypes.Structure):
-    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int), ("hash", ctypes.c_char_p)]
-
-
-@functools.cache
-def library_version() -> str | None:
-    """The installed oneDNN's version (``"2.6.3"``), ``None`` where no ``libdnnl`` is found. Builds nothing."""
-    name = ctypes.util.find_library("dnnl")
-    if name is None:
-        return None
-    try:
-        fn = ctypes.CDLL(name).dnnl_version
-    except (OSError, AttributeError):
-        return None
-    fn.restype = ctypes.POINTER(_Version)
-    v = fn().contents
-    return f"{v.major}.{v.minor}.{v.patch}"
-
-
-def _call(target: str, out_shape: tuple[int, ...], a: jax.Array, b: jax.Array, stride: int) -> jax.Array:
-    result = jax.ShapeDtypeStruct(out_shape, jnp.float32)
-    return jax.ffi.ffi_call(target, result, vmap_method="sequential")(a, b, stride=np.int64(stride))
+def _ffi(target: str, shapes: list[tuple[int, ...]], *operands: jax.Array, **attrs) -> list[jax.Array]:
+    """Call one of the kernel's FFI targets; its results are float32 arrays of ``shapes``."""
+    results = [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes]
+    return jax.ffi.ffi_call(target, results, vmap_method="sequential")(*operands, **attrs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -150,7 +130,7 @@ def conv2d_onednn(x: jax.Array, w: jax.Array, stride: int, compute_dtype: str = 
     b, h, wd, _ = x.shape
     kh, kw, _, o = w.shape
     out = (b, (h - kh) // stride + 1, (wd - kw) // stride + 1, o)
-    return _call(_TARGETS[0], out, x.astype(compute_dtype), w.astype(compute_dtype), stride)
+    return _ffi(_TARGETS[0], [out], x.astype(compute_dtype), w.astype(compute_dtype), stride=np.int64(stride))[0]
 
 
 def _fwd(x, w, stride, compute_dtype):
@@ -160,8 +140,8 @@ def _fwd(x, w, stride, compute_dtype):
 def _bwd(stride, compute_dtype, res, g):
     x, w = res
     g = g.astype(compute_dtype)
-    dx = _call(_TARGETS[1], x.shape, g, w.astype(compute_dtype), stride)
-    dw = _call(_TARGETS[2], w.shape, x.astype(compute_dtype), g, stride)
+    (dx,) = _ffi(_TARGETS[1], [x.shape], g, w.astype(compute_dtype), stride=np.int64(stride))
+    (dw,) = _ffi(_TARGETS[2], [w.shape], x.astype(compute_dtype), g, stride=np.int64(stride))
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
@@ -175,21 +155,16 @@ def layer_norm_onednn(x: jax.Array, scale: jax.Array, shift: jax.Array, eps: flo
     return _ln_fwd(x, scale, shift, eps)[0]
 
 
-def _ln_call(target, shapes, *args, eps):
-    results = [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes]
-    return jax.ffi.ffi_call(target, results, vmap_method="sequential")(*args, eps=np.float32(eps))
-
-
 def _ln_fwd(x, scale, shift, eps):
     ensure_loaded()
-    y, mean, var = _ln_call(_LN_TARGETS[0], (x.shape, x.shape[:1], x.shape[:1]), x, scale, shift, eps=eps)
+    y, mean, var = _ffi(_LN_TARGETS[0], [x.shape, x.shape[:1], x.shape[:1]], x, scale, shift, eps=np.float32(eps))
     return y, (x, mean, var, scale, shift)
 
 
 def _ln_bwd(eps, res, g):
     x, mean, var, scale, shift = res
-    shapes = (x.shape, scale.shape, shift.shape)  # dx, dscale, dshift
-    return tuple(_ln_call(_LN_TARGETS[1], shapes, x, g, mean, var, scale, shift, eps=eps))
+    shapes = [x.shape, scale.shape, shift.shape]  # dx, dscale, dshift
+    return tuple(_ffi(_LN_TARGETS[1], shapes, x, g, mean, var, scale, shift, eps=np.float32(eps)))
 
 
 layer_norm_onednn.defvjp(_ln_fwd, _ln_bwd)

@@ -149,6 +149,21 @@ ffi::Error CheckOutput(ffi::Span<const int64_t> g, const Shape& s) {
 // oneDNN's errors and allocation failures become XLA errors (an exception must not cross the C interface).
 ffi::Error Fail(const std::exception& e) { return ffi::Error::Internal(std::string("oneDNN conv: ") + e.what()); }
 
+// Runs one handler's oneDNN work and waits for it; exceptions become the handler's error.
+template <typename Body>
+ffi::Error Guarded(Body body) {
+  try {
+    body();
+    Stream().wait();
+  } catch (const std::exception& e) {
+    return Fail(e);
+  }
+  return ffi::Error::Success();
+}
+
+// An XLA buffer seen through a oneDNN descriptor (no copy).
+memory Wrap(const memory::desc& desc, void* data) { return memory(desc, Engine(), data); }
+
 void Reorder(memory& from, memory& to) {
   dnnl::reorder::primitive_desc pd(from, to, UserScratchpad());
   dnnl::reorder(pd).execute(
@@ -160,22 +175,18 @@ ffi::Error ConvFwd(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::Buffer<f
     return ffi::Error::InvalidArgument("onednn conv fwd: the input and the kernel must have one dtype");
   Shape s;
   if (auto e = MakeShape(x.dimensions(), w.dimensions(), stride, x.element_type(), &s); !e.success()) return e;
-  try {
+  return Guarded([&] {
     const Cached& c = Lookup(s.Key("fwd"), [&] {
       auto pd = FwdPd(s);
       return Cached{dnnl::convolution_forward(pd), pd.weights_desc(), pd.scratchpad_desc()};
     });
-    memory src(s.Src(s.dt), Engine(), x.untyped_data());
-    memory wu(s.WeiUser(s.dt), Engine(), w.untyped_data());
+    memory src = Wrap(s.Src(s.dt), x.untyped_data());
+    memory wu = Wrap(s.WeiUser(s.dt), w.untyped_data());
     memory wb(c.wei, Engine());
     Reorder(wu, wb);
-    memory dst(s.Dst(memory::data_type::f32), Engine(), y->untyped_data());
+    memory dst = Wrap(s.Dst(memory::data_type::f32), y->untyped_data());
     Execute(c, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wb}, {DNNL_ARG_DST, dst}});
-    Stream().wait();
-  } catch (const std::exception& e) {
-    return Fail(e);
-  }
-  return ffi::Error::Success();
+  });
 }
 
 ffi::Error ConvBwdData(ffi::AnyBuffer g, ffi::AnyBuffer w, ffi::Result<ffi::Buffer<ffi::F32>> dx, int64_t stride) {
@@ -185,7 +196,7 @@ ffi::Error ConvBwdData(ffi::AnyBuffer g, ffi::AnyBuffer w, ffi::Result<ffi::Buff
   Shape s;
   if (auto e = MakeShape(dx->dimensions(), w.dimensions(), stride, g.element_type(), &s); !e.success()) return e;
   if (auto e = CheckOutput(g.dimensions(), s); !e.success()) return e;
-  try {
+  return Guarded([&] {
     const Cached& c = Lookup(s.Key("bwd_data"), [&] {
       dnnl::convolution_backward_data::desc d(dnnl::algorithm::convolution_direct,
                                               s.Src(memory::data_type::f32), s.WeiAny(s.dt), s.Dst(s.dt),
@@ -193,17 +204,13 @@ ffi::Error ConvBwdData(ffi::AnyBuffer g, ffi::AnyBuffer w, ffi::Result<ffi::Buff
       dnnl::convolution_backward_data::primitive_desc pd(d, UserScratchpad(), Engine(), FwdPd(s));
       return Cached{dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc()};
     });
-    memory diff_dst(s.Dst(s.dt), Engine(), g.untyped_data());
-    memory wu(s.WeiUser(s.dt), Engine(), w.untyped_data());
+    memory diff_dst = Wrap(s.Dst(s.dt), g.untyped_data());
+    memory wu = Wrap(s.WeiUser(s.dt), w.untyped_data());
     memory wb(c.wei, Engine());
     Reorder(wu, wb);
-    memory diff_src(s.Src(memory::data_type::f32), Engine(), dx->untyped_data());
+    memory diff_src = Wrap(s.Src(memory::data_type::f32), dx->untyped_data());
     Execute(c, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, wb}, {DNNL_ARG_DIFF_SRC, diff_src}});
-    Stream().wait();
-  } catch (const std::exception& e) {
-    return Fail(e);
-  }
-  return ffi::Error::Success();
+  });
 }
 
 ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::Result<ffi::Buffer<ffi::F32>> dw,
@@ -213,7 +220,7 @@ ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::Result<ffi::B
   Shape s;
   if (auto e = MakeShape(x.dimensions(), dw->dimensions(), stride, x.element_type(), &s); !e.success()) return e;
   if (auto e = CheckOutput(g.dimensions(), s); !e.success()) return e;
-  try {
+  return Guarded([&] {
     const Cached& c = Lookup(s.Key("bwd_weights"), [&] {
       dnnl::convolution_backward_weights::desc d(dnnl::algorithm::convolution_direct, s.Src(s.dt),
                                                  s.WeiAny(memory::data_type::f32), s.Dst(s.dt), s.Strides(),
@@ -221,17 +228,13 @@ ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::Result<ffi::B
       dnnl::convolution_backward_weights::primitive_desc pd(d, UserScratchpad(), Engine(), FwdPd(s));
       return Cached{dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(), pd.scratchpad_desc()};
     });
-    memory src(s.Src(s.dt), Engine(), x.untyped_data());
-    memory diff_dst(s.Dst(s.dt), Engine(), g.untyped_data());
+    memory src = Wrap(s.Src(s.dt), x.untyped_data());
+    memory diff_dst = Wrap(s.Dst(s.dt), g.untyped_data());
     memory wb(c.wei, Engine());
     Execute(c, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, wb}});
-    memory wu(s.WeiUser(memory::data_type::f32), Engine(), dw->untyped_data());
+    memory wu = Wrap(s.WeiUser(memory::data_type::f32), dw->untyped_data());
     Reorder(wb, wu);
-    Stream().wait();
-  } catch (const std::exception& e) {
-    return Fail(e);
-  }
-  return ffi::Error::Success();
+  });
 }
 
 // LayerNorm's (N, D) view of x and its statistics' (N) descriptors.
@@ -267,22 +270,18 @@ ffi::Error LnFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale, ffi::Buff
                  ffi::Result<ffi::Buffer<ffi::F32>> var, float eps) {
   LnShape s;
   if (auto e = MakeLnShape(x.dimensions(), scale.dimensions(), &s); !e.success()) return e;
-  try {
+  return Guarded([&] {
     const Cached& c = Lookup(s.Key("ln_fwd") + ',' + std::to_string(eps), [&] {
       auto pd = LnFwdPd(s, eps);
       return Cached{dnnl::layer_normalization_forward(pd), memory::desc(), pd.scratchpad_desc()};
     });
-    auto m = [&](const memory::desc& d, void* p) { return memory(d, Engine(), p); };
-    Execute(c, {{DNNL_ARG_SRC, m(s.Data(), x.untyped_data())}, {DNNL_ARG_DST, m(s.Data(), y->untyped_data())},
-                {DNNL_ARG_MEAN, m(s.Stat(), mean->untyped_data())},
-                {DNNL_ARG_VARIANCE, m(s.Stat(), var->untyped_data())},
-                {DNNL_ARG_SCALE, m(s.Param(), scale.untyped_data())},
-                {DNNL_ARG_SHIFT, m(s.Param(), shift.untyped_data())}});
-    Stream().wait();
-  } catch (const std::exception& e) {
-    return Fail(e);
-  }
-  return ffi::Error::Success();
+    Execute(c, {{DNNL_ARG_SRC, Wrap(s.Data(), x.untyped_data())},
+                {DNNL_ARG_DST, Wrap(s.Data(), y->untyped_data())},
+                {DNNL_ARG_MEAN, Wrap(s.Stat(), mean->untyped_data())},
+                {DNNL_ARG_VARIANCE, Wrap(s.Stat(), var->untyped_data())},
+                {DNNL_ARG_SCALE, Wrap(s.Param(), scale.untyped_data())},
+                {DNNL_ARG_SHIFT, Wrap(s.Param(), shift.untyped_data())}});
+  });
 }
 
 ffi::Error LnBwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> mean,
@@ -291,52 +290,40 @@ ffi::Error LnBwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g, ffi::Buffer<f
                  ffi::Result<ffi::Buffer<ffi::F32>> dshift, float eps) {
   LnShape s;
   if (auto e = MakeLnShape(x.dimensions(), scale.dimensions(), &s); !e.success()) return e;
-  try {
+  return Guarded([&] {
     const Cached& c = Lookup(s.Key("ln_bwd") + ',' + std::to_string(eps), [&] {
       dnnl::layer_normalization_backward::desc d(dnnl::prop_kind::backward, s.Data(), s.Data(), s.Stat(), eps,
                                                  kLnFlags);
       dnnl::layer_normalization_backward::primitive_desc pd(d, UserScratchpad(), Engine(), LnFwdPd(s, eps));
       return Cached{dnnl::layer_normalization_backward(pd), memory::desc(), pd.scratchpad_desc()};
     });
-    auto m = [&](const memory::desc& d, void* p) { return memory(d, Engine(), p); };
     // oneDNN 2.6 checks that every argument its flags name is given, the shift too (unused by the gradient).
-    Execute(c, {{DNNL_ARG_SRC, m(s.Data(), x.untyped_data())}, {DNNL_ARG_DIFF_DST, m(s.Data(), g.untyped_data())},
-                {DNNL_ARG_MEAN, m(s.Stat(), mean.untyped_data())},
-                {DNNL_ARG_VARIANCE, m(s.Stat(), var.untyped_data())},
-                {DNNL_ARG_SCALE, m(s.Param(), scale.untyped_data())},
-                {DNNL_ARG_SHIFT, m(s.Param(), shift.untyped_data())},
-                {DNNL_ARG_DIFF_SRC, m(s.Data(), dx->untyped_data())},
-                {DNNL_ARG_DIFF_SCALE, m(s.Param(), dscale->untyped_data())},
-                {DNNL_ARG_DIFF_SHIFT, m(s.Param(), dshift->untyped_data())}});
-    Stream().wait();
-  } catch (const std::exception& e) {
-    return Fail(e);
-  }
-  return ffi::Error::Success();
+    Execute(c, {{DNNL_ARG_SRC, Wrap(s.Data(), x.untyped_data())},
+                {DNNL_ARG_DIFF_DST, Wrap(s.Data(), g.untyped_data())},
+                {DNNL_ARG_MEAN, Wrap(s.Stat(), mean.untyped_data())},
+                {DNNL_ARG_VARIANCE, Wrap(s.Stat(), var.untyped_data())},
+                {DNNL_ARG_SCALE, Wrap(s.Param(), scale.untyped_data())},
+                {DNNL_ARG_SHIFT, Wrap(s.Param(), shift.untyped_data())},
+                {DNNL_ARG_DIFF_SRC, Wrap(s.Data(), dx->untyped_data())},
+                {DNNL_ARG_DIFF_SCALE, Wrap(s.Param(), dscale->untyped_data())},
+                {DNNL_ARG_DIFF_SHIFT, Wrap(s.Param(), dshift->untyped_data())}});
+  });
+}
+
+// All three convolution handlers: two operands (float32 or bfloat16), one float32 result, the stride.
+auto ConvBinding() {
+  return ffi::Ffi::Bind()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("stride");
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_fwd, ConvFwd,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_bwd_data, ConvBwdData,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_bwd_w, ConvBwdWeights,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_fwd, ConvFwd, ConvBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_bwd_data, ConvBwdData, ConvBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_bwd_w, ConvBwdWeights, ConvBinding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_ln_fwd, LnFwd,
                               ffi::Ffi::Bind()
