@@ -106,8 +106,12 @@ def test_every_config_key_is_read(tmp_path):
     with track_reads() as reads:
         assert train_main(argv) == 0
         for actors in ("process", "ray"):  # the train.actors keys of the loops over several environments
-            assert train_main([*argv, "--max-timesteps", "40", "--eval-freq", "40", "--checkpoint-freq", "40",
-                               "--actors", actors, "--num-envs", "2", "--run-name", actors]) == 0
+            # learning starts at 20 of the 40 steps, so update calls (and the keys read by them, such as
+            # train.actors.publish_every) are certain; with 40 of 40 they happened only when the actors' chunks
+            # overshot the last step
+            assert train_main([*argv, "--max-timesteps", "40", "--learning-starts", "20", "--eval-freq", "40",
+                               "--checkpoint-freq", "40", "--actors", actors, "--num-envs", "2",
+                               "--run-name", actors]) == 0
         _random_route_birdeye_lead_vehicle()
         _sim_collision_and_reverse()
         _carla_episode()
