@@ -1,7 +1,8 @@
 """Matmul FLOPs of a JAX function, counted on its jaxpr the way PyTorch's ``FlopCounterMode`` counts a step.
 
 ``matmul_flops(fn, *args)`` traces ``fn`` and sums ``2 * M * N * K`` over every ``dot_general`` (and the
-equivalent over every ``conv_general_dilated`` and every oneDNN convolution of ``jtd3.agent.onednn``) that contributes to an output: equations whose results are
+equivalent over every ``conv_general_dilated`` and every oneDNN convolution and matmul of ``jtd3.agent.onednn``)
+that contributes to an output: equations whose results are
 never used are skipped (XLA removes them too, e.g. the input gradient of a network's first layer, which the
 custom VJP of ``jtd3.agent.conv`` computes and autodiff then drops). Calls (``pjit``, ``custom_vjp_call``,
 ...) are followed with the liveness of their outputs; a ``scan`` body counts ``length`` times, a ``while``
@@ -54,6 +55,11 @@ def _eqn_flops(eqn: Any) -> int:
         else:
             out, kernel = eqn.invars[1].aval, eqn.outvars[0].aval
         return 2 * math.prod(out.shape) * math.prod(kernel.shape[:3])
+    if name == "ffi_call" and eqn.params.get("target_name") == "jtd3_onednn_matmul":
+        # op(a) (M, K) @ op(b) (K, N) -> (M, N), transposed or not: K^2 = |a| * |b| / |out|.
+        a, b, out = eqn.invars[0].aval, eqn.invars[1].aval, eqn.outvars[0].aval
+        k = math.isqrt(math.prod(a.shape) * math.prod(b.shape) // math.prod(out.shape))
+        return 2 * math.prod(out.shape) * k
     return 0
 
 

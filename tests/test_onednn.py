@@ -73,6 +73,23 @@ def test_float32_forward_and_gradients_match_lax_conv(h, cin, k, stride, cout):
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=2e-5 * float(jnp.max(jnp.abs(dw_ref))))
 
 
+def test_bias_is_added_inside_and_its_gradient_summed_inside():
+    """conv2d_onednn's bias: forward and the bias gradient (from the weight-gradient primitive) = lax.conv + b."""
+    h, cin, k, stride, cout = LAYERS[1]
+    x, w = _inputs(h, cin, k, cout, 3)
+    rng = np.random.default_rng(2)
+    bias = jnp.asarray(rng.standard_normal(cout), jnp.float32)
+    ho = (h - k) // stride + 1
+    cot = jnp.asarray(rng.standard_normal((3, ho, ho, cout)), jnp.float32)
+
+    def run(fn):
+        return jax.jit(fn)(x, w, bias), jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) * cot), argnums=(0, 1, 2)))(x, w, bias)
+
+    got = run(lambda x, w, b: onednn.conv2d_onednn(x, w, b, stride))
+    want = run(lambda x, w, b: _reference(x, w, stride) + b)
+    _assert_trees_close(got, want)
+
+
 @pytest.mark.parametrize("h,cin,k,stride,cout", LAYERS[:3])
 def test_bfloat16_stays_within_bfloat16_rounding_and_returns_float32(h, cin, k, stride, cout):
     x, w = _inputs(h, cin, k, cout, 3)
@@ -80,9 +97,42 @@ def test_bfloat16_stays_within_bfloat16_rounding_and_returns_float32(h, cin, k, 
     cot = jnp.asarray(np.random.default_rng(1).standard_normal((3, ho, ho, cout)), jnp.float32)
     y, (dx, dw) = _forward_and_grads(lambda x, w: conv2d(x, w, stride, "onednn", compute_dtype="bfloat16"), x, w, cot)
     y32, (dx32, dw32) = _forward_and_grads(lambda x, w: _reference(x, w, stride), x, w, cot)
-    for got, ref in ((y, y32), (dx, dx32), (dw, dw32)):
+    for got, ref in ((y, y32), (dx, dx32)):
         assert got.dtype == jnp.float32
         rel = float(jnp.linalg.norm(got - ref) / jnp.linalg.norm(ref))
+        assert 0.0 < rel < 2e-2, rel  # > 0: the products really ran in bfloat16
+    # The weight gradient multiplies float32 operands (faster than oneDNN 2.6's bfloat16 kernels here).
+    assert dw.dtype == jnp.float32
+    np.testing.assert_allclose(dw, dw32, rtol=1e-5, atol=2e-5 * float(jnp.max(jnp.abs(dw32))))
+
+
+# (batch, in, out): the encoder's dense layer and an odd shape
+DENSE = [(6, 3136, 512), (3, 37, 5)]
+
+
+@pytest.mark.parametrize("b,k,n", DENSE)
+def test_dense_matches_jnp_dot_forward_and_gradients(b, k, n):
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((b, k)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, n)) / np.sqrt(k), jnp.float32)
+    cot = jnp.asarray(rng.standard_normal((b, n)), jnp.float32)
+    y, (dx, dw) = _forward_and_grads(lambda x, w: onednn.dense_onednn(x, w), x, w, cot)
+    y_ref, (dx_ref, dw_ref) = _forward_and_grads(lambda x, w: jnp.dot(x, w, precision="highest"), x, w, cot)
+    chex.assert_type([y, dx, dw], jnp.float32)
+    _assert_trees_close((y, dx, dw), (y_ref, dx_ref, dw_ref))
+
+
+def test_dense_in_bfloat16_stays_within_bfloat16_rounding_and_returns_float32():
+    b, k, n = DENSE[0]
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.standard_normal((b, k)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, n)) / np.sqrt(k), jnp.float32)
+    cot = jnp.asarray(rng.standard_normal((b, n)), jnp.float32)
+    got = _forward_and_grads(lambda x, w: onednn.dense_onednn(x, w, "bfloat16"), x, w, cot)
+    want = _forward_and_grads(lambda x, w: jnp.dot(x, w, precision="highest"), x, w, cot)
+    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert g.dtype == jnp.float32
+        rel = float(jnp.linalg.norm(g - r) / jnp.linalg.norm(r))
         assert 0.0 < rel < 2e-2, rel  # > 0: the products really ran in bfloat16
 
 
@@ -259,4 +309,5 @@ def test_nature_cnn_with_onednn_uses_its_layer_norm_with_flax_parameters():
     params = net.init(jax.random.key(0), camera, train=False)["params"]
     jaxpr = str(jax.make_jaxpr(lambda p: net.apply({"params": p}, camera, train=False))(params))
     assert jaxpr.count("jtd3_onednn_ln_fwd") == 3  # conv1-3; the dense layer's LayerNorm stays Flax's
+    assert jaxpr.count("jtd3_onednn_matmul") == 1  # the dense layer's product
     assert params["conv1_ln"]["scale"].shape == (20, 20, 32) and set(params["conv1_ln"]) == {"scale", "bias"}

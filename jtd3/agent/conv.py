@@ -280,7 +280,7 @@ def conv2d(
     if impl == "onednn":
         from jtd3.agent.onednn import conv2d_onednn  # builds the C++ kernel on first use
 
-        return conv2d_onednn(x, w, stride, compute_dtype)
+        return conv2d_onednn(x, w, jnp.zeros(w.shape[-1], jnp.float32), stride, compute_dtype)
     kh, kw = w.shape[:2]
     if stride > 1:
         if kh % stride or kw % stride:

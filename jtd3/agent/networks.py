@@ -90,6 +90,10 @@ class Conv(nn.Module):
         cin = x.shape[-1] // (self.stride * self.stride) if self.input_s2d else x.shape[-1]
         kernel = self.param("kernel", _he, (self.kernel, self.kernel, cin, self.features), jnp.float32)
         bias = self.param("bias", _zeros, (self.features,), jnp.float32)
+        if self.impl == "onednn":  # the bias inside the convolution; float32 x kept for the weight gradient
+            from jtd3.agent.onednn import conv2d_onednn  # builds the C++ kernel on first use
+
+            return conv2d_onednn(x, kernel, bias, self.stride, self.compute_dtype)
         x = x.astype(self.compute_dtype)  # before any re-layout: half the bytes to move in bfloat16
         if self.input_s2d:
             return conv2d_on_space_to_depth(x, kernel, self.stride, self.compute_dtype) + bias
@@ -98,16 +102,21 @@ class Conv(nn.Module):
 
 class MixedDense(nn.Module):
     """``x @ kernel + bias`` with float32 parameters, the product's operands in ``compute_dtype`` and a float32
-    result (the same parameter tree as ``nn.Dense``)."""
+    result (the same parameter tree as ``nn.Dense``); by XLA, or with ``impl="onednn"`` by oneDNN's matmul."""
 
     features: int
     compute_dtype: str = "float32"
+    impl: str = "xla"  # "onednn": the product by oneDNN's matmul (jtd3.agent.onednn.dense_onednn)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", _he, (x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", _zeros, (self.features,), jnp.float32)
         dt = self.compute_dtype
+        if self.impl == "onednn":
+            from jtd3.agent.onednn import dense_onednn  # builds the C++ kernel on first use
+
+            return dense_onednn(x, kernel, dt) + bias
         return jnp.dot(x.astype(dt), kernel.astype(dt), preferred_element_type=jnp.float32) + bias
 
 
@@ -183,7 +192,8 @@ class NatureCNN(nn.Module):
             x = act(self._conv_norm(x, train, name))
             self.sow("intermediates", f"{name}_out", x)
         x = x.reshape(x.shape[0], -1)
-        x = MixedDense(self.features, self.compute_dtype, name="dense")(x)
+        dense_impl = "onednn" if self.conv_impl == "onednn" else "xla"
+        x = MixedDense(self.features, self.compute_dtype, dense_impl, name="dense")(x)
         if self.norm in ("layernorm", "hybrid"):
             x = nn.LayerNorm(epsilon=LAYERNORM_EPS, name="dense_ln")(x)
         return act(x)

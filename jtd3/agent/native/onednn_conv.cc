@@ -1,16 +1,20 @@
-// VALID 2-D convolutions and LayerNorm for XLA:CPU through oneDNN, called with the XLA FFI
+// VALID 2-D convolutions, matrix products and LayerNorm for XLA:CPU through oneDNN, called with the XLA FFI
 // (jtd3/agent/onednn.py).
 //
 // Convolutions, three handlers, all on row-major XLA buffers (no copies of the activations):
-//   jtd3_onednn_conv_fwd      x (B,H,W,C), w (kh,kw,C,O)            -> y  (B,Ho,Wo,O) float32
+//   jtd3_onednn_conv_fwd      x (B,H,W,C), w (kh,kw,C,O), bias (O)  -> y  (B,Ho,Wo,O) float32
 //   jtd3_onednn_conv_bwd_data g (B,Ho,Wo,O), w (kh,kw,C,O)          -> dx (B,H,W,C)   float32
-//   jtd3_onednn_conv_bwd_w    x (B,H,W,C), g (B,Ho,Wo,O)            -> dw (kh,kw,C,O) float32
+//   jtd3_onednn_conv_bwd_w    x (B,H,W,C), g (B,Ho,Wo,O)            -> dw (kh,kw,C,O), dbias (O) float32
+// The bias (float32) is added inside the forward primitive and its gradient summed inside the weight-gradient
+// one: no separate passes over the activations for either.
 // The operands are float32 or bfloat16 (both of one call in the same dtype); oneDNN accumulates in float32
 // and, in bfloat16, runs the products on the AMX units where the CPU has them. Activations stay NHWC; the
 // kernel is reordered into oneDNN's blocked layout on every call (at most 37K values for the NatureCNN).
 // LayerNorm over all but the first axis of x (N, ...) viewed as (N, D), with per-element scale and shift (D):
 //   jtd3_onednn_ln_fwd        x, scale, shift                       -> y, mean (N), variance (N)
 //   jtd3_onednn_ln_bwd        x, g, mean, variance, scale, shift    -> dx, dscale, dshift     (all float32)
+// Matrix products (the encoder's dense layer), on row-major XLA buffers, op() transposing when its flag is set:
+//   jtd3_onednn_matmul        a, b (float32 or bfloat16), trans_a, trans_b -> c = op(a) @ op(b) float32
 // Primitives are created once per shape and dtype and cached: creating one JIT-compiles its kernel. Each
 // calling thread brings its own scratchpad: oneDNN's library-managed one is shared between primitives, and XLA
 // runs independent convolutions (an input gradient beside its weight gradient) at once on different threads,
@@ -59,6 +63,7 @@ struct Shape {
   memory::desc Dst(memory::data_type t) const { return memory::desc({b, o, ho, wo}, t, tag::nhwc); }
   memory::desc WeiUser(memory::data_type t) const { return memory::desc({o, c, kh, kw}, t, tag::hwio); }
   memory::desc WeiAny(memory::data_type t) const { return memory::desc({o, c, kh, kw}, t, tag::any); }
+  memory::desc Bias() const { return memory::desc({o}, memory::data_type::f32, tag::a); }
   memory::dims Strides() const { return {stride, stride}; }
 };
 
@@ -72,8 +77,8 @@ dnnl::primitive_attr UserScratchpad() {
 // The forward primitive descriptor of a shape: the primitive itself and the hint of both backward ones.
 dnnl::convolution_forward::primitive_desc FwdPd(const Shape& s) {
   dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-                                    s.Src(s.dt), s.WeiAny(s.dt), s.Dst(memory::data_type::f32), s.Strides(),
-                                    {0, 0}, {0, 0});
+                                    s.Src(s.dt), s.WeiAny(s.dt), s.Bias(), s.Dst(memory::data_type::f32),
+                                    s.Strides(), {0, 0}, {0, 0});
   return dnnl::convolution_forward::primitive_desc(d, UserScratchpad(), Engine());
 }
 
@@ -170,11 +175,14 @@ void Reorder(memory& from, memory& to) {
       Stream(), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}, {DNNL_ARG_SCRATCHPAD, Scratchpad(pd.scratchpad_desc())}});
 }
 
-ffi::Error ConvFwd(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::Buffer<ffi::F32>> y, int64_t stride) {
+ffi::Error ConvFwd(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Buffer<ffi::F32> bias, ffi::Result<ffi::Buffer<ffi::F32>> y,
+                   int64_t stride) {
   if (w.element_type() != x.element_type())
     return ffi::Error::InvalidArgument("onednn conv fwd: the input and the kernel must have one dtype");
   Shape s;
   if (auto e = MakeShape(x.dimensions(), w.dimensions(), stride, x.element_type(), &s); !e.success()) return e;
+  if (bias.element_count() != static_cast<size_t>(s.o))
+    return ffi::Error::InvalidArgument("onednn conv fwd: the bias must have one value per output channel");
   return Guarded([&] {
     const Cached& c = Lookup(s.Key("fwd"), [&] {
       auto pd = FwdPd(s);
@@ -185,7 +193,8 @@ ffi::Error ConvFwd(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::Buffer<f
     memory wb(c.wei, Engine());
     Reorder(wu, wb);
     memory dst = Wrap(s.Dst(memory::data_type::f32), y->untyped_data());
-    Execute(c, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wb}, {DNNL_ARG_DST, dst}});
+    Execute(c, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wb}, {DNNL_ARG_BIAS, Wrap(s.Bias(), bias.untyped_data())},
+                {DNNL_ARG_DST, dst}});
   });
 }
 
@@ -214,24 +223,27 @@ ffi::Error ConvBwdData(ffi::AnyBuffer g, ffi::AnyBuffer w, ffi::Result<ffi::Buff
 }
 
 ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::Result<ffi::Buffer<ffi::F32>> dw,
-                          int64_t stride) {
+                          ffi::Result<ffi::Buffer<ffi::F32>> dbias, int64_t stride) {
   if (g.element_type() != x.element_type())
     return ffi::Error::InvalidArgument("onednn conv bwd weights: the input and the cotangent must have one dtype");
   Shape s;
   if (auto e = MakeShape(x.dimensions(), dw->dimensions(), stride, x.element_type(), &s); !e.success()) return e;
   if (auto e = CheckOutput(g.dimensions(), s); !e.success()) return e;
+  if (dbias->element_count() != static_cast<size_t>(s.o))
+    return ffi::Error::InvalidArgument("onednn conv bwd weights: the bias gradient must have one value per channel");
   return Guarded([&] {
     const Cached& c = Lookup(s.Key("bwd_weights"), [&] {
       dnnl::convolution_backward_weights::desc d(dnnl::algorithm::convolution_direct, s.Src(s.dt),
-                                                 s.WeiAny(memory::data_type::f32), s.Dst(s.dt), s.Strides(),
-                                                 {0, 0}, {0, 0});
+                                                 s.WeiAny(memory::data_type::f32), s.Bias(), s.Dst(s.dt),
+                                                 s.Strides(), {0, 0}, {0, 0});
       dnnl::convolution_backward_weights::primitive_desc pd(d, UserScratchpad(), Engine(), FwdPd(s));
       return Cached{dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(), pd.scratchpad_desc()};
     });
     memory src = Wrap(s.Src(s.dt), x.untyped_data());
     memory diff_dst = Wrap(s.Dst(s.dt), g.untyped_data());
     memory wb(c.wei, Engine());
-    Execute(c, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, wb}});
+    Execute(c, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, wb},
+                {DNNL_ARG_DIFF_BIAS, Wrap(s.Bias(), dbias->untyped_data())}});
     memory wu = Wrap(s.WeiUser(memory::data_type::f32), dw->untyped_data());
     Reorder(wb, wu);
   });
@@ -310,20 +322,65 @@ ffi::Error LnBwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g, ffi::Buffer<f
   });
 }
 
-// All three convolution handlers: two operands (float32 or bfloat16), one float32 result, the stride.
-auto ConvBinding() {
-  return ffi::Ffi::Bind()
-      .Arg<ffi::AnyBuffer>()
-      .Arg<ffi::AnyBuffer>()
-      .Ret<ffi::Buffer<ffi::F32>>()
-      .Attr<int64_t>("stride");
+ffi::Error MatMul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::Buffer<ffi::F32>> c, int64_t trans_a,
+                  int64_t trans_b) {
+  if (a.element_type() != b.element_type())
+    return ffi::Error::InvalidArgument("onednn matmul: both operands must have one dtype");
+  auto ad = a.dimensions(), bd = b.dimensions(), cd = c->dimensions();
+  if (ad.size() != 2 || bd.size() != 2 || cd.size() != 2)
+    return ffi::Error::InvalidArgument("onednn matmul: operands and result must be matrices");
+  const int64_t m = trans_a ? ad[1] : ad[0], k = trans_a ? ad[0] : ad[1];
+  const int64_t kb = trans_b ? bd[1] : bd[0], n = trans_b ? bd[0] : bd[1];
+  if (k != kb || cd[0] != m || cd[1] != n)
+    return ffi::Error::InvalidArgument("onednn matmul: op(a) (M, K), op(b) (K, N) and the result (M, N) disagree");
+  memory::data_type dt;
+  if (auto e = DnnlType(a.element_type(), &dt); !e.success()) return e;
+  // A transposed operand is the same buffer read column-major: the tag, not a copy.
+  const memory::desc a_md({m, k}, dt, trans_a ? tag::ba : tag::ab), b_md({k, n}, dt, trans_b ? tag::ba : tag::ab),
+      c_md({m, n}, memory::data_type::f32, tag::ab);
+  return Guarded([&] {
+    std::ostringstream key;
+    key << "matmul:" << m << ',' << k << ',' << n << ',' << trans_a << ',' << trans_b << ',' << static_cast<int>(dt);
+    const Cached& prim = Lookup(key.str(), [&] {
+      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), UserScratchpad(), Engine());
+      return Cached{dnnl::matmul(pd), memory::desc(), pd.scratchpad_desc()};
+    });
+    Execute(prim, {{DNNL_ARG_SRC, Wrap(a_md, a.untyped_data())},
+                   {DNNL_ARG_WEIGHTS, Wrap(b_md, b.untyped_data())},
+                   {DNNL_ARG_DST, Wrap(c_md, c->untyped_data())}});
+  });
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_fwd, ConvFwd, ConvBinding());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_bwd_data, ConvBwdData, ConvBinding());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_bwd_w, ConvBwdWeights, ConvBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_fwd, ConvFwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // the bias
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_bwd_data, ConvBwdData,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_bwd_w, ConvBwdWeights,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // the bias gradient
+                                  .Attr<int64_t>("stride"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_matmul, MatMul,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("trans_a")
+                                  .Attr<int64_t>("trans_b"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_ln_fwd, LnFwd,
                               ffi::Ffi::Bind()
