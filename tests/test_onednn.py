@@ -48,6 +48,14 @@ def _forward_and_grads(fn, x, w, cot):
     return y, jax.jit(jax.grad(lambda x, w: jnp.sum(fn(x, w) * cot), argnums=(0, 1)))(x, w)
 
 
+def _assert_bfloat16_close(got, ref):
+    """A float32 result of bfloat16 products: within bfloat16 rounding of the float32 reference, and not equal to
+    it (> 0: the products really ran in bfloat16)."""
+    assert got.dtype == jnp.float32
+    rel = float(jnp.linalg.norm(got - ref) / jnp.linalg.norm(ref))
+    assert 0.0 < rel < 2e-2, rel
+
+
 def _assert_trees_close(got, ref):
     """Leaf by leaf, to float32 summation order: relative 1e-3, absolute 1e-4 of the leaf's largest value."""
     chex.assert_trees_all_equal_shapes(got, ref)
@@ -98,9 +106,7 @@ def test_bfloat16_stays_within_bfloat16_rounding_and_returns_float32(h, cin, k, 
     y, (dx, dw) = _forward_and_grads(lambda x, w: conv2d(x, w, stride, "onednn", compute_dtype="bfloat16"), x, w, cot)
     y32, (dx32, dw32) = _forward_and_grads(lambda x, w: _reference(x, w, stride), x, w, cot)
     for got, ref in ((y, y32), (dx, dx32)):
-        assert got.dtype == jnp.float32
-        rel = float(jnp.linalg.norm(got - ref) / jnp.linalg.norm(ref))
-        assert 0.0 < rel < 2e-2, rel  # > 0: the products really ran in bfloat16
+        _assert_bfloat16_close(got, ref)
     # The weight gradient multiplies float32 operands (faster than oneDNN 2.6's bfloat16 kernels here).
     assert dw.dtype == jnp.float32
     np.testing.assert_allclose(dw, dw32, rtol=1e-5, atol=2e-5 * float(jnp.max(jnp.abs(dw32))))
@@ -131,9 +137,7 @@ def test_dense_in_bfloat16_stays_within_bfloat16_rounding_and_returns_float32():
     got = _forward_and_grads(lambda x, w: onednn.dense_onednn(x, w, "bfloat16"), x, w, cot)
     want = _forward_and_grads(lambda x, w: jnp.dot(x, w, precision="highest"), x, w, cot)
     for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        assert g.dtype == jnp.float32
-        rel = float(jnp.linalg.norm(g - r) / jnp.linalg.norm(r))
-        assert 0.0 < rel < 2e-2, rel  # > 0: the products really ran in bfloat16
+        _assert_bfloat16_close(g, r)
 
 
 def test_bfloat16_input_gets_a_bfloat16_gradient():
