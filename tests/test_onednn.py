@@ -205,7 +205,7 @@ def test_failed_compilation_says_why_and_leaves_no_library(monkeypatch, tmp_path
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("CXX", str(fake))
-    with pytest.raises(onednn.OneDNNUnavailable, match=r"(?s)compiling onednn_conv.cc failed.*libdnnl-dev.*dnnl.hpp"):
+    with pytest.raises(onednn.OneDNNUnavailable, match=r"(?s)compiling onednn_conv.cc and layer_norm_act.cc failed.*libdnnl-dev.*dnnl.hpp"):
         onednn._build()
     assert not list((tmp_path / "cache").rglob("*.so"))
 
@@ -284,27 +284,35 @@ def test_unwritable_cache_is_named(monkeypatch, tmp_path):
         onednn._build()
 
 
-def test_layer_norm_matches_flax_forward_and_gradients():
-    """The conv layers' LayerNorm (over H, W, C with per-element scale and bias) by oneDNN = Flax's."""
+@pytest.mark.parametrize("activation", ["leaky_relu", "relu"])
+def test_layer_norm_act_matches_flax_forward_and_gradients(activation):
+    """The conv layers' LayerNorm (over H, W, C with per-element scale and bias) and activation in one kernel =
+    Flax's LayerNorm followed by JAX's activation, values and the gradients of x, scale and bias."""
     import flax.linen as nn
+
+    from jtd3.agent.networks import LEAKY_RELU_SLOPE, activation_fn
 
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.standard_normal((5, 20, 20, 32)) * 3 + 1, jnp.float32)
+    x = x.at[1].set(7.0)  # a constant sample: variance 0, z exactly the bias, where the activation's kink is
     flax_ln = nn.LayerNorm(epsilon=1e-5, reduction_axes=(-3, -2, -1), feature_axes=(-3, -2, -1))
     params = flax_ln.init(jax.random.key(0), x)["params"]
     params = jax.tree.map(lambda a: a + jnp.asarray(rng.standard_normal(a.shape) * 0.1, jnp.float32), params)
+    params["bias"] = params["bias"].at[0, 0].set(0.0)  # z == 0 exactly in the constant sample
     cot = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+    slope = LEAKY_RELU_SLOPE if activation == "leaky_relu" else 0.0
+    act = activation_fn(activation)
 
     def ours(p, x):
-        return onednn.layer_norm_onednn(x, p["scale"], p["bias"], 1e-5)
+        return onednn.layer_norm_act(x, p["scale"], p["bias"], 1e-5, slope)
 
     def ref(p, x):
-        return flax_ln.apply({"params": p}, x)
+        return act(flax_ln.apply({"params": p}, x))
 
     np.testing.assert_allclose(jax.jit(ours)(params, x), ref(params, x), rtol=1e-5, atol=1e-5)
     got = jax.jit(jax.grad(lambda p, x: jnp.sum(ours(p, x) * cot), argnums=(0, 1)))(params, x)
     want = jax.grad(lambda p, x: jnp.sum(ref(p, x) * cot), argnums=(0, 1))(params, x)
-    _assert_trees_close(got, want)
+    _assert_trees_close(got, want)  # bias[0, 0]'s gradient holds the constant sample's kink: g or 0 per activation
 
 
 def test_nature_cnn_with_onednn_uses_its_layer_norm_with_flax_parameters():
@@ -312,6 +320,6 @@ def test_nature_cnn_with_onednn_uses_its_layer_norm_with_flax_parameters():
     net = NatureCNN(norm="layernorm", conv_impl="onednn")
     params = net.init(jax.random.key(0), camera, train=False)["params"]
     jaxpr = str(jax.make_jaxpr(lambda p: net.apply({"params": p}, camera, train=False))(params))
-    assert jaxpr.count("jtd3_onednn_ln_fwd") == 3  # conv1-3; the dense layer's LayerNorm stays Flax's
+    assert jaxpr.count("jtd3_ln_act_fwd") == 3  # conv1-3; the dense layer's LayerNorm stays Flax's
     assert jaxpr.count("jtd3_onednn_matmul") == 1  # the dense layer's product
     assert params["conv1_ln"]["scale"].shape == (20, 20, 32) and set(params["conv1_ln"]) == {"scale", "bias"}

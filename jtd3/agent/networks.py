@@ -120,20 +120,23 @@ class MixedDense(nn.Module):
         return jnp.dot(x.astype(dt), kernel.astype(dt), preferred_element_type=jnp.float32) + bias
 
 
-class OneDNNLayerNorm(nn.Module):
-    """``nn.LayerNorm`` over all axes but the batch (the conv layers' LayerNorm) computed by oneDNN
-    (:func:`jtd3.agent.onednn.layer_norm_onednn`): the same parameters (``scale`` ones, ``bias`` zeros, shaped
-    like one sample) and the same function, in one pass each way instead of XLA's several."""
+class LayerNormAct(nn.Module):
+    """``act(nn.LayerNorm(x))`` over all axes but the batch (the conv layers' LayerNorm and activation) in one
+    C++ pass each way (:func:`jtd3.agent.onednn.layer_norm_act`, part of the ``onednn`` kernel): the same
+    parameters as Flax's (``scale`` ones, ``bias`` zeros, shaped like one sample) and the same function."""
 
+    activation: str = "leaky_relu"
     epsilon: float = LAYERNORM_EPS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        from jtd3.agent.onednn import layer_norm_onednn  # builds the C++ kernel on first use
+        from jtd3.agent.onednn import layer_norm_act  # builds the C++ kernel on first use
 
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        slope = 0.0 if self.activation == "relu" else LEAKY_RELU_SLOPE
         scale = self.param("scale", nn.initializers.ones, x.shape[1:], jnp.float32)
         bias = self.param("bias", _zeros, x.shape[1:], jnp.float32)
-        return layer_norm_onednn(x.astype(jnp.float32), scale, bias, self.epsilon)
+        return layer_norm_act(x.astype(jnp.float32), scale, bias, self.epsilon, slope)
 
 
 class NatureCNN(nn.Module):
@@ -154,9 +157,13 @@ class NatureCNN(nn.Module):
     bn_momentum: float = 0.99
     compute_dtype: str = "float32"
 
-    def _conv_norm(self, x: jax.Array, train: bool, name: str) -> jax.Array:
+    def _conv_norm_act(self, x: jax.Array, train: bool, name: str) -> jax.Array:
+        """A conv layer's normalization (``norm``) and activation."""
         if self.norm == "layernorm" and self.conv_impl == "onednn":
-            return OneDNNLayerNorm(epsilon=LAYERNORM_EPS, name=f"{name}_ln")(x)
+            return LayerNormAct(self.activation, LAYERNORM_EPS, name=f"{name}_ln")(x)
+        return activation_fn(self.activation)(self._conv_norm(x, train, name))
+
+    def _conv_norm(self, x: jax.Array, train: bool, name: str) -> jax.Array:
         if self.norm == "layernorm":
             return nn.LayerNorm(
                 epsilon=LAYERNORM_EPS, reduction_axes=(-3, -2, -1), feature_axes=(-3, -2, -1), name=f"{name}_ln"
@@ -189,7 +196,7 @@ class NatureCNN(nn.Module):
             name = f"conv{i}"
             first = s2d and i == 1
             x = Conv(feats, kernel, stride, self.conv_impl, self.conv_chunk, first, self.compute_dtype, name=name)(x)
-            x = act(self._conv_norm(x, train, name))
+            x = self._conv_norm_act(x, train, name)
             self.sow("intermediates", f"{name}_out", x)
         x = x.reshape(x.shape[0], -1)
         dense_impl = "onednn" if self.conv_impl == "onednn" else "xla"

@@ -1,22 +1,25 @@
-"""Convolutions and LayerNorm through oneDNN on the CPU (``agent.conv_impl: onednn``), called with the XLA FFI.
+"""Convolutions and matrix products through oneDNN on the CPU (``agent.conv_impl: onednn``), with the conv layers'
+LayerNorm and activation as one C++ kernel, called with the XLA FFI.
 
 oneDNN runs the convolutions directly on the NHWC activations (no patch matrix, no re-layout by XLA) and, with
-``compute_dtype: bfloat16``, on the AMX units of the CPUs that have them; the conv layers' LayerNorm
-(:func:`layer_norm_onednn`, used by ``networks.OneDNNLayerNorm``) runs as one oneDNN pass each way. The kernel is C++
-(``native/onednn_conv.cc``); it is compiled on first use with the system C++ compiler against oneDNN's
-headers and library and jaxlib's FFI headers, and cached under ``$XDG_CACHE_HOME/jtd3/native`` (default
-``~/.cache``) by a hash of the source, the jaxlib version, the compiler and its command line (the compiler
-also reads ``CPATH`` and ``LIBRARY_PATH`` for a oneDNN outside the system paths). It needs ``g++`` and oneDNN 2.x
-(Debian/Ubuntu: ``apt-get install g++ libdnnl-dev``); without them asking for ``onednn`` fails with a message
-that says so: there is no silent fallback, and ``im2col`` (the default) needs nothing of this.
+``compute_dtype: bfloat16``, on the AMX units of the CPUs that have them; the conv layers' LayerNorm and leaky
+ReLU (:func:`layer_norm_act`, used by ``networks.LayerNormAct``) run as one pass each way. The kernels are C++
+(``native/onednn_conv.cc``, ``native/layer_norm_act.cc``); they are compiled on first use with the system C++
+compiler against oneDNN's headers and library and jaxlib's FFI headers, and cached under
+``$XDG_CACHE_HOME/jtd3/native`` (default ``~/.cache``) by a hash of the sources, the jaxlib version, the compiler
+and its command line (the compiler also reads ``CPATH`` and ``LIBRARY_PATH`` for a oneDNN outside the system
+paths). It needs ``g++`` and oneDNN 2.x (Debian/Ubuntu: ``apt-get install g++ libdnnl-dev``); without them asking
+for ``onednn`` fails with a message that says so: there is no silent fallback, and ``im2col`` (the default)
+needs nothing of this.
 
 :func:`conv2d_onednn` is a VALID convolution with a custom VJP: forward, input gradient and weight gradient
 are one oneDNN primitive each; all three return float32 (float32 accumulation in bfloat16 too).
-:func:`layer_norm_onednn` has a custom VJP too (oneDNN's forward and backward; float32), and so has
-:func:`dense_onednn` (the encoder's dense layer as oneDNN matmuls: at B = 64 its float32 products run at 220-310
-GFLOP/s where XLA's reach 160-195, and in bfloat16 they run on AMX and return float32, with no conversion of the
-weight gradient afterwards).
-``tests/test_onednn.py`` checks them against ``lax.conv_general_dilated`` and Flax's ``nn.LayerNorm``.
+:func:`dense_onednn` is the encoder's dense layer as oneDNN matmuls with a custom VJP (at B = 64 its float32
+products run at 220-310 GFLOP/s where XLA's reach 160-195, and in bfloat16 they run on AMX and return float32,
+with no conversion of the weight gradient afterwards). :func:`layer_norm_act` has a custom VJP too (float32;
+the activation's gradient from the pre-activation recomputed in the backward, nothing extra stored).
+``tests/test_onednn.py`` checks them against ``lax.conv_general_dilated``, ``jnp.dot`` and Flax's
+``nn.LayerNorm`` followed by JAX's activation.
 """
 
 from __future__ import annotations
@@ -36,12 +39,12 @@ import jaxlib
 import numpy as np
 
 __all__ = [
-    "OneDNNUnavailable", "conv2d_onednn", "dense_onednn", "ensure_loaded", "layer_norm_onednn", "unavailable_reason",
+    "OneDNNUnavailable", "conv2d_onednn", "dense_onednn", "ensure_loaded", "layer_norm_act", "unavailable_reason",
 ]
 
-_SOURCE = Path(__file__).with_name("native") / "onednn_conv.cc"
+_SOURCES = tuple(Path(__file__).with_name("native") / name for name in ("onednn_conv.cc", "layer_norm_act.cc"))
 _TARGETS = ("jtd3_onednn_conv_fwd", "jtd3_onednn_conv_bwd_data", "jtd3_onednn_conv_bwd_w")
-_LN_TARGETS = ("jtd3_onednn_ln_fwd", "jtd3_onednn_ln_bwd")
+_LN_TARGETS = ("jtd3_ln_act_fwd", "jtd3_ln_act_bwd")
 _MATMUL = "jtd3_onednn_matmul"
 SETUP_HINT = "install a C++ compiler and oneDNN 2.x (Debian/Ubuntu: apt-get install g++ libdnnl-dev)"
 
@@ -68,8 +71,11 @@ def _build() -> Path:
     cxx = _compiler()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
     # -w: jaxlib's FFI headers warn under g++ 12; a failure's own message is what the user needs to see.
-    cmd = [cxx, "-O2", "-w", "-std=c++17", "-shared", "-fPIC", f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-ldnnl"]
-    key = _SOURCE.read_bytes() + f"{jaxlib.__version__}\n{version}\n{cmd}".encode()
+    # -fopenmp: the LayerNorm kernel's threads (libgomp, the OpenMP runtime Debian's oneDNN uses too);
+    # -fno-trapping-math lets g++ turn its loops' selects into blends and vectorize them (no FP traps are used).
+    cmd = [cxx, "-O2", "-fno-trapping-math", "-w", "-std=c++17", "-fopenmp", "-shared", "-fPIC", f"-I{jax.ffi.include_dir()}",
+           *map(str, _SOURCES), "-ldnnl"]
+    key = b"".join(src.read_bytes() for src in _SOURCES) + f"{jaxlib.__version__}\n{version}\n{cmd}".encode()
     out = _cache_dir() / f"onednn_conv-{hashlib.sha256(key).hexdigest()[:16]}.so"
     if out.exists():
         return out
@@ -85,7 +91,7 @@ def _build() -> Path:
         done = subprocess.run([*cmd, "-o", str(tmp_path)], capture_output=True, text=True)
         if done.returncode != 0:
             raise OneDNNUnavailable(
-                f"conv_impl 'onednn': compiling {_SOURCE.name} failed ({' '.join(cmd)}); {SETUP_HINT}.\n"
+                f"conv_impl 'onednn': compiling {' and '.join(src.name for src in _SOURCES)} failed ({' '.join(cmd)}); {SETUP_HINT}.\n"
                 + done.stderr[-2000:]
             )
         os.replace(tmp_path, out)
@@ -96,7 +102,7 @@ def _build() -> Path:
 
 @functools.cache
 def ensure_loaded() -> Path:
-    """Build (if needed) and load the kernel, and register its FFI targets (convolution, LayerNorm) with XLA:CPU.
+    """Build (if needed) and load the kernels, and register their FFI targets with XLA:CPU.
 
     Raises :class:`OneDNNUnavailable` naming what is missing. Returns the library's path."""
     path = _build()
@@ -118,6 +124,13 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def _bf16(compute_dtype: str) -> np.int64:
+    """The kernels' ``bf16`` attribute: the dtype their products run in (operands of another are converted)."""
+    if compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"onednn: compute_dtype must be 'float32' or 'bfloat16', got {compute_dtype!r}")
+    return np.int64(compute_dtype == "bfloat16")
+
+
 def _ffi(target: str, shapes: list[tuple[int, ...]], *operands: jax.Array, **attrs) -> list[jax.Array]:
     """Call one of the kernel's FFI targets; its results are float32 arrays of ``shapes``."""
     results = [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes]
@@ -132,15 +145,15 @@ def conv2d_onednn(
     ``bias`` (O,), by oneDNN (the bias added inside the convolution, its gradient summed inside the weight
     gradient's).
 
-    The operands are cast to ``compute_dtype`` (float32 or bfloat16); the result is float32
-    ``(B, Ho, Wo, O)``; the gradients come back in the dtypes of ``x`` and ``w``. The input gradient multiplies in
-    ``compute_dtype``, the weight gradient in float32 (pass ``x`` in float32 for a float32 weight gradient)."""
+    The product runs in ``compute_dtype`` (float32 or bfloat16; float32 or bfloat16 operands are converted by the
+    kernel, not by XLA); the result is float32 ``(B, Ho, Wo, O)``; the gradients come back in the dtypes of ``x``
+    and ``w``. The input gradient multiplies in ``compute_dtype``, the weight gradient in float32 (pass ``x`` in
+    float32 for a float32-accurate weight gradient)."""
     ensure_loaded()
     b, h, wd, _ = x.shape
     kh, kw, _, o = w.shape
     out = (b, (h - kh) // stride + 1, (wd - kw) // stride + 1, o)
-    x, w = x.astype(compute_dtype), w.astype(compute_dtype)
-    return _ffi(_TARGETS[0], [out], x, w, bias.astype(jnp.float32), stride=np.int64(stride))[0]
+    return _ffi(_TARGETS[0], [out], x, w, bias.astype(jnp.float32), stride=np.int64(stride), bf16=_bf16(compute_dtype))[0]
 
 
 def _fwd(x, w, bias, stride, compute_dtype):
@@ -149,24 +162,24 @@ def _fwd(x, w, bias, stride, compute_dtype):
 
 def _bwd(stride, compute_dtype, res, g):
     x, w, bias = res
-    (dx,) = _ffi(_TARGETS[1], [x.shape], g.astype(compute_dtype), w.astype(compute_dtype), stride=np.int64(stride))
+    (dx,) = _ffi(_TARGETS[1], [x.shape], g, w, stride=np.int64(stride), bf16=_bf16(compute_dtype))
     # The weight gradient always multiplies float32 operands (x as passed in, the float32 cotangent): oneDNN 2.6's
     # bfloat16 weight-gradient kernels run slower than its float32 ones on the NatureCNN's shapes (conv1: 3.0 vs
     # 1.4 ms at B = 64), and the float32 product is the more precise one.
-    dw, db = _ffi(_TARGETS[2], [w.shape, bias.shape], x.astype(jnp.float32), g.astype(jnp.float32),
-                  stride=np.int64(stride))
+    dw, db = _ffi(_TARGETS[2], [w.shape, bias.shape], x, g, stride=np.int64(stride), bf16=_bf16("float32"))
     return dx.astype(x.dtype), dw.astype(w.dtype), db.astype(bias.dtype)
 
 
 conv2d_onednn.defvjp(_fwd, _bwd)
 
 
-def _matmul(a: jax.Array, b: jax.Array, trans_a: bool = False, trans_b: bool = False) -> jax.Array:
-    """``op(a) @ op(b)`` in float32 by oneDNN, ``op`` transposing (by reading the buffer column-major) when
-    its flag is set; ``a`` and ``b`` float32 or bfloat16, of one dtype."""
+def _matmul(a: jax.Array, b: jax.Array, compute_dtype: str, trans_a: bool = False, trans_b: bool = False) -> jax.Array:
+    """``op(a) @ op(b)`` by oneDNN, multiplied in ``compute_dtype`` and returned in float32, ``op`` transposing (by
+    reading the buffer column-major) when its flag is set; ``a`` and ``b`` float32 or bfloat16."""
     m = a.shape[1] if trans_a else a.shape[0]
     n = b.shape[0] if trans_b else b.shape[1]
-    return _ffi(_MATMUL, [(m, n)], a, b, trans_a=np.int64(trans_a), trans_b=np.int64(trans_b))[0]
+    return _ffi(_MATMUL, [(m, n)], a, b, trans_a=np.int64(trans_a), trans_b=np.int64(trans_b),
+                bf16=_bf16(compute_dtype))[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -175,7 +188,7 @@ def dense_onednn(x: jax.Array, w: jax.Array, compute_dtype: str = "float32") -> 
     or bfloat16 on AMX), the result and the accumulation float32; both gradients the same way
     (``g @ w.T``, ``x.T @ g``, the transposes read in place)."""
     ensure_loaded()
-    return _matmul(x.astype(compute_dtype), w.astype(compute_dtype))
+    return _matmul(x, w, compute_dtype)
 
 
 def _dense_fwd(x, w, compute_dtype):
@@ -184,32 +197,33 @@ def _dense_fwd(x, w, compute_dtype):
 
 def _dense_bwd(compute_dtype, res, g):
     x, w = res
-    g = g.astype(compute_dtype)
-    dx = _matmul(g, w.astype(compute_dtype), trans_b=True)
-    dw = _matmul(x.astype(compute_dtype), g, trans_a=True)
+    dx = _matmul(g, w, compute_dtype, trans_b=True)
+    dw = _matmul(x, g, compute_dtype, trans_a=True)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
 dense_onednn.defvjp(_dense_fwd, _dense_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def layer_norm_onednn(x: jax.Array, scale: jax.Array, shift: jax.Array, eps: float) -> jax.Array:
-    """LayerNorm over all axes of float32 ``x`` (B, ...) but the first, with per-element ``scale`` and ``shift``
-    of shape ``x.shape[1:]`` (Flax's ``nn.LayerNorm`` with those reduction and feature axes), by oneDNN."""
-    return _ln_fwd(x, scale, shift, eps)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def layer_norm_act(x: jax.Array, scale: jax.Array, shift: jax.Array, eps: float, slope: float) -> jax.Array:
+    """``act(LayerNorm(x))`` over all axes of float32 ``x`` (B, ...) but the first, with per-element ``scale`` and
+    ``shift`` of shape ``x.shape[1:]`` (Flax's ``nn.LayerNorm`` with those reduction and feature axes), and
+    ``act`` the leaky ReLU of ``slope`` (0: ReLU), in one pass each way (``native/layer_norm_act.cc``)."""
+    return _ln_fwd(x, scale, shift, eps, slope)[0]
 
 
-def _ln_fwd(x, scale, shift, eps):
+def _ln_fwd(x, scale, shift, eps, slope):
     ensure_loaded()
-    y, mean, var = _ffi(_LN_TARGETS[0], [x.shape, x.shape[:1], x.shape[:1]], x, scale, shift, eps=np.float32(eps))
-    return y, (x, mean, var, scale, shift)
+    y, mean, rstd = _ffi(_LN_TARGETS[0], [x.shape, x.shape[:1], x.shape[:1]], x, scale, shift,
+                         eps=np.float32(eps), slope=np.float32(slope))
+    return y, (x, mean, rstd, scale, shift)
 
 
-def _ln_bwd(eps, res, g):
-    x, mean, var, scale, shift = res
+def _ln_bwd(eps, slope, res, g):
+    x, mean, rstd, scale, shift = res
     shapes = [x.shape, scale.shape, shift.shape]  # dx, dscale, dshift
-    return tuple(_ffi(_LN_TARGETS[1], shapes, x, g, mean, var, scale, shift, eps=np.float32(eps)))
+    return tuple(_ffi(_LN_TARGETS[1], shapes, x, g, mean, rstd, scale, shift, slope=np.float32(slope)))
 
 
-layer_norm_onednn.defvjp(_ln_fwd, _ln_bwd)
+layer_norm_act.defvjp(_ln_fwd, _ln_bwd)

@@ -1,4 +1,4 @@
-// VALID 2-D convolutions, matrix products and LayerNorm for XLA:CPU through oneDNN, called with the XLA FFI
+// VALID 2-D convolutions and matrix products for XLA:CPU through oneDNN, called with the XLA FFI
 // (jtd3/agent/onednn.py).
 //
 // Convolutions, three handlers, all on row-major XLA buffers (no copies of the activations):
@@ -7,14 +7,13 @@
 //   jtd3_onednn_conv_bwd_w    x (B,H,W,C), g (B,Ho,Wo,O)            -> dw (kh,kw,C,O), dbias (O) float32
 // The bias (float32) is added inside the forward primitive and its gradient summed inside the weight-gradient
 // one: no separate passes over the activations for either.
-// The operands are float32 or bfloat16 (both of one call in the same dtype); oneDNN accumulates in float32
-// and, in bfloat16, runs the products on the AMX units where the CPU has them. Activations stay NHWC; the
-// kernel is reordered into oneDNN's blocked layout on every call (at most 37K values for the NatureCNN).
-// LayerNorm over all but the first axis of x (N, ...) viewed as (N, D), with per-element scale and shift (D):
-//   jtd3_onednn_ln_fwd        x, scale, shift                       -> y, mean (N), variance (N)
-//   jtd3_onednn_ln_bwd        x, g, mean, variance, scale, shift    -> dx, dscale, dshift     (all float32)
 // Matrix products (the encoder's dense layer), on row-major XLA buffers, op() transposing when its flag is set:
-//   jtd3_onednn_matmul        a, b (float32 or bfloat16), trans_a, trans_b -> c = op(a) @ op(b) float32
+//   jtd3_onednn_matmul        a, b, trans_a, trans_b                 -> c = op(a) @ op(b) float32
+// Every handler multiplies in the dtype its `bf16` attribute names (0: float32, 1: bfloat16, on the AMX units
+// where the CPU has them) and accumulates in float32. Each operand may be float32 or bfloat16: one that is not
+// in that dtype is converted here, by a oneDNN reorder into a per-thread buffer (XLA's own converts ran beside
+// oneDNN's threads in the update and took several times their time alone). Activations stay NHWC; the
+// kernel is reordered (and converted) into oneDNN's blocked layout on every call (at most 37K values here).
 // Primitives are created once per shape and dtype and cached: creating one JIT-compiles its kernel. Each
 // calling thread brings its own scratchpad: oneDNN's library-managed one is shared between primitives, and XLA
 // runs independent convolutions (an input gradient beside its weight gradient) at once on different threads,
@@ -24,6 +23,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
+#include <initializer_list>
 #include <memory>
 #include <new>
 #include <mutex>
@@ -88,22 +88,29 @@ struct Cached {
   memory::desc scratch;  // the scratchpad one execution needs
 };
 
-// This thread's scratchpad, grown to the largest size asked for so far (kept: no page faults per call).
-memory Scratchpad(const memory::desc& desc) {
+// This thread's buffer number `slot` (0: the scratchpad, 1-2: converted operands), grown to the largest size
+// asked for so far (kept: no page faults per call).
+memory ThreadBuffer(int slot, const memory::desc& desc) {
   struct Free {
     void operator()(void* p) const { std::free(p); }
   };
-  thread_local std::unique_ptr<void, Free> buffer;
-  thread_local size_t capacity = 0;
+  struct Buffer {
+    std::unique_ptr<void, Free> data;
+    size_t capacity = 0;
+  };
+  thread_local Buffer buffers[3];
+  Buffer& b = buffers[slot];
   size_t size = desc.get_size();
-  if (size > capacity) {
+  if (size > b.capacity) {
     size_t rounded = (size + 4095) / 4096 * 4096;
-    buffer.reset(std::aligned_alloc(4096, rounded));
-    if (!buffer) throw std::bad_alloc();
-    capacity = rounded;
+    b.data.reset(std::aligned_alloc(4096, rounded));
+    if (!b.data) throw std::bad_alloc();
+    b.capacity = rounded;
   }
-  return memory(desc, Engine(), size ? buffer.get() : nullptr);
+  return memory(desc, Engine(), size ? b.data.get() : nullptr);
 }
+
+memory Scratchpad(const memory::desc& desc) { return ThreadBuffer(0, desc); }
 
 // Runs a cached primitive with this thread's scratchpad.
 void Execute(const Cached& c, std::unordered_map<int, memory> args) {
@@ -121,27 +128,30 @@ const Cached& Lookup(const std::string& key, Make make) {
   return *it->second;
 }
 
-ffi::Error DnnlType(ffi::DataType t, memory::data_type* out) {
-  if (t == ffi::DataType::F32) {
-    *out = memory::data_type::f32;
-  } else if (t == ffi::DataType::BF16) {
-    *out = memory::data_type::bf16;
-  } else {
-    return ffi::Error::InvalidArgument("onednn conv: operands must be float32 or bfloat16");
-  }
+memory::data_type DnnlType(ffi::DataType t) {
+  return t == ffi::DataType::BF16 ? memory::data_type::bf16 : memory::data_type::f32;
+}
+
+// Every operand must be float32 or bfloat16.
+ffi::Error CheckTypes(std::initializer_list<ffi::DataType> types) {
+  for (ffi::DataType t : types)
+    if (t != ffi::DataType::F32 && t != ffi::DataType::BF16)
+      return ffi::Error::InvalidArgument("onednn: operands must be float32 or bfloat16");
   return ffi::Error::Success();
 }
 
+memory::data_type ComputeType(int64_t bf16) { return bf16 ? memory::data_type::bf16 : memory::data_type::f32; }
+
 // The shape of a convolution from its input's dimensions (B, H, W, C) and its kernel's (kh, kw, C, O).
-ffi::Error MakeShape(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, int64_t stride, ffi::DataType t,
+ffi::Error MakeShape(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, int64_t stride, int64_t bf16,
                      Shape* s) {
   if (x.size() != 4 || w.size() != 4 || x[3] != w[2])
     return ffi::Error::InvalidArgument("onednn conv: expected x (B, H, W, C) and a kernel (kh, kw, C, O)");
   if (stride < 1 || x[1] < w[0] || x[2] < w[1])
     return ffi::Error::InvalidArgument("onednn conv: stride below 1 or kernel larger than the input");
   *s = Shape{x[0], x[1], x[2], x[3], w[3], w[0], w[1], stride, (x[1] - w[0]) / stride + 1,
-             (x[2] - w[1]) / stride + 1, memory::data_type::f32};
-  return DnnlType(t, &s->dt);
+             (x[2] - w[1]) / stride + 1, ComputeType(bf16)};
+  return ffi::Error::Success();
 }
 
 // The cotangent (B, Ho, Wo, O) must match the output of the shape.
@@ -175,12 +185,21 @@ void Reorder(memory& from, memory& to) {
       Stream(), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}, {DNNL_ARG_SCRATCHPAD, Scratchpad(pd.scratchpad_desc())}});
 }
 
+// An operand as `want` describes it: the XLA buffer itself (described by `have`) when the dtypes agree, else a
+// converted copy in this thread's buffer `slot`.
+memory AsCompute(const memory::desc& have, const memory::desc& want, void* data, int slot) {
+  memory from = Wrap(have, data);
+  if (have.data_type() == want.data_type()) return from;
+  memory to = ThreadBuffer(slot, want);
+  Reorder(from, to);
+  return to;
+}
+
 ffi::Error ConvFwd(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Buffer<ffi::F32> bias, ffi::Result<ffi::Buffer<ffi::F32>> y,
-                   int64_t stride) {
-  if (w.element_type() != x.element_type())
-    return ffi::Error::InvalidArgument("onednn conv fwd: the input and the kernel must have one dtype");
+                   int64_t stride, int64_t bf16) {
+  if (auto e = CheckTypes({x.element_type(), w.element_type()}); !e.success()) return e;
   Shape s;
-  if (auto e = MakeShape(x.dimensions(), w.dimensions(), stride, x.element_type(), &s); !e.success()) return e;
+  if (auto e = MakeShape(x.dimensions(), w.dimensions(), stride, bf16, &s); !e.success()) return e;
   if (bias.element_count() != static_cast<size_t>(s.o))
     return ffi::Error::InvalidArgument("onednn conv fwd: the bias must have one value per output channel");
   return Guarded([&] {
@@ -188,8 +207,8 @@ ffi::Error ConvFwd(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Buffer<ffi::F32> bia
       auto pd = FwdPd(s);
       return Cached{dnnl::convolution_forward(pd), pd.weights_desc(), pd.scratchpad_desc()};
     });
-    memory src = Wrap(s.Src(s.dt), x.untyped_data());
-    memory wu = Wrap(s.WeiUser(s.dt), w.untyped_data());
+    memory src = AsCompute(s.Src(DnnlType(x.element_type())), s.Src(s.dt), x.untyped_data(), 1);
+    memory wu = Wrap(s.WeiUser(DnnlType(w.element_type())), w.untyped_data());
     memory wb(c.wei, Engine());
     Reorder(wu, wb);
     memory dst = Wrap(s.Dst(memory::data_type::f32), y->untyped_data());
@@ -198,12 +217,12 @@ ffi::Error ConvFwd(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Buffer<ffi::F32> bia
   });
 }
 
-ffi::Error ConvBwdData(ffi::AnyBuffer g, ffi::AnyBuffer w, ffi::Result<ffi::Buffer<ffi::F32>> dx, int64_t stride) {
-  if (w.element_type() != g.element_type())
-    return ffi::Error::InvalidArgument("onednn conv bwd data: the cotangent and the kernel must have one dtype");
+ffi::Error ConvBwdData(ffi::AnyBuffer g, ffi::AnyBuffer w, ffi::Result<ffi::Buffer<ffi::F32>> dx, int64_t stride,
+                       int64_t bf16) {
+  if (auto e = CheckTypes({g.element_type(), w.element_type()}); !e.success()) return e;
   // The shape comes from the input side (dx): the output's size alone does not determine the input's.
   Shape s;
-  if (auto e = MakeShape(dx->dimensions(), w.dimensions(), stride, g.element_type(), &s); !e.success()) return e;
+  if (auto e = MakeShape(dx->dimensions(), w.dimensions(), stride, bf16, &s); !e.success()) return e;
   if (auto e = CheckOutput(g.dimensions(), s); !e.success()) return e;
   return Guarded([&] {
     const Cached& c = Lookup(s.Key("bwd_data"), [&] {
@@ -213,8 +232,8 @@ ffi::Error ConvBwdData(ffi::AnyBuffer g, ffi::AnyBuffer w, ffi::Result<ffi::Buff
       dnnl::convolution_backward_data::primitive_desc pd(d, UserScratchpad(), Engine(), FwdPd(s));
       return Cached{dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc()};
     });
-    memory diff_dst = Wrap(s.Dst(s.dt), g.untyped_data());
-    memory wu = Wrap(s.WeiUser(s.dt), w.untyped_data());
+    memory diff_dst = AsCompute(s.Dst(DnnlType(g.element_type())), s.Dst(s.dt), g.untyped_data(), 1);
+    memory wu = Wrap(s.WeiUser(DnnlType(w.element_type())), w.untyped_data());
     memory wb(c.wei, Engine());
     Reorder(wu, wb);
     memory diff_src = Wrap(s.Src(memory::data_type::f32), dx->untyped_data());
@@ -223,11 +242,10 @@ ffi::Error ConvBwdData(ffi::AnyBuffer g, ffi::AnyBuffer w, ffi::Result<ffi::Buff
 }
 
 ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::Result<ffi::Buffer<ffi::F32>> dw,
-                          ffi::Result<ffi::Buffer<ffi::F32>> dbias, int64_t stride) {
-  if (g.element_type() != x.element_type())
-    return ffi::Error::InvalidArgument("onednn conv bwd weights: the input and the cotangent must have one dtype");
+                          ffi::Result<ffi::Buffer<ffi::F32>> dbias, int64_t stride, int64_t bf16) {
+  if (auto e = CheckTypes({x.element_type(), g.element_type()}); !e.success()) return e;
   Shape s;
-  if (auto e = MakeShape(x.dimensions(), dw->dimensions(), stride, x.element_type(), &s); !e.success()) return e;
+  if (auto e = MakeShape(x.dimensions(), dw->dimensions(), stride, bf16, &s); !e.success()) return e;
   if (auto e = CheckOutput(g.dimensions(), s); !e.success()) return e;
   if (dbias->element_count() != static_cast<size_t>(s.o))
     return ffi::Error::InvalidArgument("onednn conv bwd weights: the bias gradient must have one value per channel");
@@ -239,8 +257,8 @@ ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::Result<ffi::B
       dnnl::convolution_backward_weights::primitive_desc pd(d, UserScratchpad(), Engine(), FwdPd(s));
       return Cached{dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(), pd.scratchpad_desc()};
     });
-    memory src = Wrap(s.Src(s.dt), x.untyped_data());
-    memory diff_dst = Wrap(s.Dst(s.dt), g.untyped_data());
+    memory src = AsCompute(s.Src(DnnlType(x.element_type())), s.Src(s.dt), x.untyped_data(), 1);
+    memory diff_dst = AsCompute(s.Dst(DnnlType(g.element_type())), s.Dst(s.dt), g.untyped_data(), 2);
     memory wb(c.wei, Engine());
     Execute(c, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, wb},
                 {DNNL_ARG_DIFF_BIAS, Wrap(s.Bias(), dbias->untyped_data())}});
@@ -249,83 +267,9 @@ ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::Result<ffi::B
   });
 }
 
-// LayerNorm's (N, D) view of x and its statistics' (N) descriptors.
-struct LnShape {
-  int64_t n, d;
-  std::string Key(const char* kind) const {
-    return std::string(kind) + ':' + std::to_string(n) + ',' + std::to_string(d);
-  }
-  memory::desc Data() const { return memory::desc({n, d}, memory::data_type::f32, tag::ab); }
-  memory::desc Stat() const { return memory::desc({n}, memory::data_type::f32, tag::a); }
-  memory::desc Param() const { return memory::desc({d}, memory::data_type::f32, tag::a); }
-};
-
-ffi::Error MakeLnShape(ffi::Span<const int64_t> x, ffi::Span<const int64_t> scale, LnShape* s) {
-  if (x.size() < 2) return ffi::Error::InvalidArgument("onednn layer norm: x must be (N, ...)");
-  int64_t d = 1, p = 1;
-  for (size_t i = 1; i < x.size(); ++i) d *= x[i];
-  for (int64_t v : scale) p *= v;
-  if (p != d) return ffi::Error::InvalidArgument("onednn layer norm: scale and shift must have x's feature size");
-  *s = LnShape{x[0], d};
-  return ffi::Error::Success();
-}
-
-const auto kLnFlags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
-
-dnnl::layer_normalization_forward::primitive_desc LnFwdPd(const LnShape& s, float eps) {
-  dnnl::layer_normalization_forward::desc d(dnnl::prop_kind::forward_training, s.Data(), s.Stat(), eps, kLnFlags);
-  return dnnl::layer_normalization_forward::primitive_desc(d, UserScratchpad(), Engine());
-}
-
-ffi::Error LnFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> shift,
-                 ffi::Result<ffi::Buffer<ffi::F32>> y, ffi::Result<ffi::Buffer<ffi::F32>> mean,
-                 ffi::Result<ffi::Buffer<ffi::F32>> var, float eps) {
-  LnShape s;
-  if (auto e = MakeLnShape(x.dimensions(), scale.dimensions(), &s); !e.success()) return e;
-  return Guarded([&] {
-    const Cached& c = Lookup(s.Key("ln_fwd") + ',' + std::to_string(eps), [&] {
-      auto pd = LnFwdPd(s, eps);
-      return Cached{dnnl::layer_normalization_forward(pd), memory::desc(), pd.scratchpad_desc()};
-    });
-    Execute(c, {{DNNL_ARG_SRC, Wrap(s.Data(), x.untyped_data())},
-                {DNNL_ARG_DST, Wrap(s.Data(), y->untyped_data())},
-                {DNNL_ARG_MEAN, Wrap(s.Stat(), mean->untyped_data())},
-                {DNNL_ARG_VARIANCE, Wrap(s.Stat(), var->untyped_data())},
-                {DNNL_ARG_SCALE, Wrap(s.Param(), scale.untyped_data())},
-                {DNNL_ARG_SHIFT, Wrap(s.Param(), shift.untyped_data())}});
-  });
-}
-
-ffi::Error LnBwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> mean,
-                 ffi::Buffer<ffi::F32> var, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> shift,
-                 ffi::Result<ffi::Buffer<ffi::F32>> dx, ffi::Result<ffi::Buffer<ffi::F32>> dscale,
-                 ffi::Result<ffi::Buffer<ffi::F32>> dshift, float eps) {
-  LnShape s;
-  if (auto e = MakeLnShape(x.dimensions(), scale.dimensions(), &s); !e.success()) return e;
-  return Guarded([&] {
-    const Cached& c = Lookup(s.Key("ln_bwd") + ',' + std::to_string(eps), [&] {
-      dnnl::layer_normalization_backward::desc d(dnnl::prop_kind::backward, s.Data(), s.Data(), s.Stat(), eps,
-                                                 kLnFlags);
-      dnnl::layer_normalization_backward::primitive_desc pd(d, UserScratchpad(), Engine(), LnFwdPd(s, eps));
-      return Cached{dnnl::layer_normalization_backward(pd), memory::desc(), pd.scratchpad_desc()};
-    });
-    // oneDNN 2.6 checks that every argument its flags name is given, the shift too (unused by the gradient).
-    Execute(c, {{DNNL_ARG_SRC, Wrap(s.Data(), x.untyped_data())},
-                {DNNL_ARG_DIFF_DST, Wrap(s.Data(), g.untyped_data())},
-                {DNNL_ARG_MEAN, Wrap(s.Stat(), mean.untyped_data())},
-                {DNNL_ARG_VARIANCE, Wrap(s.Stat(), var.untyped_data())},
-                {DNNL_ARG_SCALE, Wrap(s.Param(), scale.untyped_data())},
-                {DNNL_ARG_SHIFT, Wrap(s.Param(), shift.untyped_data())},
-                {DNNL_ARG_DIFF_SRC, Wrap(s.Data(), dx->untyped_data())},
-                {DNNL_ARG_DIFF_SCALE, Wrap(s.Param(), dscale->untyped_data())},
-                {DNNL_ARG_DIFF_SHIFT, Wrap(s.Param(), dshift->untyped_data())}});
-  });
-}
-
 ffi::Error MatMul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::Buffer<ffi::F32>> c, int64_t trans_a,
-                  int64_t trans_b) {
-  if (a.element_type() != b.element_type())
-    return ffi::Error::InvalidArgument("onednn matmul: both operands must have one dtype");
+                  int64_t trans_b, int64_t bf16) {
+  if (auto e = CheckTypes({a.element_type(), b.element_type()}); !e.success()) return e;
   auto ad = a.dimensions(), bd = b.dimensions(), cd = c->dimensions();
   if (ad.size() != 2 || bd.size() != 2 || cd.size() != 2)
     return ffi::Error::InvalidArgument("onednn matmul: operands and result must be matrices");
@@ -333,20 +277,20 @@ ffi::Error MatMul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::Buffer<ff
   const int64_t kb = trans_b ? bd[1] : bd[0], n = trans_b ? bd[0] : bd[1];
   if (k != kb || cd[0] != m || cd[1] != n)
     return ffi::Error::InvalidArgument("onednn matmul: op(a) (M, K), op(b) (K, N) and the result (M, N) disagree");
-  memory::data_type dt;
-  if (auto e = DnnlType(a.element_type(), &dt); !e.success()) return e;
+  const memory::data_type dt = ComputeType(bf16);
   // A transposed operand is the same buffer read column-major: the tag, not a copy.
-  const memory::desc a_md({m, k}, dt, trans_a ? tag::ba : tag::ab), b_md({k, n}, dt, trans_b ? tag::ba : tag::ab),
-      c_md({m, n}, memory::data_type::f32, tag::ab);
+  auto a_md = [&](memory::data_type t) { return memory::desc({m, k}, t, trans_a ? tag::ba : tag::ab); };
+  auto b_md = [&](memory::data_type t) { return memory::desc({k, n}, t, trans_b ? tag::ba : tag::ab); };
+  const memory::desc c_md({m, n}, memory::data_type::f32, tag::ab);
   return Guarded([&] {
     std::ostringstream key;
     key << "matmul:" << m << ',' << k << ',' << n << ',' << trans_a << ',' << trans_b << ',' << static_cast<int>(dt);
     const Cached& prim = Lookup(key.str(), [&] {
-      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), UserScratchpad(), Engine());
+      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md(dt), b_md(dt), c_md), UserScratchpad(), Engine());
       return Cached{dnnl::matmul(pd), memory::desc(), pd.scratchpad_desc()};
     });
-    Execute(prim, {{DNNL_ARG_SRC, Wrap(a_md, a.untyped_data())},
-                   {DNNL_ARG_WEIGHTS, Wrap(b_md, b.untyped_data())},
+    Execute(prim, {{DNNL_ARG_SRC, AsCompute(a_md(DnnlType(a.element_type())), a_md(dt), a.untyped_data(), 1)},
+                   {DNNL_ARG_WEIGHTS, AsCompute(b_md(DnnlType(b.element_type())), b_md(dt), b.untyped_data(), 2)},
                    {DNNL_ARG_DST, Wrap(c_md, c->untyped_data())}});
   });
 }
@@ -359,20 +303,23 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_fwd, ConvFwd,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // the bias
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride"));
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("bf16"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_bwd_data, ConvBwdData,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride"));
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("bf16"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_bwd_w, ConvBwdWeights,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()  // the bias gradient
-                                  .Attr<int64_t>("stride"));
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("bf16"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_matmul, MatMul,
                               ffi::Ffi::Bind()
@@ -380,27 +327,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_matmul, MatMul,
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("trans_a")
-                                  .Attr<int64_t>("trans_b"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_ln_fwd, LnFwd,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("eps"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_ln_bwd, LnBwd,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("eps"));
+                                  .Attr<int64_t>("trans_b")
+                                  .Attr<int64_t>("bf16"));
