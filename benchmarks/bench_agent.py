@@ -472,7 +472,9 @@ def with_rate(row: dict, gflop_per_step: float, bound: dict) -> dict:
 
 
 def bench_cnn(args, batch: int, sb3: SB3 | None) -> list[dict]:
-    """One NatureCNN (norm none and layernorm) fwd and fwd+bwd (grads w.r.t. its params), im2col vs XLA."""
+    """One NatureCNN (norm none and layernorm) fwd and fwd+bwd (grads w.r.t. its params), per implementation and
+    dtype, and LayerNorm's share of the fwd+bwd: the two norms are timed in alternation, ``repeats`` rounds of
+    ``calls`` calls each, so that the VM's drift between them does not land in the share."""
     import jax
     import jax.numpy as jnp
 
@@ -483,21 +485,37 @@ def bench_cnn(args, batch: int, sb3: SB3 | None) -> list[dict]:
     calls = max(5, args.repeats * 3)
     bound = gemm_bound(batch, calls, sb3)
     rows = [bound]
-    for norm in ("none", "layernorm"):
-        impls = ("im2col", "xla") if args.conv_impls == "auto" else args.conv_impls.split(",")
-        for impl, dtype in itertools.product(impls, args.compute_dtypes.split(",")):
+    impls = ("im2col", "xla") if args.conv_impls == "auto" else args.conv_impls.split(",")
+    for impl, dtype in itertools.product(impls, args.compute_dtypes.split(",")):
+        fns = {}
+        for norm in ("none", "layernorm"):
             net = NatureCNN(norm=norm, conv_impl=impl, conv_chunk=_chunks(args)[0] or DEFAULT_CHUNK,
                             compute_dtype=dtype)
             params = net.init(jax.random.key(0), cam[:1], train=False)["params"]
             fwd = jax.jit(lambda p, net=net: net.apply({"params": p}, cam, train=False))
             fwd_bwd = jax.jit(jax.grad(lambda p, net=net: jnp.mean(net.apply({"params": p}, cam, train=True) ** 2)))
-            row = {"impl": "jtd3-cnn", "batch": batch, "norm": norm, "conv_impl": impl, "compute_dtype": dtype}
             for name, fn in (("fwd_bwd_ms", fwd_bwd), ("fwd_ms", fwd)):
                 jax.block_until_ready(fn(params))
-                ms, other = median_call_ms(lambda fn=fn: jax.block_until_ready(fn(params)), calls)
-                row[name] = round(ms, 2)
-                row[name.replace("_ms", "_other_cpu_cores")] = None if other is None else round(other, 2)
+                fns[norm, name] = lambda fn=fn, params=params: jax.block_until_ready(fn(params))
+        times = {key: [] for key in fns}
+        for _ in range(max(1, args.repeats)):
+            for key, fn in fns.items():
+                times[key].append(median_call_ms(fn, calls))
+        per_norm = {}
+        for norm in ("none", "layernorm"):
+            row = {"impl": "jtd3-cnn", "batch": batch, "norm": norm, "conv_impl": impl, "compute_dtype": dtype}
+            for name in ("fwd_bwd_ms", "fwd_ms"):
+                ms = [t for t, _ in times[norm, name]]
+                others = [o for _, o in times[norm, name] if o is not None]
+                row[name] = round(statistics.median(ms), 2)
+                row[name.replace("_ms", "_other_cpu_cores")] = round(max(others), 2) if others else None
+            per_norm[norm] = row
             rows.append(with_efficiency(row, bound))
+        # (with - without) / with, per round (adjacent windows), then the median over rounds.
+        pairs = zip(times["layernorm", "fwd_bwd_ms"], times["none", "fwd_bwd_ms"])
+        shares = [(ln - no) / ln for (ln, _), (no, _) in pairs]
+        rows.append({"layernorm_share": "fwd_bwd", "batch": batch, "conv_impl": impl, "compute_dtype": dtype,
+                     "value": round(statistics.median(shares), 3), "rounds": [round(v, 3) for v in shares]})
     if sb3 is not None:
         torch_row = sb3.ask("cnn", batch, calls)
         rows.append(with_efficiency(

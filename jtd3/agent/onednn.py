@@ -73,8 +73,8 @@ def _build() -> Path:
     # -w: jaxlib's FFI headers warn under g++ 12; a failure's own message is what the user needs to see.
     # -fopenmp: the LayerNorm kernel's threads (libgomp, the OpenMP runtime Debian's oneDNN uses too);
     # -fno-trapping-math lets g++ turn its loops' selects into blends and vectorize them (no FP traps are used).
-    cmd = [cxx, "-O2", "-fno-trapping-math", "-w", "-std=c++17", "-fopenmp", "-shared", "-fPIC", f"-I{jax.ffi.include_dir()}",
-           *map(str, _SOURCES), "-ldnnl"]
+    cmd = [cxx, "-O2", "-fno-trapping-math", "-w", "-std=c++17", "-fopenmp", "-shared", "-fPIC",
+           f"-I{jax.ffi.include_dir()}", *map(str, _SOURCES), "-ldnnl"]
     key = b"".join(src.read_bytes() for src in _SOURCES) + f"{jaxlib.__version__}\n{version}\n{cmd}".encode()
     out = _cache_dir() / f"onednn_conv-{hashlib.sha256(key).hexdigest()[:16]}.so"
     if out.exists():
@@ -91,7 +91,8 @@ def _build() -> Path:
         done = subprocess.run([*cmd, "-o", str(tmp_path)], capture_output=True, text=True)
         if done.returncode != 0:
             raise OneDNNUnavailable(
-                f"conv_impl 'onednn': compiling {' and '.join(src.name for src in _SOURCES)} failed ({' '.join(cmd)}); {SETUP_HINT}.\n"
+                f"conv_impl 'onednn': compiling {' and '.join(src.name for src in _SOURCES)} failed "
+                f"({' '.join(cmd)}); {SETUP_HINT}.\n"
                 + done.stderr[-2000:]
             )
         os.replace(tmp_path, out)
@@ -153,7 +154,8 @@ def conv2d_onednn(
     b, h, wd, _ = x.shape
     kh, kw, _, o = w.shape
     out = (b, (h - kh) // stride + 1, (wd - kw) // stride + 1, o)
-    return _ffi(_TARGETS[0], [out], x, w, bias.astype(jnp.float32), stride=np.int64(stride), bf16=_bf16(compute_dtype))[0]
+    bias = bias.astype(jnp.float32)
+    return _ffi(_TARGETS[0], [out], x, w, bias, stride=np.int64(stride), bf16=_bf16(compute_dtype))[0]
 
 
 def _fwd(x, w, bias, stride, compute_dtype):
