@@ -146,6 +146,22 @@ def test_bfloat16_input_gets_a_bfloat16_gradient():
     assert dx.dtype == jnp.bfloat16
 
 
+def test_operands_of_the_other_dtype_are_converted_by_the_kernel():
+    """A bfloat16 operand under compute_dtype float32 is widened by the kernel (exactly: the same result as
+    widening it first), a float32 one under bfloat16 narrowed (the same result as narrowing it first), and a
+    float16 operand is refused with a message naming the dtypes the kernels take."""
+    x, w = _inputs(9, 8, 3, 4, 2)
+    bias = jnp.zeros(w.shape[-1])
+    x_lo = x.astype(jnp.bfloat16)
+    conv = jax.jit(onednn.conv2d_onednn, static_argnums=(3, 4))
+    widened = conv(x_lo.astype(jnp.float32), w, bias, 1, "float32")
+    np.testing.assert_array_equal(conv(x_lo, w, bias, 1, "float32"), widened)
+    narrowed = conv(x_lo, w.astype(jnp.bfloat16), bias, 1, "bfloat16")
+    np.testing.assert_array_equal(conv(x, w, bias, 1, "bfloat16"), narrowed)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="float32 or bfloat16"):
+        jax.block_until_ready(conv(x.astype(jnp.float16), w, bias, 1, "float32"))
+
+
 def test_gradients_inside_scan_and_cond_match():
     """Nested in lax.scan and lax.cond, as in ``update_many`` (the actor step is a cond branch)."""
     x, w = _inputs(9, 8, 3, 4, 3)

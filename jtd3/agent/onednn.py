@@ -175,7 +175,9 @@ def _bwd(stride, compute_dtype, res, g):
 conv2d_onednn.defvjp(_fwd, _bwd)
 
 
-def _matmul(a: jax.Array, b: jax.Array, compute_dtype: str, trans_a: bool = False, trans_b: bool = False) -> jax.Array:
+def _matmul(
+    a: jax.Array, b: jax.Array, compute_dtype: str, trans_a: bool = False, trans_b: bool = False
+) -> jax.Array:
     """``op(a) @ op(b)`` by oneDNN, multiplied in ``compute_dtype`` and returned in float32, ``op`` transposing (by
     reading the buffer column-major) when its flag is set; ``a`` and ``b`` float32 or bfloat16."""
     m = a.shape[1] if trans_a else a.shape[0]
