@@ -8,6 +8,7 @@ run fails before the environment is built and before anything is created.
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import socket
@@ -118,6 +119,11 @@ def _largest_file(directory: Path) -> Path:
     return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 
 
+# Reading the truncated array leaves orbax's per-shard read coroutines unfinished; Python reports them when they
+# are collected ("Exception ignored in: <coroutine object _read_array_index_and_device_put ...>"), which the test
+# makes happen inside it. That is orbax cleaning up after the damage this test makes on purpose; the fallback
+# itself is asserted below.
+@pytest.mark.filterwarnings("ignore:Exception ignored in:pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize(
     "item, named",
     [("train_state", "train_state"), ("replay", "replay/frames.npy")],  # every item: test_checkpoint.py
@@ -128,6 +134,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(copy, capsys, 
     with open(target, "r+b") as fh:
         fh.truncate(target.stat().st_size // 2)
     assert resume(copy, "--max-timesteps", "200") == 0
+    gc.collect()  # orbax's abandoned read coroutines are collected (and their report filtered) here
     err = capsys.readouterr().err
     assert "Traceback" not in err
     warning = [line for line in err.splitlines() if line.startswith("warning:") and "is damaged" in line]
