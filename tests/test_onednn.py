@@ -332,6 +332,12 @@ def test_layer_norm_act_matches_flax_forward_and_gradients(activation):
     _assert_trees_close(got, want)  # bias[0, 0]'s gradient holds the constant sample's kink: g or 0 per activation
 
 
+def test_layer_norm_act_refuses_parameters_of_another_size():
+    x = jnp.zeros((2, 3, 4), jnp.float32)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="scale and shift must have x's feature size"):
+        jax.block_until_ready(onednn.layer_norm_act(x, jnp.ones((3, 4)), jnp.zeros((3, 5)), 1e-5, 0.01))
+
+
 def test_nature_cnn_with_onednn_uses_its_layer_norm_with_flax_parameters():
     camera = jnp.zeros((2, 4, 84, 84), jnp.uint8)
     net = NatureCNN(norm="layernorm", conv_impl="onednn")

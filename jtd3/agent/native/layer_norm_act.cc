@@ -1,5 +1,5 @@
 // LayerNorm followed by a (leaky) ReLU in one pass each way, for XLA:CPU through the XLA FFI
-// (jtd3/agent/onednn.py, layer_norm_act_onednn). Plain C++ and OpenMP (the runtime oneDNN already uses).
+// (jtd3/agent/onednn.py, layer_norm_act). Plain C++ and OpenMP (the runtime oneDNN already uses).
 //
 // x (N, ...) is viewed as (N, D); the statistics are per sample, scale and shift per feature (D):
 //   jtd3_ln_act_fwd   x, scale, shift               -> y = act(scale * xhat + shift), mean (N), rstd (N)
@@ -20,12 +20,13 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-ffi::Error RowsAndFeatures(ffi::Span<const int64_t> x, ffi::Span<const int64_t> scale, int64_t* n, int64_t* d) {
+ffi::Error RowsAndFeatures(ffi::Span<const int64_t> x, const ffi::Buffer<ffi::F32>& scale,
+                           const ffi::Buffer<ffi::F32>& shift, int64_t* n, int64_t* d) {
   if (x.size() < 2) return ffi::Error::InvalidArgument("layer norm: x must be (N, ...)");
-  int64_t features = 1, params = 1;
+  int64_t features = 1;
   for (size_t i = 1; i < x.size(); ++i) features *= x[i];
-  for (int64_t v : scale) params *= v;
-  if (params != features) return ffi::Error::InvalidArgument("layer norm: scale and shift must have x's feature size");
+  if (scale.element_count() != static_cast<size_t>(features) || shift.element_count() != static_cast<size_t>(features))
+    return ffi::Error::InvalidArgument("layer norm: scale and shift must have x's feature size");
   *n = x[0];
   *d = features;
   return ffi::Error::Success();
@@ -42,7 +43,7 @@ ffi::Error Fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale, ffi::Buffer
                ffi::Result<ffi::Buffer<ffi::F32>> y, ffi::Result<ffi::Buffer<ffi::F32>> mean,
                ffi::Result<ffi::Buffer<ffi::F32>> rstd, float eps, float slope) {
   int64_t n, d;
-  if (auto e = RowsAndFeatures(x.dimensions(), scale.dimensions(), &n, &d); !e.success()) return e;
+  if (auto e = RowsAndFeatures(x.dimensions(), scale, shift, &n, &d); !e.success()) return e;
   const float* xs = x.typed_data();
   const float* sc = scale.typed_data();
   const float* sh = shift.typed_data();
@@ -78,7 +79,7 @@ ffi::Error Bwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi
                ffi::Result<ffi::Buffer<ffi::F32>> dx, ffi::Result<ffi::Buffer<ffi::F32>> dscale,
                ffi::Result<ffi::Buffer<ffi::F32>> dshift, float slope) {
   int64_t n, d;
-  if (auto e = RowsAndFeatures(x.dimensions(), scale.dimensions(), &n, &d); !e.success()) return e;
+  if (auto e = RowsAndFeatures(x.dimensions(), scale, shift, &n, &d); !e.success()) return e;
   if (g.element_count() != x.element_count()) return ffi::Error::InvalidArgument("layer norm: g must be x's shape");
   const float* xs = x.typed_data();
   const float* gs = g.typed_data();
