@@ -30,6 +30,7 @@
 #include <sstream>
 #include <string>
 #include <unordered_map>
+#include <utility>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -295,37 +296,26 @@ ffi::Error MatMul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::Buffer<ff
   });
 }
 
+// Every handler's binding starts with its two operands (float32 or bfloat16).
+auto TwoOperands() { return ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>(); }
+
+// The convolutions' attributes, after their buffers: the stride and the compute dtype.
+template <typename Binding>
+auto ConvAttrs(Binding binding) {
+  return std::move(binding).template Attr<int64_t>("stride").template Attr<int64_t>("bf16");
+}
+
 }  // namespace
 
+using F32 = ffi::Buffer<ffi::F32>;
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_fwd, ConvFwd,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // the bias
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("bf16"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_bwd_data, ConvBwdData,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("bf16"));
+                              ConvAttrs(TwoOperands().Arg<F32>() /* the bias */.Ret<F32>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_bwd_data, ConvBwdData, ConvAttrs(TwoOperands().Ret<F32>()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_conv_bwd_w, ConvBwdWeights,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // the bias gradient
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("bf16"));
-
+                              ConvAttrs(TwoOperands().Ret<F32>().Ret<F32>() /* the bias gradient */));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jtd3_onednn_matmul, MatMul,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                              TwoOperands()
+                                  .Ret<F32>()
                                   .Attr<int64_t>("trans_a")
                                   .Attr<int64_t>("trans_b")
                                   .Attr<int64_t>("bf16"));
