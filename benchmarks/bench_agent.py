@@ -501,7 +501,6 @@ def bench_cnn(args, batch: int, sb3: SB3 | None) -> list[dict]:
         for _ in range(max(1, args.repeats)):
             for key, fn in fns.items():
                 times[key].append(median_call_ms(fn, calls))
-        per_norm = {}
         for norm in ("none", "layernorm"):
             row = {"impl": "jtd3-cnn", "batch": batch, "norm": norm, "conv_impl": impl, "compute_dtype": dtype}
             for name in ("fwd_bwd_ms", "fwd_ms"):
@@ -509,7 +508,6 @@ def bench_cnn(args, batch: int, sb3: SB3 | None) -> list[dict]:
                 others = [o for _, o in times[norm, name] if o is not None]
                 row[name] = round(statistics.median(ms), 2)
                 row[name.replace("_ms", "_other_cpu_cores")] = round(max(others), 2) if others else None
-            per_norm[norm] = row
             rows.append(with_efficiency(row, bound))
         # (with - without) / with, per round (adjacent windows), then the median over rounds.
         pairs = zip(times["layernorm", "fwd_bwd_ms"], times["none", "fwd_bwd_ms"])

@@ -116,12 +116,17 @@ def test_bfloat16_stays_within_bfloat16_rounding_and_returns_float32(h, cin, k, 
 DENSE = [(6, 3136, 512), (3, 37, 5)]
 
 
-@pytest.mark.parametrize("b,k,n", DENSE)
-def test_dense_matches_jnp_dot_forward_and_gradients(b, k, n):
-    rng = np.random.default_rng(5)
+def _dense_inputs(b, k, n, seed):
+    """x (b, k), a He-scaled kernel (k, n) and a cotangent (b, n)."""
+    rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.standard_normal((b, k)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((k, n)) / np.sqrt(k), jnp.float32)
-    cot = jnp.asarray(rng.standard_normal((b, n)), jnp.float32)
+    return x, w, jnp.asarray(rng.standard_normal((b, n)), jnp.float32)
+
+
+@pytest.mark.parametrize("b,k,n", DENSE)
+def test_dense_matches_jnp_dot_forward_and_gradients(b, k, n):
+    x, w, cot = _dense_inputs(b, k, n, seed=5)
     y, (dx, dw) = _forward_and_grads(lambda x, w: onednn.dense_onednn(x, w), x, w, cot)
     y_ref, (dx_ref, dw_ref) = _forward_and_grads(lambda x, w: jnp.dot(x, w, precision="highest"), x, w, cot)
     chex.assert_type([y, dx, dw], jnp.float32)
@@ -129,11 +134,7 @@ def test_dense_matches_jnp_dot_forward_and_gradients(b, k, n):
 
 
 def test_dense_in_bfloat16_stays_within_bfloat16_rounding_and_returns_float32():
-    b, k, n = DENSE[0]
-    rng = np.random.default_rng(6)
-    x = jnp.asarray(rng.standard_normal((b, k)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((k, n)) / np.sqrt(k), jnp.float32)
-    cot = jnp.asarray(rng.standard_normal((b, n)), jnp.float32)
+    x, w, cot = _dense_inputs(*DENSE[0], seed=6)
     got = _forward_and_grads(lambda x, w: onednn.dense_onednn(x, w, "bfloat16"), x, w, cot)
     want = _forward_and_grads(lambda x, w: jnp.dot(x, w, precision="highest"), x, w, cot)
     for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -307,7 +308,7 @@ def test_layer_norm_act_matches_flax_forward_and_gradients(activation):
     Flax's LayerNorm followed by JAX's activation, values and the gradients of x, scale and bias."""
     import flax.linen as nn
 
-    from jtd3.agent.networks import LEAKY_RELU_SLOPE, activation_fn
+    from jtd3.agent.networks import activation_fn, activation_slope
 
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.standard_normal((5, 20, 20, 32)) * 3 + 1, jnp.float32)
@@ -317,7 +318,7 @@ def test_layer_norm_act_matches_flax_forward_and_gradients(activation):
     params = jax.tree.map(lambda a: a + jnp.asarray(rng.standard_normal(a.shape) * 0.1, jnp.float32), params)
     params["bias"] = params["bias"].at[0, 0].set(0.0)  # z == 0 exactly in the constant sample
     cot = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
-    slope = LEAKY_RELU_SLOPE if activation == "leaky_relu" else 0.0
+    slope = activation_slope(activation)
     act = activation_fn(activation)
 
     def ours(p, x):

@@ -42,6 +42,7 @@ __all__ = [
     "NatureCNN",
     "TwinCriticHead",
     "activation_fn",
+    "activation_slope",
 ]
 
 ACTIVATIONS = ("leaky_relu", "relu")
@@ -67,6 +68,12 @@ def activation_fn(name: str):
     if name == "relu":
         return jax.nn.relu
     return lambda x: jax.nn.leaky_relu(x, LEAKY_RELU_SLOPE)
+
+
+def activation_slope(name: str) -> float:
+    """The slope below 0 of the activation called ``name`` (0 for ReLU): what the fused LayerNorm kernel takes."""
+    _check_choice("activation", name, ACTIVATIONS)
+    return 0.0 if name == "relu" else LEAKY_RELU_SLOPE
 
 
 class Conv(nn.Module):
@@ -132,8 +139,7 @@ class LayerNormAct(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         from jtd3.agent.onednn import layer_norm_act  # builds the C++ kernel on first use
 
-        _check_choice("activation", self.activation, ACTIVATIONS)
-        slope = 0.0 if self.activation == "relu" else LEAKY_RELU_SLOPE
+        slope = activation_slope(self.activation)
         scale = self.param("scale", nn.initializers.ones, x.shape[1:], jnp.float32)
         bias = self.param("bias", _zeros, x.shape[1:], jnp.float32)
         return layer_norm_act(x.astype(jnp.float32), scale, bias, self.epsilon, slope)
