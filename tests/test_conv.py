@@ -7,13 +7,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jtd3.agent.conv import (
-    camera_to_space_to_depth,
-    conv2d,
-    conv2d_on_space_to_depth,
-    conv2d_s1_shifts,
-    space_to_depth,
-)
+from jtd3.agent.conv import conv2d, conv2d_on_space_to_depth, conv2d_s1_shifts
+from jtd3.agent.layout import camera_to_space_to_depth, space_to_depth
 
 DN = ("NHWC", "HWIO", "NHWC")
 # (H, C_in, kernel, stride, C_out): the NatureCNN layers, plus a stride-1 non-square-ish case.

@@ -6,6 +6,7 @@ except under CI (``$CI`` set), where a missing oneDNN is a failure: the README's
 
 import os
 import stat
+import time
 
 import chex
 import jax
@@ -18,6 +19,7 @@ from jax import lax
 from jtd3 import agent
 from jtd3.agent import AgentConfig, onednn
 from jtd3.agent.conv import conv2d
+from jtd3.agent.layout import scale_camera, space_to_depth
 from jtd3.agent.networks import NatureCNN
 from jtd3.agent.state import resolve_conv_impl
 
@@ -222,7 +224,7 @@ def test_failed_compilation_says_why_and_leaves_no_library(monkeypatch, tmp_path
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("CXX", str(fake))
-    message = r"(?s)compiling onednn_conv.cc and layer_norm_act.cc failed.*libdnnl-dev.*dnnl.hpp"
+    message = r"(?s)compiling onednn_conv.cc, layer_norm_act.cc, camera.cc failed.*libdnnl-dev.*dnnl.hpp"
     with pytest.raises(onednn.OneDNNUnavailable, match=message):
         onednn._build()
     assert not list((tmp_path / "cache").rglob("*.so"))
@@ -302,6 +304,26 @@ def test_unwritable_cache_is_named(monkeypatch, tmp_path):
         onednn._build()
 
 
+def test_a_new_build_deletes_only_builds_unused_for_30_days(monkeypatch, tmp_path):
+    fake = tmp_path / "fake-g++"  # "compiles" by writing its -o file
+    fake.write_text('#!/bin/sh\nwhile [ "$1" != -o ]; do shift; done\necho built > "$2"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", str(fake))
+    cache = tmp_path / "cache" / "jtd3" / "native"
+    cache.mkdir(parents=True)
+    stale, recent, other = cache / "onednn_conv-0.so", cache / "onednn_conv-1.so", cache / "notes.so"
+    for f in (stale, recent, other):
+        f.write_text("")
+    month_ago = time.time() - 31 * 86400
+    for f in (stale, other):
+        os.utime(f, (month_ago, month_ago))
+    built = onednn._build()
+    assert built.read_text() == "built\n" and not stale.exists() and recent.exists() and other.exists()
+    os.utime(built, (month_ago, month_ago))
+    assert onednn._build() == built and built.stat().st_mtime > month_ago  # a use renews it
+
+
 @pytest.mark.parametrize("activation", ["leaky_relu", "relu"])
 def test_layer_norm_act_matches_flax_forward_and_gradients(activation):
     """The conv layers' LayerNorm (over H, W, C with per-element scale and bias) and activation in one kernel =
@@ -347,3 +369,69 @@ def test_nature_cnn_with_onednn_uses_its_layer_norm_with_flax_parameters():
     assert jaxpr.count("jtd3_ln_act_fwd") == 3  # conv1-3; the dense layer's LayerNorm stays Flax's
     assert jaxpr.count("jtd3_onednn_matmul") == 1  # the dense layer's product
     assert params["conv1_ln"]["scale"].shape == (20, 20, 32) and set(params["conv1_ln"]) == {"scale", "bias"}
+
+
+# (C, H, W, block, Ho, Wo): the NatureCNN camera in both layouts, a camera cropped to what a VALID convolution
+# reads, and a C / block that the 4-channel shuffles do not take (one byte at a time).
+CAMERAS = [(4, 84, 84, 1, 84, 84), (4, 84, 84, 4, 21, 21), (4, 83, 81, 4, 20, 20), (3, 10, 9, 2, 4, 4)]
+
+
+@pytest.mark.parametrize("c,h,w,block,ho,wo", CAMERAS)
+def test_camera_input_is_xlas_scaled_camera_laid_out(c, h, w, block, ho, wo):
+    """Every uint8 value, in both dtypes: exactly XLA's scale_camera, transposed to channels-last and (block > 1)
+    rearranged to space-to-depth with the channel order conv.space_to_depth uses; bfloat16 rounded as XLA's."""
+    camera = jnp.asarray(np.random.default_rng(0).permutation(np.resize(np.arange(256, dtype=np.uint8), (2, c, h, w)).ravel()).reshape(2, c, h, w))
+    x = jnp.transpose(scale_camera(camera), (0, 2, 3, 1))[:, : ho * block, : wo * block]
+    ref = space_to_depth(x, block) if block > 1 else x
+    np.testing.assert_array_equal(onednn.camera_input(camera, block, (ho, wo)), ref)
+    got = onednn.camera_input(camera, block, (ho, wo), "bfloat16")
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(got.astype(jnp.float32), ref.astype(jnp.bfloat16).astype(jnp.float32))
+
+
+def test_camera_input_refuses_a_layout_that_does_not_fit():
+    camera = jnp.zeros((2, 4, 84, 84), jnp.uint8)
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"Ho\*block <= H"):
+        jax.block_until_ready(onednn.camera_input(camera, 4, (22, 21)))
+    with pytest.raises(ValueError, match="'float32' or 'bfloat16'"):
+        onednn.camera_input(camera, 4, (21, 21), "float16")
+
+
+# (H, W, kernel, stride): the NatureCNN's first layer (space-to-depth forward), a camera it crops, and a kernel
+# that is not a multiple of the stride (the forward over the plain layout).
+CAMERA_CONVS = [(84, 84, 8, 4), (83, 81, 8, 4), (23, 23, 5, 3)]
+
+
+@pytest.mark.parametrize("h,w,k,stride", CAMERA_CONVS)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_camera_conv_is_conv2d_of_the_scaled_camera(h, w, k, stride, dtype):
+    """Forward and the gradients of kernel and bias: the same as conv2d_onednn over XLA's scaled, transposed
+    camera (summed in another order: the forward runs over the space-to-depth layout)."""
+    rng = np.random.default_rng(5)
+    camera = jnp.asarray(rng.integers(0, 256, (3, 4, h, w), dtype=np.uint8))
+    wk = jnp.asarray(rng.standard_normal((k, k, 4, 16)) / np.sqrt(k * k * 4), jnp.float32)
+    bias = jnp.asarray(rng.standard_normal(16), jnp.float32)
+    x = jnp.transpose(scale_camera(camera), (0, 2, 3, 1))
+
+    def run(conv, inp):
+        f = lambda wk, bias: conv(inp, wk, bias, stride, dtype)  # noqa: E731
+        y = jax.jit(f)(wk, bias)
+        cot = jnp.asarray(np.random.default_rng(6).standard_normal(y.shape), jnp.float32)
+        return y, jax.jit(jax.grad(lambda wk, bias: jnp.sum(f(wk, bias) * cot), argnums=(0, 1)))(wk, bias)
+
+    y, grads = run(onednn.camera_conv_onednn, camera)
+    y_ref, grads_ref = run(onednn.conv2d_onednn, x)
+    tol = 1e-5 if dtype == "float32" else 1e-2  # bfloat16: the products' rounding depends on their order
+    np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol * float(jnp.max(jnp.abs(y_ref))))
+    _assert_trees_close(grads, grads_ref)
+
+
+def test_nature_cnn_with_onednn_reads_the_uint8_camera_once_per_pass():
+    camera = jnp.zeros((2, 4, 84, 84), jnp.uint8)
+    net = NatureCNN(norm="none", conv_impl="onednn", compute_dtype="bfloat16")
+    params = net.init(jax.random.key(0), camera, train=False)["params"]
+    forward = str(jax.make_jaxpr(lambda p: net.apply({"params": p}, camera, train=False))(params))
+    assert forward.count("jtd3_camera_input") == 1 and "f32[2,84,84,4]" not in forward  # no transpose by XLA
+    grad = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(net.apply({"params": p}, camera, train=True))))(params)
+    assert str(grad).count("jtd3_camera_input") == 2  # the forward's (bfloat16, space-to-depth), the backward's
+    assert params["conv1"]["kernel"].shape == (8, 8, 4, 32)  # the parameters do not depend on conv_impl

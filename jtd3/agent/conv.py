@@ -36,18 +36,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jtd3.agent.layout import conv_output_size, space_to_depth, space_to_depth_kernel
+
 __all__ = [
     "COMPUTE_DTYPES",
     "CONV_IMPLS",
     "DEFAULT_CHUNK",
-    "camera_to_space_to_depth",
     "conv2d",
     "conv2d_on_space_to_depth",
     "conv2d_s1",
     "conv2d_s1_shifts",
-    "conv_output_size",
-    "space_to_depth",
-    "space_to_depth_kernel",
 ]
 
 CONV_IMPLS = ("im2col", "xla", "onednn")
@@ -62,29 +60,6 @@ chunks. 3-9 % faster than 16 on the Intel Xeon VM, and no worse in the learning 
 247 vs 236 of 250 fresh episodes completed, 4 vs 3 seeds meeting the goal), docs/agent.md "``conv_chunk`` 64"."""
 
 _DN = ("NHWC", "HWIO", "NHWC")
-
-
-def conv_output_size(size: int, kernel: int, stride: int) -> int:
-    """Output length of a VALID convolution along one spatial axis."""
-    return (size - kernel) // stride + 1
-
-
-def space_to_depth(x: jax.Array, s: int) -> jax.Array:
-    """``(B, H, W, C) -> (B, H/s, W/s, s*s*C)``; the new channel index is ``(row_offset, col_offset, c)``."""
-    b, h, w, c = x.shape
-    if h % s or w % s:
-        raise ValueError(f"space_to_depth: spatial size {(h, w)} is not a multiple of the block size {s}")
-    x = x.reshape(b, h // s, s, w // s, s, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h // s, w // s, s * s * c)
-
-
-def space_to_depth_kernel(w: jax.Array, s: int) -> jax.Array:
-    """HWIO kernel ``(kh, kw, C, O) -> (kh/s, kw/s, s*s*C, O)`` matching :func:`space_to_depth`'s layout."""
-    kh, kw, c, o = w.shape
-    if kh % s or kw % s:
-        raise ValueError(f"space_to_depth_kernel: kernel {(kh, kw)} is not a multiple of the stride {s}")
-    w = w.reshape(kh // s, s, kw // s, s, c, o).transpose(0, 2, 1, 3, 4, 5)
-    return w.reshape(kh // s, kw // s, s * s * c, o)
 
 
 def _xla_conv(x: jax.Array, w: jax.Array, stride: int, compute_dtype: str = "float32") -> jax.Array:
@@ -297,26 +272,8 @@ def conv2d(
     return conv2d_s1(x, w, chunk, compute_dtype)
 
 
-def camera_to_space_to_depth(camera: jax.Array, kernel: int, stride: int) -> jax.Array:
-    """uint8 NCHW camera -> float32 space-to-depth NHWC input of a VALID ``kernel``/``stride`` first conv.
-
-    Equivalent to ``space_to_depth(crop(transpose(camera / 127.5 - 1)), stride)`` but transposes the uint8
-    data once (4x less memory traffic than transposing floats twice). ``kernel`` must be a multiple of
-    ``stride``; rows/columns a VALID convolution never reads are cropped. Output:
-    ``(B, Ho - 1 + kernel/stride, Wo - 1 + kernel/stride, stride*stride*C)`` in [-1, 1].
-    """
-    if kernel % stride:
-        raise ValueError(f"kernel {kernel} is not a multiple of the stride {stride}")
-    b, c, h, w = camera.shape
-    hh = (conv_output_size(h, kernel, stride) - 1) * stride + kernel
-    ww = (conv_output_size(w, kernel, stride) - 1) * stride + kernel
-    x = camera[:, :, :hh, :ww].reshape(b, c, hh // stride, stride, ww // stride, stride)
-    x = x.transpose(0, 2, 4, 3, 5, 1).reshape(b, hh // stride, ww // stride, stride * stride * c)
-    return x.astype(jnp.float32) * (1.0 / 127.5) - 1.0
-
-
 def conv2d_on_space_to_depth(x_s2d: jax.Array, w: jax.Array, stride: int, compute_dtype: str = "float32") -> jax.Array:
     """The VALID ``stride`` convolution with HWIO kernel ``w`` ``(kh, kw, C, O)`` of an input already in
-    space-to-depth layout (block ``stride``, from :func:`space_to_depth` or :func:`camera_to_space_to_depth`),
-    computed by :func:`conv2d_s1_shifts` (the form that suits a freshly re-laid-out input)."""
+    space-to-depth layout (block ``stride``, from :mod:`jtd3.agent.layout`), computed by :func:`conv2d_s1_shifts`
+    (the form that suits a freshly re-laid-out input)."""
     return conv2d_s1_shifts(x_s2d, space_to_depth_kernel(w, stride), compute_dtype)

@@ -21,14 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtd3.agent.conv import (
-    COMPUTE_DTYPES,
-    CONV_IMPLS,
-    DEFAULT_CHUNK,
-    camera_to_space_to_depth,
-    conv2d,
-    conv2d_on_space_to_depth,
-)
+from jtd3.agent.conv import COMPUTE_DTYPES, CONV_IMPLS, DEFAULT_CHUNK, conv2d, conv2d_on_space_to_depth
+from jtd3.agent.layout import camera_to_space_to_depth, scale_camera
 from jtd3.choices import NORMS
 
 __all__ = [
@@ -80,8 +74,10 @@ class Conv(nn.Module):
     """VALID 2-D convolution (NHWC, HWIO kernel) through :func:`jtd3.agent.conv.conv2d`.
 
     With ``input_s2d`` the input is already in space-to-depth layout with block ``stride`` (see
-    :func:`jtd3.agent.conv.camera_to_space_to_depth`; only for ``impl="im2col"``); the kernel parameter keeps
-    its ordinary ``(kernel, kernel, C, features)`` shape either way, so parameters do not depend on ``impl``.
+    :func:`jtd3.agent.layout.camera_to_space_to_depth`; only for ``impl="im2col"``); with ``input_camera`` it is the
+    uint8 ``(B, C, H, W)`` camera itself (only for ``impl="onednn"``, whose C++ kernel scales and lays it out,
+    :func:`jtd3.agent.onednn.camera_conv_onednn`). The kernel parameter keeps its ordinary
+    ``(kernel, kernel, C, features)`` shape either way, so parameters do not depend on ``impl``.
     """
 
     features: int
@@ -91,16 +87,23 @@ class Conv(nn.Module):
     chunk: int = DEFAULT_CHUNK
     input_s2d: bool = False
     compute_dtype: str = "float32"  # dtype of the matmul operands; float32 parameters and results either way
+    input_camera: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        cin = x.shape[-1] // (self.stride * self.stride) if self.input_s2d else x.shape[-1]
+        if self.input_camera and self.impl != "onednn":
+            raise ValueError(f"Conv: input_camera needs impl 'onednn', got {self.impl!r}")
+        if self.input_camera:
+            cin = x.shape[1]
+        else:
+            cin = x.shape[-1] // (self.stride * self.stride) if self.input_s2d else x.shape[-1]
         kernel = self.param("kernel", _he, (self.kernel, self.kernel, cin, self.features), jnp.float32)
         bias = self.param("bias", _zeros, (self.features,), jnp.float32)
         if self.impl == "onednn":  # the bias inside the convolution; float32 x kept for the weight gradient
-            from jtd3.agent.onednn import conv2d_onednn  # builds the C++ kernel on first use
+            from jtd3.agent.onednn import camera_conv_onednn, conv2d_onednn  # builds the C++ kernel on first use
 
-            return conv2d_onednn(x, kernel, bias, self.stride, self.compute_dtype)
+            conv = camera_conv_onednn if self.input_camera else conv2d_onednn
+            return conv(x, kernel, bias, self.stride, self.compute_dtype)
         x = x.astype(self.compute_dtype)  # before any re-layout: half the bytes to move in bfloat16
         if self.input_s2d:
             return conv2d_on_space_to_depth(x, kernel, self.stride, self.compute_dtype) + bias
@@ -194,14 +197,18 @@ class NatureCNN(nn.Module):
         _, k1, s1 = CONV_LAYERS[0]
         # im2col: the first conv reads a space-to-depth layout built from the uint8 data in one transpose.
         s2d = self.conv_impl == "im2col" and k1 % s1 == 0
+        # onednn: the first conv's kernel reads the uint8 camera (scaled and laid out by its own C++ pass).
+        from_camera = self.conv_impl == "onednn"
         if s2d:
             x = camera_to_space_to_depth(camera, k1, s1)
+        elif from_camera:
+            x = camera
         else:
-            x = jnp.transpose(camera.astype(jnp.float32) * (1.0 / 127.5) - 1.0, (0, 2, 3, 1))
+            x = jnp.transpose(scale_camera(camera), (0, 2, 3, 1))
         for i, (feats, kernel, stride) in enumerate(CONV_LAYERS, start=1):
             name = f"conv{i}"
-            first = s2d and i == 1
-            x = Conv(feats, kernel, stride, self.conv_impl, self.conv_chunk, first, self.compute_dtype, name=name)(x)
+            x = Conv(feats, kernel, stride, self.conv_impl, self.conv_chunk, s2d and i == 1, self.compute_dtype,
+                     from_camera and i == 1, name=name)(x)
             x = self._conv_norm_act(x, train, name)
             self.sow("intermediates", f"{name}_out", x)
         x = x.reshape(x.shape[0], -1)

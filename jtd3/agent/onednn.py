@@ -31,6 +31,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import jax
@@ -38,14 +39,20 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from jtd3.agent.layout import CAMERA_OFFSET, CAMERA_SCALE, conv_output_size, space_to_depth_kernel
+
 __all__ = [
-    "OneDNNUnavailable", "conv2d_onednn", "dense_onednn", "ensure_loaded", "layer_norm_act", "unavailable_reason",
+    "OneDNNUnavailable", "camera_conv_onednn", "camera_input", "conv2d_onednn", "dense_onednn", "ensure_loaded",
+    "layer_norm_act", "unavailable_reason",
 ]
 
-_SOURCES = tuple(Path(__file__).with_name("native") / name for name in ("onednn_conv.cc", "layer_norm_act.cc"))
+_SOURCES = tuple(
+    Path(__file__).with_name("native") / name for name in ("onednn_conv.cc", "layer_norm_act.cc", "camera.cc")
+)
 _TARGETS = ("jtd3_onednn_conv_fwd", "jtd3_onednn_conv_bwd_data", "jtd3_onednn_conv_bwd_w")
 _LN_TARGETS = ("jtd3_ln_act_fwd", "jtd3_ln_act_bwd")
 _MATMUL = "jtd3_onednn_matmul"
+_CAMERA = "jtd3_camera_input"
 SETUP_HINT = "install a C++ compiler and oneDNN 2.x (Debian/Ubuntu: apt-get install g++ libdnnl-dev)"
 
 
@@ -78,6 +85,7 @@ def _build() -> Path:
     key = b"".join(src.read_bytes() for src in _SOURCES) + f"{jaxlib.__version__}\n{version}\n{cmd}".encode()
     out = _cache_dir() / f"onednn_conv-{hashlib.sha256(key).hexdigest()[:16]}.so"
     if out.exists():
+        os.utime(out)  # its modification time is its last use (_prune_stale)
         return out
     # Compile to a temporary name and rename: concurrent first uses (test workers) never see half a file.
     try:
@@ -91,14 +99,31 @@ def _build() -> Path:
         done = subprocess.run([*cmd, "-o", str(tmp_path)], capture_output=True, text=True)
         if done.returncode != 0:
             raise OneDNNUnavailable(
-                f"conv_impl 'onednn': compiling {' and '.join(src.name for src in _SOURCES)} failed "
+                f"conv_impl 'onednn': compiling {', '.join(src.name for src in _SOURCES)} failed "
                 f"({' '.join(cmd)}); {SETUP_HINT}.\n"
                 + done.stderr[-2000:]
             )
         os.replace(tmp_path, out)
     finally:
         tmp_path.unlink(missing_ok=True)
+    _prune_stale(out)
     return out
+
+
+STALE_DAYS = 30
+"""A cached build unused for this many days is deleted when another one is built (one per source change)."""
+
+
+def _prune_stale(keep: Path) -> None:
+    """Deletes the cached builds other than ``keep`` that were last used more than :data:`STALE_DAYS` ago (each use
+    touches its file): without it, every change of the sources, jaxlib or the compiler leaves one behind."""
+    cutoff = time.time() - STALE_DAYS * 86400
+    for old in keep.parent.glob("onednn_conv-*.so"):
+        try:
+            if old != keep and old.stat().st_mtime < cutoff:
+                old.unlink()
+        except OSError:  # gone already (another process), or not ours to delete: leave it
+            pass
 
 
 @functools.cache
@@ -111,7 +136,7 @@ def ensure_loaded() -> Path:
         lib = ctypes.CDLL(str(path))
     except OSError as e:  # e.g. libdnnl.so removed after the build
         raise OneDNNUnavailable(f"conv_impl 'onednn': loading {path} failed: {e}; {SETUP_HINT}") from e
-    for name in (*_TARGETS, *_LN_TARGETS, _MATMUL):
+    for name in (*_TARGETS, *_LN_TARGETS, _MATMUL, _CAMERA):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
     return path
 
@@ -173,6 +198,63 @@ def _bwd(stride, compute_dtype, res, g):
 
 
 conv2d_onednn.defvjp(_fwd, _bwd)
+
+
+def camera_input(camera: jax.Array, block: int, out_hw: tuple[int, int], dtype: str = "float32") -> jax.Array:
+    """The uint8 camera ``(B, C, H, W)`` scaled by :func:`jtd3.agent.layout.scale_camera` and laid out channels-last,
+    ``(B, Ho, Wo, block * block * C)`` in ``dtype`` (float32 or bfloat16), by one C++ pass
+    (``native/camera.cc``): with ``block`` > 1 in the space-to-depth layout of
+    :func:`jtd3.agent.layout.camera_to_space_to_depth` (channel ``(dy * block + dx) * C + c``); ``out_hw`` leaves out
+    the rows and columns beyond ``Ho * block`` and ``Wo * block``."""
+    ensure_loaded()
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"camera_input: dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+    b, c, _, _ = camera.shape
+    result = jax.ShapeDtypeStruct((b, *out_hw, block * block * c), jnp.dtype(dtype))
+    return jax.ffi.ffi_call(_CAMERA, result, vmap_method="sequential")(
+        camera, block=np.int64(block), scale=np.float32(CAMERA_SCALE), offset=np.float32(CAMERA_OFFSET))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def camera_conv_onednn(
+    camera: jax.Array, w: jax.Array, bias: jax.Array, stride: int, compute_dtype: str = "float32"
+) -> jax.Array:
+    """The first convolution straight from the uint8 camera ``(B, C, H, W)``: :func:`conv2d_onednn` of the scaled,
+    channels-last camera with ``w`` (kh, kw, C, O), ``bias`` and ``stride``, float32 ``(B, Ho, Wo, O)``.
+
+    When the kernel is a multiple of the stride, the forward runs as the equivalent stride-1 convolution over
+    the camera's space-to-depth layout (written by :func:`camera_input` in ``compute_dtype``, so the kernel
+    converts nothing): with 4 input channels oneDNN's AMX kernels use a fraction of their tiles, with 64 they
+    fill them. The weight gradient is taken in float32 over the plain layout, rebuilt from the camera in the
+    backward (oneDNN 2.6's weight gradient runs slower over the space-to-depth one); nothing but the uint8
+    camera is kept between the passes. The camera gets no gradient."""
+    return _camera_conv_fwd(camera, w, bias, stride, compute_dtype)[0]
+
+
+def _camera_conv_fwd(camera, w, bias, stride, compute_dtype):
+    _, _, h, wd = camera.shape
+    kh, kw, _, o = w.shape
+    ho, wo = conv_output_size(h, kh, stride), conv_output_size(wd, kw, stride)
+    bias, w_in = bias.astype(jnp.float32), w
+    if kh % stride == 0 and kw % stride == 0:
+        x = camera_input(camera, stride, (ho + kh // stride - 1, wo + kw // stride - 1), compute_dtype)
+        w, step = space_to_depth_kernel(w, stride), 1
+    else:
+        x, step = camera_input(camera, 1, (h, wd), compute_dtype), stride
+    y = _ffi(_TARGETS[0], [(camera.shape[0], ho, wo, o)], x, w, bias, stride=np.int64(step),
+             bf16=_bf16(compute_dtype))[0]
+    return y, (camera, w_in, bias)
+
+
+def _camera_conv_bwd(stride, compute_dtype, res, g):
+    camera, w, bias = res
+    _, _, h, wd = camera.shape
+    x = camera_input(camera, 1, (h, wd), "float32")
+    dw, db = _ffi(_TARGETS[2], [w.shape, bias.shape], x, g, stride=np.int64(stride), bf16=_bf16("float32"))
+    return None, dw.astype(w.dtype), db
+
+
+camera_conv_onednn.defvjp(_camera_conv_fwd, _camera_conv_bwd)
 
 
 def _matmul(
