@@ -426,7 +426,7 @@ def test_camera_conv_is_conv2d_of_the_scaled_camera(h, w, k, stride, dtype):
     _assert_trees_close(grads, grads_ref)
 
 
-def test_nature_cnn_with_onednn_reads_the_uint8_camera_once_per_pass():
+def test_nature_cnn_with_onednn_in_bfloat16_reads_the_uint8_camera_once_per_pass():
     camera = jnp.zeros((2, 4, 84, 84), jnp.uint8)
     net = NatureCNN(norm="none", conv_impl="onednn", compute_dtype="bfloat16")
     params = net.init(jax.random.key(0), camera, train=False)["params"]
@@ -435,3 +435,5 @@ def test_nature_cnn_with_onednn_reads_the_uint8_camera_once_per_pass():
     grad = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(net.apply({"params": p}, camera, train=True))))(params)
     assert str(grad).count("jtd3_camera_input") == 2  # the forward's (bfloat16, space-to-depth), the backward's
     assert params["conv1"]["kernel"].shape == (8, 8, 4, 32)  # the parameters do not depend on conv_impl
+    f32 = NatureCNN(norm="none", conv_impl="onednn")  # float32: XLA's transpose (the C++ pass was slower there)
+    assert "jtd3_camera_input" not in str(jax.make_jaxpr(lambda p: f32.apply({"params": p}, camera, train=False))(params))

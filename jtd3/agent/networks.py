@@ -197,8 +197,9 @@ class NatureCNN(nn.Module):
         _, k1, s1 = CONV_LAYERS[0]
         # im2col: the first conv reads a space-to-depth layout built from the uint8 data in one transpose.
         s2d = self.conv_impl == "im2col" and k1 % s1 == 0
-        # onednn: the first conv's kernel reads the uint8 camera (scaled and laid out by its own C++ pass).
-        from_camera = self.conv_impl == "onednn"
+        # onednn + bfloat16: the first conv reads the uint8 camera (scaled and laid out by its own C++ pass; in
+        # float32 that pass made the encoder's forward slower at B = 256, so XLA's transpose stays there).
+        from_camera = self.conv_impl == "onednn" and self.compute_dtype == "bfloat16"
         if s2d:
             x = camera_to_space_to_depth(camera, k1, s1)
         elif from_camera:

@@ -2,13 +2,14 @@
 LayerNorm and activation as one C++ kernel, called with the XLA FFI.
 
 oneDNN runs the convolutions directly on the NHWC activations (no patch matrix, no re-layout by XLA) and, with
-``compute_dtype: bfloat16``, on the AMX units of the CPUs that have them; the conv layers' LayerNorm and leaky
+``compute_dtype: bfloat16``, on the AMX units of the CPUs that have them; the first one reads the uint8 camera,
+scaled and laid out by a C++ pass of its own (:func:`camera_conv_onednn`); the conv layers' LayerNorm and leaky
 ReLU (:func:`layer_norm_act`, used by ``networks.LayerNormAct``) run as one pass each way. The kernels are C++
-(``native/onednn_conv.cc``, ``native/layer_norm_act.cc``); they are compiled on first use with the system C++
-compiler against oneDNN's headers and library and jaxlib's FFI headers, and cached under
+(``native/onednn_conv.cc``, ``native/layer_norm_act.cc``, ``native/camera.cc``); they are compiled on first use
+with the system C++ compiler against oneDNN's headers and library and jaxlib's FFI headers, and cached under
 ``$XDG_CACHE_HOME/jtd3/native`` (default ``~/.cache``) by a hash of the sources, the jaxlib version, the compiler
 and its command line (the compiler also reads ``CPATH`` and ``LIBRARY_PATH`` for a oneDNN outside the system
-paths). It needs ``g++`` and oneDNN 2.x (Debian/Ubuntu: ``apt-get install g++ libdnnl-dev``); without them asking
+paths; a build unused for 30 days is deleted when another is made). It needs ``g++`` and oneDNN 2.x (Debian/Ubuntu: ``apt-get install g++ libdnnl-dev``); without them asking
 for ``onednn`` fails with a message that says so: there is no silent fallback, and ``im2col`` (the default)
 needs nothing of this.
 
@@ -18,8 +19,9 @@ are one oneDNN primitive each; all three return float32 (float32 accumulation in
 products run at 220-310 GFLOP/s where XLA's reach 160-195, and in bfloat16 they run on AMX and return float32,
 with no conversion of the weight gradient afterwards). :func:`layer_norm_act` has a custom VJP too (float32;
 the activation's gradient from the pre-activation recomputed in the backward, nothing extra stored).
-``tests/test_onednn.py`` checks them against ``lax.conv_general_dilated``, ``jnp.dot`` and Flax's
-``nn.LayerNorm`` followed by JAX's activation.
+:func:`camera_conv_onednn` is :func:`conv2d_onednn` of the scaled camera, its forward over the camera's
+space-to-depth layout. ``tests/test_onednn.py`` checks them against ``lax.conv_general_dilated``, ``jnp.dot``,
+Flax's ``nn.LayerNorm`` followed by JAX's activation, and XLA's scaled and transposed camera.
 """
 
 from __future__ import annotations
