@@ -380,7 +380,8 @@ CAMERAS = [(4, 84, 84, 1, 84, 84), (4, 84, 84, 4, 21, 21), (4, 83, 81, 4, 20, 20
 def test_camera_input_is_xlas_scaled_camera_laid_out(c, h, w, block, ho, wo):
     """Every uint8 value, in both dtypes: exactly XLA's scale_camera, transposed to channels-last and (block > 1)
     rearranged to space-to-depth with the channel order conv.space_to_depth uses; bfloat16 rounded as XLA's."""
-    camera = jnp.asarray(np.random.default_rng(0).permutation(np.resize(np.arange(256, dtype=np.uint8), (2, c, h, w)).ravel()).reshape(2, c, h, w))
+    values = np.resize(np.arange(256, dtype=np.uint8), 2 * c * h * w)  # every uint8 value, shuffled
+    camera = jnp.asarray(np.random.default_rng(0).permutation(values).reshape(2, c, h, w))
     x = jnp.transpose(scale_camera(camera), (0, 2, 3, 1))[:, : ho * block, : wo * block]
     ref = space_to_depth(x, block) if block > 1 else x
     np.testing.assert_array_equal(onednn.camera_input(camera, block, (ho, wo)), ref)
@@ -436,4 +437,5 @@ def test_nature_cnn_with_onednn_in_bfloat16_reads_the_uint8_camera_once_per_pass
     assert str(grad).count("jtd3_camera_input") == 2  # the forward's (bfloat16, space-to-depth), the backward's
     assert params["conv1"]["kernel"].shape == (8, 8, 4, 32)  # the parameters do not depend on conv_impl
     f32 = NatureCNN(norm="none", conv_impl="onednn")  # float32: XLA's transpose (the C++ pass was slower there)
-    assert "jtd3_camera_input" not in str(jax.make_jaxpr(lambda p: f32.apply({"params": p}, camera, train=False))(params))
+    f32_forward = jax.make_jaxpr(lambda p: f32.apply({"params": p}, camera, train=False))(params)
+    assert "jtd3_camera_input" not in str(f32_forward)

@@ -9,9 +9,9 @@ ReLU (:func:`layer_norm_act`, used by ``networks.LayerNormAct``) run as one pass
 with the system C++ compiler against oneDNN's headers and library and jaxlib's FFI headers, and cached under
 ``$XDG_CACHE_HOME/jtd3/native`` (default ``~/.cache``) by a hash of the sources, the jaxlib version, the compiler
 and its command line (the compiler also reads ``CPATH`` and ``LIBRARY_PATH`` for a oneDNN outside the system
-paths; a build unused for 30 days is deleted when another is made). It needs ``g++`` and oneDNN 2.x (Debian/Ubuntu: ``apt-get install g++ libdnnl-dev``); without them asking
-for ``onednn`` fails with a message that says so: there is no silent fallback, and ``im2col`` (the default)
-needs nothing of this.
+paths; a build unused for 30 days is deleted when another is made). It needs ``g++`` and oneDNN 2.x
+(Debian/Ubuntu: ``apt-get install g++ libdnnl-dev``); without them asking for ``onednn`` fails with a message that
+says so: there is no silent fallback, and ``im2col`` (the default) needs nothing of this.
 
 :func:`conv2d_onednn` is a VALID convolution with a custom VJP: forward, input gradient and weight gradient
 are one oneDNN primitive each; all three return float32 (float32 accumulation in bfloat16 too).
@@ -87,7 +87,10 @@ def _build() -> Path:
     key = b"".join(src.read_bytes() for src in _SOURCES) + f"{jaxlib.__version__}\n{version}\n{cmd}".encode()
     out = _cache_dir() / f"onednn_conv-{hashlib.sha256(key).hexdigest()[:16]}.so"
     if out.exists():
-        os.utime(out)  # its modification time is its last use (_prune_stale)
+        try:
+            os.utime(out)  # its modification time is its last use (_prune_stale)
+        except OSError:  # a cache this user may read but not write: used as it is
+            pass
         return out
     # Compile to a temporary name and rename: concurrent first uses (test workers) never see half a file.
     try:

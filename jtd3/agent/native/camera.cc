@@ -75,10 +75,15 @@ void Gather(const uint8_t* const* src, int64_t c, int64_t wo, int64_t block, uin
           bytes[j * k + (dy * block + dx) * c + ch] = src[dy * c + ch][j * block + dx];
 }
 
-// Scales and converts n bytes (vector code for AVX-512 and AVX2 where the CPU has them, picked at load time).
+// Scales and converts n bytes (on x86-64, vector code for AVX-512 and AVX2 where the CPU has them, picked at
+// load time; elsewhere the compiler's default).
+#if defined(__x86_64__)
+#define JTD3_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define JTD3_VECTOR_CLONES
+#endif
 template <typename T>
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void Convert(const uint8_t* bytes, int64_t n, float scale, float offset, T* out) {
+JTD3_VECTOR_CLONES void Convert(const uint8_t* bytes, int64_t n, float scale, float offset, T* out) {
 #pragma omp simd
   for (int64_t e = 0; e < n; ++e) Put(static_cast<float>(bytes[e]) * scale + offset, out + e);
 }
