@@ -183,7 +183,7 @@ def conv2d_onednn(
     ensure_loaded()
     b, h, wd, _ = x.shape
     kh, kw, _, o = w.shape
-    out = (b, (h - kh) // stride + 1, (wd - kw) // stride + 1, o)
+    out = (b, conv_output_size(h, kh, stride), conv_output_size(wd, kw, stride), o)
     bias = bias.astype(jnp.float32)
     return _ffi(_TARGETS[0], [out], x, w, bias, stride=np.int64(stride), bf16=_bf16(compute_dtype))[0]
 
@@ -192,14 +192,20 @@ def _fwd(x, w, bias, stride, compute_dtype):
     return conv2d_onednn(x, w, bias, stride, compute_dtype), (x, w, bias)
 
 
+def _weight_grad(x, g, w, bias, stride):
+    """The kernel's and the bias's gradients (in their dtypes) of the convolution of ``x`` with cotangent ``g``.
+
+    Always float32 products (x as passed in, the float32 cotangent): oneDNN 2.6's bfloat16 weight-gradient kernels
+    run slower than its float32 ones on the NatureCNN's shapes (conv1: 3.0 vs 1.4 ms at B = 64), and the float32
+    product is the more precise one."""
+    dw, db = _ffi(_TARGETS[2], [w.shape, bias.shape], x, g, stride=np.int64(stride), bf16=_bf16("float32"))
+    return dw.astype(w.dtype), db.astype(bias.dtype)
+
+
 def _bwd(stride, compute_dtype, res, g):
     x, w, bias = res
     (dx,) = _ffi(_TARGETS[1], [x.shape], g, w, stride=np.int64(stride), bf16=_bf16(compute_dtype))
-    # The weight gradient always multiplies float32 operands (x as passed in, the float32 cotangent): oneDNN 2.6's
-    # bfloat16 weight-gradient kernels run slower than its float32 ones on the NatureCNN's shapes (conv1: 3.0 vs
-    # 1.4 ms at B = 64), and the float32 product is the more precise one.
-    dw, db = _ffi(_TARGETS[2], [w.shape, bias.shape], x, g, stride=np.int64(stride), bf16=_bf16("float32"))
-    return dx.astype(x.dtype), dw.astype(w.dtype), db.astype(bias.dtype)
+    return dx.astype(x.dtype), *_weight_grad(x, g, w, bias, stride)
 
 
 conv2d_onednn.defvjp(_fwd, _bwd)
@@ -238,25 +244,21 @@ def camera_conv_onednn(
 
 def _camera_conv_fwd(camera, w, bias, stride, compute_dtype):
     _, _, h, wd = camera.shape
-    kh, kw, _, o = w.shape
-    ho, wo = conv_output_size(h, kh, stride), conv_output_size(wd, kw, stride)
-    bias, w_in = bias.astype(jnp.float32), w
+    kh, kw = w.shape[:2]
     if kh % stride == 0 and kw % stride == 0:
+        # what a VALID stride-1 convolution with the (kh/stride, kw/stride) kernel reads for the same output
+        ho, wo = conv_output_size(h, kh, stride), conv_output_size(wd, kw, stride)
         x = camera_input(camera, stride, (ho + kh // stride - 1, wo + kw // stride - 1), compute_dtype)
-        w, step = space_to_depth_kernel(w, stride), 1
+        y = conv2d_onednn(x, space_to_depth_kernel(w, stride), bias, 1, compute_dtype)
     else:
-        x, step = camera_input(camera, 1, (h, wd), compute_dtype), stride
-    y = _ffi(_TARGETS[0], [(camera.shape[0], ho, wo, o)], x, w, bias, stride=np.int64(step),
-             bf16=_bf16(compute_dtype))[0]
-    return y, (camera, w_in, bias)
+        y = conv2d_onednn(camera_input(camera, 1, (h, wd), compute_dtype), w, bias, stride, compute_dtype)
+    return y, (camera, w, bias)
 
 
 def _camera_conv_bwd(stride, compute_dtype, res, g):
     camera, w, bias = res
     _, _, h, wd = camera.shape
-    x = camera_input(camera, 1, (h, wd), "float32")
-    dw, db = _ffi(_TARGETS[2], [w.shape, bias.shape], x, g, stride=np.int64(stride), bf16=_bf16("float32"))
-    return None, dw.astype(w.dtype), db
+    return None, *_weight_grad(camera_input(camera, 1, (h, wd), "float32"), g, w, bias, stride)
 
 
 camera_conv_onednn.defvjp(_camera_conv_fwd, _camera_conv_bwd)
